@@ -1,0 +1,539 @@
+"""Build the embedded loraplex demo fully offline and deterministically.
+
+Produces, under ``out_dir`` (default ``models/demo``)::
+
+    base/                         tiny Llama base model + its BPE tokenizer
+        config.json  generation_config.json  model.safetensors
+        tokenizer.json  tokenizer_config.json  (chat template included)
+    adapters/intent/              PEFT LoRA adapter (adapter_config.json +
+    adapters/sentiment/             adapter_model.safetensors)
+    adapters/entities/
+    manifest.json                 versions, seeds, sizes, timings, data counts
+
+Steps: (1) train a byte-level BPE tokenizer (digits split individually) on the
+shipped ``data/corpus.txt``; (2) initialise a small ``LlamaForCausalLM`` and
+pretrain it briefly (causal LM) on :func:`experts.demo_data.pretraining_corpus`
+(support-domain text, no task answers); (3) train one LoRA adapter per task on
+:func:`experts.demo_data.make_examples` with the loss on the answer tokens + EOS
+only. Everything is seeded; same seed -> same weights. Runs in a few minutes on
+two CPU cores. The prompt contract lives in :mod:`experts.demo_data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from experts import demo_data
+
+ADAPTER_TASKS = demo_data.TASKS  # adapter name == task name
+BASE_DIRNAME = "base"
+ADAPTERS_DIRNAME = "adapters"
+MANIFEST_NAME = "manifest.json"
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CORPUS_PATH = PROJECT_ROOT / "data" / "corpus.txt"
+CORPUS_SEED = 20240601
+CORPUS_DOCS = 1500
+
+# Renders user/system contents (joined by blank lines); if the conversation ends on a
+# user turn and add_generation_prompt is set, appends the "\n\nAnswer:" cue unless the
+# content already ends with it. Assistant turns render as " {content}</s>".
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] | trim }}{{ eos_token }}"
+    "{% else %}"
+    "{% if not loop.first %}{{ '\n\n' }}{% endif %}"
+    "{{ message['content'] | trim }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
+    "{% if not (messages[-1]['content'] | trim).endswith('Answer:') %}"
+    "{{ '\n\nAnswer:' }}"
+    "{% endif %}"
+    "{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every knob of the build (recorded in the manifest)."""
+
+    # tokenizer
+    vocab_size: int = 1536
+    # model
+    hidden_size: int = 192
+    num_layers: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+    # pretraining
+    pretrain_docs: int = 24000
+    pretrain_seq_len: int = 128
+    pretrain_batch: int = 32
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-3
+    pretrain_warmup: int = 30
+    # adapters
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_lr: float = 2e-3
+    lora_batch: int = 32
+    lora_warmup: int = 10
+    lora_steps: dict[str, int] = field(
+        default_factory=lambda: {"intent": 80, "sentiment": 80, "entities": 200}
+    )
+    train_examples: dict[str, int] = field(
+        default_factory=lambda: {"intent": 3000, "sentiment": 3000, "entities": 6000}
+    )
+    heldout_examples: int = 200
+    weight_decay: float = 0.0
+    threads: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- #
+# Paths / status
+# --------------------------------------------------------------------------- #
+
+
+def base_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / BASE_DIRNAME
+
+
+def adapter_dir(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / ADAPTERS_DIRNAME / name
+
+
+def demo_is_built(out_dir: Path) -> bool:
+    """True when the base model, its tokenizer, every adapter and the manifest exist."""
+    out_dir = Path(out_dir)
+    base = base_dir(out_dir)
+    needed = [
+        out_dir / MANIFEST_NAME,
+        base / "config.json",
+        base / "model.safetensors",
+        base / "tokenizer.json",
+        base / "tokenizer_config.json",
+    ]
+    for name in ADAPTER_TASKS:
+        needed += [adapter_dir(out_dir, name) / "adapter_config.json",
+                   adapter_dir(out_dir, name) / "adapter_model.safetensors"]
+    return all(p.is_file() for p in needed)
+
+
+# --------------------------------------------------------------------------- #
+# Corpus + tokenizer
+# --------------------------------------------------------------------------- #
+
+
+def generate_corpus_text(seed: int = CORPUS_SEED, n_docs: int = CORPUS_DOCS) -> str:
+    """The text of ``data/corpus.txt`` (deterministic; regenerate with ``write_corpus``)."""
+    docs = demo_data.pretraining_corpus(n_docs, seed)
+    parts = docs + ["\n".join(demo_data.tokenizer_glossary())]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_corpus(path: Path = CORPUS_PATH) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(generate_corpus_text(), encoding="utf-8")
+    return path
+
+
+def load_corpus_text(path: Path = CORPUS_PATH) -> str:
+    """The shipped corpus, or (if the checkout lacks it) the identical regenerated text."""
+    path = Path(path)
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    return generate_corpus_text()
+
+
+def train_tokenizer(corpus_text: str, vocab_size: int = 1536):
+    """Byte-level BPE (individual digits) wrapped as a ``PreTrainedTokenizerFast``.
+
+    Encoding adds ``<s>`` in front (no ``</s>``); padding is on the left.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([d for d in corpus_text.split("\n\n") if d.strip()], trainer)
+    bos_id = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        padding_side="left",
+        model_max_length=DemoConfig.max_position_embeddings,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# --------------------------------------------------------------------------- #
+# Model
+# --------------------------------------------------------------------------- #
+
+
+def make_base_model(tokenizer, cfg: DemoConfig, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        rms_norm_eps=1e-5,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    gc = model.generation_config
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.eos_token_id = tokenizer.eos_token_id
+    gc.bos_token_id = tokenizer.bos_token_id
+    gc.do_sample = False
+    gc.max_new_tokens = 48
+    return model
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=True,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def pack_documents(tokenizer, docs: Sequence[str], seq_len: int) -> "torch.Tensor":
+    """``<s> doc </s>`` streams packed into rows of ``seq_len`` tokens."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(list(docs), add_special_tokens=True)["input_ids"]:
+        stream.extend(ids)
+        stream.append(eos)
+    n_rows = len(stream) // seq_len
+    return torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+
+
+def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True) -> dict:
+    """Causal-LM pretraining on the support-domain corpus; returns stats."""
+    import torch
+
+    docs = demo_data.pretraining_corpus(cfg.pretrain_docs, seed)
+    rows = pack_documents(tokenizer, docs, cfg.pretrain_seq_len)
+    gen = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(rows.shape[0], generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.pretrain_warmup, cfg.pretrain_steps))
+    model.train()
+    losses: list[float] = []
+    bar = _progress(range(cfg.pretrain_steps), cfg.pretrain_steps, "pretrain base", progress)
+    pos = 0
+    for step in bar:
+        if pos + cfg.pretrain_batch > order.numel():
+            order = torch.randperm(rows.shape[0], generator=gen)
+            pos = 0
+        batch = rows[order[pos: pos + cfg.pretrain_batch]]
+        pos += cfg.pretrain_batch
+        out = model(input_ids=batch, labels=batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+        if step % 10 == 0 or step == cfg.pretrain_steps - 1:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    tokens = cfg.pretrain_steps * cfg.pretrain_batch * cfg.pretrain_seq_len
+    return {
+        "docs": len(docs),
+        "rows": int(rows.shape[0]),
+        "tokens_seen": tokens,
+        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Supervised (answer-only) data + LoRA training
+# --------------------------------------------------------------------------- #
+
+
+def encode_supervised(tokenizer, examples: Sequence[demo_data.Example]) -> list[tuple[list[int], int]]:
+    """``(ids, n_prompt)`` per example: ``<s> prompt`` + `` answer`` + ``</s>``."""
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    answers = tokenizer([" " + e.answer for e in examples], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [(p + a + [eos], len(p)) for p, a in zip(prompts, answers)]
+
+
+def collate_supervised(items: Sequence[tuple[list[int], int]], pad_id: int):
+    """Right-padded batch; labels are -100 except on answer tokens + EOS."""
+    import torch
+
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(items):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+    return input_ids, attention, labels
+
+
+def lora_config(cfg: DemoConfig, base_path: str | None = None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGET_MODULES),
+        base_model_name_or_path=base_path,
+    )
+
+
+def train_adapter(base_model, tokenizer, task: str, cfg: DemoConfig, seed: int,
+                  base_path: str | None = None, progress: bool = True):
+    """Wrap ``base_model`` with a fresh LoRA, train it on ``task``; returns ``(peft_model, stats)``.
+
+    The caller must ``unload()`` the returned model to get the untouched base back.
+    """
+    import torch
+    from peft import get_peft_model
+
+    task_seed = seed * 1000 + 101 + ADAPTER_TASKS.index(task)
+    examples = demo_data.make_examples(task, cfg.train_examples[task], seed, "train")
+    data = encode_supervised(tokenizer, examples)
+    torch.manual_seed(task_seed)
+    model = get_peft_model(base_model, lora_config(cfg, base_path))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lora_lr, weight_decay=cfg.weight_decay)
+    steps = cfg.lora_steps[task]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.lora_warmup, steps))
+    rng = random.Random(task_seed)
+    order: list[int] = []
+    losses: list[float] = []
+    model.train()
+    bar = _progress(range(steps), steps, f"adapter {task}", progress)
+    for step in bar:
+        if len(order) < cfg.lora_batch:
+            fresh = list(range(len(data)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        idx, order = order[: cfg.lora_batch], order[cfg.lora_batch:]
+        input_ids, attention, labels = collate_supervised([data[i] for i in idx], tokenizer.pad_token_id)
+        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+        if step % 5 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{sum(losses[-5:]) / len(losses[-5:]):.4f}")
+    model.eval()
+    stats = {
+        "train_examples": len(examples),
+        "steps": steps,
+        "examples_seen": steps * cfg.lora_batch,
+        "trainable_params": sum(p.numel() for p in params),
+        "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5),
+    }
+    return model, stats
+
+
+# --------------------------------------------------------------------------- #
+# Orchestration
+# --------------------------------------------------------------------------- #
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dir_files(path: Path, root: Path) -> dict[str, dict[str, Any]]:
+    return {
+        str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool = True,
+               config: DemoConfig | None = None) -> dict:
+    """Build tokenizer + base model + the three adapters into ``out_dir``.
+
+    Returns the manifest. If the demo is already built and ``force`` is false, the
+    existing manifest is returned without doing any work.
+    """
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    if not force and demo_is_built(out_dir):
+        return json.loads(manifest_path.read_text(encoding="utf-8"))
+
+    import peft
+    import tokenizers
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    cfg = config or DemoConfig()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    hf_logging.disable_progress_bar()
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    # Build into a sibling temp dir, then swap in: a crash never leaves half a demo.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{out_dir.name}.building"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    try:
+        # 1. tokenizer
+        t0 = time.perf_counter()
+        corpus_text = load_corpus_text()
+        tokenizer = train_tokenizer(corpus_text, cfg.vocab_size)
+        timings["tokenizer_s"] = time.perf_counter() - t0
+
+        # 2. base model
+        t0 = time.perf_counter()
+        model = make_base_model(tokenizer, cfg, seed)
+        pre_stats = pretrain(model, tokenizer, cfg, seed, progress)
+        timings["pretrain_s"] = time.perf_counter() - t0
+        base_path = base_dir(out_dir)
+        model.config._name_or_path = str(base_path)
+        model.save_pretrained(base_dir(tmp_dir))
+        tokenizer.save_pretrained(base_dir(tmp_dir))
+
+        # 3. adapters
+        adapter_stats: dict[str, dict] = {}
+        for task in ADAPTER_TASKS:
+            t0 = time.perf_counter()
+            peft_model, stats = train_adapter(model, tokenizer, task, cfg, seed,
+                                              base_path=str(base_path), progress=progress)
+            peft_model.save_pretrained(adapter_dir(tmp_dir, task))
+            model = peft_model.unload()  # drop the LoRA layers: pristine base again
+            timings[f"adapter_{task}_s"] = time.perf_counter() - t0
+            stats["heldout_examples"] = cfg.heldout_examples
+            adapter_stats[task] = stats
+
+        n_params = sum(p.numel() for p in model.parameters())
+        timings["total_s"] = time.perf_counter() - t_start
+        manifest = {
+            "name": "loraplex-demo",
+            "seed": seed,
+            "prompt_format": {
+                "instruction_first": "{instruction}\n\nMessage: {message}\n\nAnswer:",
+                "instruction_last": "Message: {message}\n\n{instruction}\n\nAnswer:",
+                "completion": " {answer}</s>",
+            },
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+                "tokenizers": tokenizers.__version__,
+            },
+            "config": cfg.to_dict(),
+            "tokenizer": {
+                "type": "byte-level BPE, individual digits",
+                "vocab_size": len(tokenizer),
+                "corpus_sha256": hashlib.sha256(corpus_text.encode("utf-8")).hexdigest(),
+                "corpus_bytes": len(corpus_text.encode("utf-8")),
+            },
+            "base_model": {
+                "path": BASE_DIRNAME,
+                "architecture": "LlamaForCausalLM",
+                "parameters": n_params,
+                "pretraining": pre_stats,
+            },
+            "adapters": {
+                task: {"path": f"{ADAPTERS_DIRNAME}/{task}", "task": task, **adapter_stats[task]}
+                for task in ADAPTER_TASKS
+            },
+            "data": {
+                "intents": list(demo_data.INTENTS),
+                "sentiments": list(demo_data.SENTIMENTS),
+                "instruction_phrasings": {
+                    t: {"train": len(demo_data.instructions_for(t, "train")),
+                        "heldout": len(demo_data.instructions_for(t, "heldout"))}
+                    for t in demo_data.TASKS
+                },
+                "train_examples": dict(cfg.train_examples),
+                "heldout_examples": {t: cfg.heldout_examples for t in demo_data.TASKS},
+            },
+            "files": _dir_files(tmp_dir, tmp_dir),
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+        }
+        (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+        return manifest
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        torch.set_num_threads(prev_threads)

@@ -1,0 +1,750 @@
+"""Synthetic customer-support data for the embedded loraplex demo.
+
+Pure Python (``random.Random(seed)``), no torch: the same ``(task, n, seed, split)``
+always yields the same examples.
+
+Prompt contract
+---------------
+Every request is a free-phrased *instruction* plus a customer *message*, rendered by
+:func:`format_prompt` in one of two layouts::
+
+    {instruction}\\n\\nMessage: {message}\\n\\nAnswer:          (instruction_first=True)
+    Message: {message}\\n\\n{instruction}\\n\\nAnswer:          (instruction_first=False)
+
+The prompt always ends with the fixed cue ``"\\n\\nAnswer:"`` (:data:`ANSWER_CUE`).
+The model's completion is a single space, the answer, then EOS, e.g. ``" billing</s>"``.
+Answers:
+
+* ``intent``    -> exactly one of :data:`INTENTS`, e.g. ``order_status``
+* ``sentiment`` -> exactly one of :data:`SENTIMENTS`, e.g. ``negative``
+* ``entities``  -> ``json.dumps({"order_id": ..., "email": ...})`` with each value a
+  string or ``null``, e.g. ``{"order_id": "ORD-48213", "email": null}``
+
+Order ids look like ``ORD-48213`` (``ORD-`` + 5 digits); emails like
+``jane.doe@example.com``. A message holds at most one of each.
+
+Splits
+------
+``train`` and ``heldout`` use disjoint RNG streams and, on top of that, disjoint
+*instruction phrasings* (the last ``HELDOUT_PHRASINGS`` of each task's list are
+held-out only), disjoint customer names, products, greetings and sign-offs, so
+held-out accuracy measures generalisation to unseen wording and unseen entities.
+
+:func:`pretraining_corpus` produces generic support-domain text (messages, agent
+replies, FAQ lines, notes that naturally repeat ids/emails) with *no* task
+instructions and *no* task answers: the base model learns the language and to copy,
+but cannot do the tasks on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+INTENTS = (
+    "reset_password",
+    "billing",
+    "order_status",
+    "cancel_order",
+    "technical_issue",
+    "update_account",
+)
+SENTIMENTS = ("positive", "negative", "neutral")
+TASKS = ("intent", "sentiment", "entities")
+SPLITS = ("train", "heldout")
+
+ANSWER_CUE = "\n\nAnswer:"
+MESSAGE_LABEL = "Message: "
+HELDOUT_PHRASINGS = 5  # per task, the last N phrasings are reserved for heldout
+
+# Seed offsets keep the train and heldout RNG streams disjoint for any user seed.
+_SPLIT_SALT = {"train": 1_000_003, "heldout": 7_000_001}
+_TASK_SALT = {"intent": 11, "sentiment": 23, "entities": 37}
+
+# --------------------------------------------------------------------------- #
+# Instruction phrasings (the last HELDOUT_PHRASINGS of each list: heldout only)
+# --------------------------------------------------------------------------- #
+
+INSTRUCTIONS: dict[str, tuple[str, ...]] = {
+    "intent": (
+        "Classify the intent of this customer message.",
+        "What is the customer asking for? Reply with the intent label.",
+        "Identify the intent of the message below.",
+        "Which intent best describes this support request?",
+        "Label the customer's intent.",
+        "Determine what the customer wants. Answer with one intent.",
+        "Route this ticket: what is its intent?",
+        "Give the intent category for this message.",
+        "Read the message and output its intent.",
+        "Pick the intent that matches this request.",
+        "Tag this support message with its intent.",
+        "What does this customer need? Give the intent.",
+        "Assign an intent label to the following message.",
+        "Intent classification: choose the correct intent.",
+        "Categorize the request by intent.",
+        "Tell me the intent of this ticket.",
+        "Please classify what this customer is contacting us about.",
+        "Decide which intent this message belongs to.",
+        "Find the intent of the customer request.",
+        "Which support intent fits this message best?",
+        # heldout only
+        "Figure out the purpose of this message and name the intent.",
+        "For routing, return the intent of the customer's note.",
+        "What kind of request is this? Respond with the intent label only.",
+        "Sort this inquiry into its intent category.",
+        "Name the customer's goal as an intent label.",
+    ),
+    "sentiment": (
+        "What is the sentiment of this customer message?",
+        "Classify the sentiment: positive, negative or neutral.",
+        "Is the customer happy, upset, or neutral?",
+        "Label the sentiment of the message below.",
+        "Determine the tone of this message.",
+        "How does the customer feel? Answer with the sentiment.",
+        "Give the sentiment of the following support message.",
+        "Sentiment analysis: classify this message.",
+        "Read the message and output its sentiment.",
+        "Rate the customer's mood as positive, negative or neutral.",
+        "Tag this ticket with its sentiment.",
+        "What emotion does this message express overall?",
+        "Is this message positive, negative or neutral?",
+        "Identify the sentiment expressed by the customer.",
+        "Judge the sentiment of this request.",
+        "Tell me whether the customer sounds positive, negative or neutral.",
+        "Assess the customer's attitude in this message.",
+        "Decide the sentiment label for this text.",
+        "Classify how the customer feels about us.",
+        "What is the overall tone of this ticket?",
+        # heldout only
+        "Estimate the customer's emotional tone and give the sentiment label.",
+        "Does this note sound pleased, annoyed or matter-of-fact? Reply with the sentiment.",
+        "Gauge the mood of the sender.",
+        "For our satisfaction dashboard, label the sentiment of this message.",
+        "How is the customer feeling here? One sentiment label please.",
+    ),
+    "entities": (
+        "Extract the order id and email from this message as JSON.",
+        "Find the order number and email address. Reply in JSON.",
+        "Pull out the order_id and email fields from the message.",
+        "Return a JSON object with the order id and the customer's email.",
+        "Extract entities (order_id, email) from the customer message.",
+        "What order id and email does the message mention? Use JSON, null if missing.",
+        "Identify the order number and the email address, as JSON.",
+        "Give me the order_id and email from this ticket in JSON format.",
+        "Entity extraction: order id and email.",
+        "List the order id and email address found in the message as JSON.",
+        "Parse the message and output its order_id and email.",
+        "Which order and which email are referenced? Answer with JSON.",
+        "Extract the customer's order reference and contact email as JSON.",
+        "Get the order id and email out of this text, null when absent.",
+        "Output JSON with keys order_id and email for this message.",
+        "Capture the order number and email from the ticket.",
+        "Read the message and extract the order id and the email address.",
+        "Return the order_id and email mentioned by the customer.",
+        "Please extract structured fields (order_id, email) from this message.",
+        "Find any order id and email address in this support message.",
+        # heldout only
+        "Locate the purchase reference and the contact address; reply as JSON.",
+        "Fill in the order_id and email fields based on the text below.",
+        "Scan this note for an order number and an email and return them in JSON.",
+        "Give the structured entities of the message: order_id and email.",
+        "Which order id and which email address appear here? JSON only.",
+    ),
+}
+
+# --------------------------------------------------------------------------- #
+# Vocabulary pools: (train pool, heldout-only pool)
+# --------------------------------------------------------------------------- #
+
+_FIRST = (
+    "jane", "john", "maria", "david", "sarah", "michael", "emma", "liam", "olivia",
+    "noah", "ava", "lucas", "mia", "ethan", "sofia", "james", "chloe", "daniel",
+    "grace", "henry", "lily", "jack", "anna", "leo", "ruby", "oscar", "zoe", "adam",
+    "nina", "paul", "laura", "peter", "alice", "tom", "kate", "sam", "rosa", "omar",
+    "yuki", "ivan", "elena", "marco", "priya", "ahmed", "fatima", "chen", "hana",
+    "diego", "lena", "max",
+)
+_FIRST_HELDOUT = (
+    "clara", "felix", "nora", "hugo", "iris", "victor", "maya", "felipe", "tara",
+    "bruno", "ines", "kenji", "selma", "arjun", "wanda",
+)
+_LAST = (
+    "doe", "smith", "garcia", "brown", "miller", "wilson", "lopez", "clark", "lee",
+    "walker", "hall", "young", "king", "wright", "scott", "green", "baker", "adams",
+    "nelson", "hill", "moore", "taylor", "white", "harris", "martin", "thompson",
+    "lewis", "allen", "wood", "gray", "reed", "cook", "bell", "murphy", "rivera",
+    "kim", "patel", "nguyen", "kowalski", "rossi", "silva", "novak", "jensen",
+    "fischer", "dubois", "tanaka", "singh", "costa", "berg", "moreau",
+)
+_LAST_HELDOUT = (
+    "vance", "okafor", "lindqvist", "petrov", "haddad", "ferreira", "brennan",
+    "yilmaz", "sato", "oconnor", "schmidt", "mendes", "quinn", "varga", "holt",
+)
+_DOMAINS = (
+    "example.com", "example.org", "mail.com", "inbox.net", "post.io", "shop.net",
+    "webmail.com", "company.com", "fastmail.net", "home.org",
+)
+_DOMAINS_HELDOUT = ("letters.io", "mailbox.org", "corp.net")
+
+_PRODUCTS = (
+    "wireless headphones", "laptop stand", "coffee maker", "running shoes",
+    "smart watch", "phone case", "desk lamp", "backpack", "bluetooth speaker",
+    "yoga mat", "water bottle", "gaming mouse", "mechanical keyboard", "air fryer",
+    "winter jacket", "tablet", "office chair", "blender", "camera lens", "sunglasses",
+    "electric kettle", "monitor", "vacuum cleaner", "hair dryer", "router",
+    "printer", "smart bulb", "fitness tracker", "travel mug", "rain boots",
+)
+_PRODUCTS_HELDOUT = (
+    "espresso grinder", "standing desk", "noise cancelling earbuds", "tent",
+    "robot vacuum", "webcam", "e-reader", "ceiling fan",
+)
+
+_GREETINGS = (
+    "Hi,", "Hello,", "Hey there,", "Hi team,", "Dear support,", "Hello support team,",
+    "Good morning,", "Hi there,", "Greetings,", "Hey,",
+)
+_GREETINGS_HELDOUT = ("Good afternoon,", "To whom it may concern,", "Hiya,")
+
+_SIGNOFFS = ("Regards,", "Best,", "Cheers,", "Sincerely,", "Kind regards,", "Best wishes,", "Thanks,")
+_SIGNOFFS_HELDOUT = ("Yours,", "All the best,", "Warm regards,")
+
+# --------------------------------------------------------------------------- #
+# Message building blocks
+# --------------------------------------------------------------------------- #
+
+# Intent clauses. Slots: {product}; "{order}" marks where an order id goes when the
+# message carries one (clauses containing {order} are only used with an order id).
+_INTENT_CLAUSES: dict[str, tuple[str, ...]] = {
+    "reset_password": (
+        "I forgot my password and can't log in.",
+        "How do I reset my password?",
+        "The password reset link never arrives.",
+        "I'm locked out of my account and need a new password.",
+        "Please help me change my password, I can't remember it.",
+        "My password doesn't work anymore, can you reset it?",
+        "I keep getting 'wrong password' when I try to sign in.",
+        "Can you send me a password reset link?",
+        "I need to reset the password for my account.",
+        "I can't sign in because I lost my password.",
+        "The reset password page says my link has expired.",
+        "How can I recover my password? I can't get into my account.",
+    ),
+    "billing": (
+        "I was charged twice for my {product}.",
+        "There is an unexpected charge on my credit card.",
+        "Can you explain the charges on my latest invoice?",
+        "I need a refund for the duplicate payment.",
+        "Why was I billed for {order}?",
+        "My card was charged the wrong amount for {order}.",
+        "I see a charge I don't recognize on my bank statement.",
+        "Please send me a copy of the invoice for my {product}.",
+        "The discount code was not applied to my bill.",
+        "I was billed after my subscription ended.",
+        "Can I change the payment method on my billing account?",
+        "The price on my receipt is higher than the price on the website.",
+    ),
+    "order_status": (
+        "Where is my order {order}?",
+        "When will my {product} arrive?",
+        "Has my {product} shipped yet?",
+        "Can you track order {order} for me?",
+        "My package still hasn't arrived.",
+        "What's the delivery status of {order}?",
+        "The tracking page for my {product} hasn't updated in days.",
+        "Can you tell me when {order} will be delivered?",
+        "Is my order on its way?",
+        "I'm waiting for my {product}, what is the estimated delivery date?",
+        "Could you check the shipping status of my order?",
+        "It says {order} is out for delivery but nothing came.",
+    ),
+    "cancel_order": (
+        "Please cancel my order {order}.",
+        "I want to cancel the {product} I ordered.",
+        "I no longer need the {product}, please cancel the order.",
+        "Can you stop {order} before it ships?",
+        "I ordered the wrong {product} by mistake, cancel it please.",
+        "Cancel order {order}, I found it cheaper elsewhere.",
+        "How do I cancel an order I placed yesterday?",
+        "I changed my mind about the {product}, please cancel it.",
+        "Please cancel {order} and don't ship it.",
+        "I need to cancel my purchase of the {product}.",
+        "Is it too late to cancel my order?",
+        "I'd like to cancel the order I just placed.",
+    ),
+    "technical_issue": (
+        "The app keeps crashing when I open it.",
+        "My {product} won't turn on.",
+        "The website shows an error at checkout.",
+        "My {product} stopped connecting to wifi.",
+        "I get an error message every time I try to log in to the app.",
+        "The {product} makes a strange noise and then shuts off.",
+        "The page freezes when I click the buy button.",
+        "The firmware update failed on my {product}.",
+        "The mobile app won't load my order history.",
+        "My {product} keeps disconnecting from bluetooth.",
+        "The screen on my {product} flickers and goes black.",
+        "I can't upload a photo, the site says server error 500.",
+    ),
+    "update_account": (
+        "I need to change the email on my account.",
+        "Please update my shipping address.",
+        "How do I change the phone number on my profile?",
+        "Can you update the name on my account?",
+        "I moved, please change my address on file.",
+        "I want to update my contact details.",
+        "Please change my account email to a new one.",
+        "Can I change my username?",
+        "I need to update my billing address in my profile.",
+        "Please switch my account to my new phone number.",
+        "How can I edit my profile information?",
+        "Update my account preferences so I get fewer newsletters.",
+    ),
+}
+
+_POSITIVE = (
+    "I love your products!",
+    "Thanks so much, you guys are great.",
+    "Your service has always been excellent.",
+    "I'm really happy with my purchase so far.",
+    "You have been super helpful, thank you!",
+    "Great job on the fast delivery last time.",
+    "I really appreciate your help, you're wonderful.",
+    "Amazing support as always, thank you!",
+    "I'm a very satisfied customer.",
+    "Everything else has been fantastic, thanks!",
+    "Your team is awesome.",
+    "Thank you, I'm so pleased with your shop.",
+)
+_NEGATIVE = (
+    "This is really frustrating.",
+    "I'm very disappointed with your service.",
+    "Terrible experience so far.",
+    "I'm angry, this is the third time I've asked.",
+    "This is unacceptable.",
+    "Honestly, I'm fed up with this.",
+    "Your support has been awful.",
+    "I'm extremely annoyed and upset.",
+    "Worst customer service I've ever had.",
+    "I'm really unhappy about this.",
+    "This is ridiculous and a total waste of my time.",
+    "I regret ordering from you.",
+)
+_NEUTRAL = (
+    "Quick question.",
+    "Details are below.",
+    "I'm writing about my account.",
+    "Let me know what you need from me.",
+    "Please advise.",
+    "Looking forward to your reply.",
+    "Here is the information.",
+    "I have a question about this.",
+)
+
+_ORDER_SENTENCES = (
+    "My order number is {order}.",
+    "The order id is {order}.",
+    "Order: {order}.",
+    "Reference {order}.",
+    "This is about order {order}.",
+    "(order {order})",
+    "It's order {order}.",
+    "Order number {order} for reference.",
+)
+_EMAIL_SENTENCES = (
+    "My email is {email}.",
+    "You can reach me at {email}.",
+    "Please reply to {email}.",
+    "My account email is {email}.",
+    "Contact me at {email}.",
+    "Email: {email}",
+    "I registered with {email}.",
+    "Send updates to {email}.",
+)
+# Numbers that are NOT order ids (noise for the entity task).
+_NOISE = (
+    "I paid ${amount}.",
+    "It cost ${amount} in total.",
+    "I called {phone} yesterday.",
+    "My phone is {phone}.",
+    "I ordered {count} of them.",
+    "It has been {count} days.",
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised request: ``prompt`` -> ``" " + answer + EOS``."""
+
+    task: str
+    instruction: str
+    message: str
+    prompt: str
+    answer: str
+    intent: str
+    sentiment: str
+    order_id: str | None
+    email: str | None
+    instruction_first: bool
+
+
+def format_prompt(instruction: str, message: str, instruction_first: bool = True) -> str:
+    """Render the prompt contract (see module docstring); ends with ``"\\n\\nAnswer:"``."""
+    instruction = instruction.strip()
+    message = message.strip()
+    if instruction_first:
+        return f"{instruction}\n\n{MESSAGE_LABEL}{message}{ANSWER_CUE}"
+    return f"{MESSAGE_LABEL}{message}\n\n{instruction}{ANSWER_CUE}"
+
+
+def entities_answer(order_id: str | None, email: str | None) -> str:
+    """The exact gold string for the entities task."""
+    return json.dumps({"order_id": order_id, "email": email})
+
+
+def instructions_for(task: str, split: str) -> tuple[str, ...]:
+    """Instruction phrasings available to ``task`` in ``split``."""
+    _check(task, split)
+    phrasings = INSTRUCTIONS[task]
+    if split == "train":
+        return phrasings[:-HELDOUT_PHRASINGS]
+    return phrasings[-HELDOUT_PHRASINGS:]
+
+
+def _check(task: str, split: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+class _Pools:
+    def __init__(self, split: str):
+        held = split == "heldout"
+        self.first = _FIRST_HELDOUT if held else _FIRST
+        self.last = _LAST_HELDOUT if held else _LAST
+        self.domains = _DOMAINS + _DOMAINS_HELDOUT if held else _DOMAINS
+        self.products = _PRODUCTS_HELDOUT if held else _PRODUCTS
+        self.greetings = _GREETINGS_HELDOUT if held else _GREETINGS
+        self.signoffs = _SIGNOFFS_HELDOUT if held else _SIGNOFFS
+
+
+_ALL_POOLS = None  # lazily built pool with everything (pretraining)
+
+
+def _all_pools() -> _Pools:
+    global _ALL_POOLS
+    if _ALL_POOLS is None:
+        p = _Pools("train")
+        p.first = _FIRST + _FIRST_HELDOUT
+        p.last = _LAST + _LAST_HELDOUT
+        p.domains = _DOMAINS + _DOMAINS_HELDOUT
+        p.products = _PRODUCTS + _PRODUCTS_HELDOUT
+        p.greetings = _GREETINGS + _GREETINGS_HELDOUT
+        p.signoffs = _SIGNOFFS + _SIGNOFFS_HELDOUT
+        _ALL_POOLS = p
+    return _ALL_POOLS
+
+
+def _order_id(rng: random.Random) -> str:
+    return f"ORD-{rng.randrange(10000, 100000)}"
+
+
+def _email(rng: random.Random, first: str, last: str, pools: _Pools) -> str:
+    domain = rng.choice(pools.domains)
+    style = rng.randrange(6)
+    if style == 0:
+        local = f"{first}{last}"
+    elif style == 1:
+        local = f"{first[0]}{last}"
+    elif style == 2:
+        local = f"{first}_{last}"
+    elif style == 3:
+        local = f"{first}.{last}{rng.randrange(1, 100)}"
+    elif style == 4:
+        local = f"{first}{rng.randrange(1, 1000)}"
+    else:
+        local = f"{first}.{last}"
+    return f"{local}@{domain}"
+
+
+def _display(name: str) -> str:
+    return name[:1].upper() + name[1:]
+
+
+def _noise(rng: random.Random) -> str:
+    template = rng.choice(_NOISE)
+    return template.format(
+        amount=f"{rng.randrange(5, 500)}.{rng.randrange(0, 100):02d}",
+        phone=f"555-{rng.randrange(1000, 10000)}",
+        count=rng.randrange(2, 12),
+    )
+
+
+@dataclass(frozen=True)
+class _Message:
+    text: str
+    intent: str
+    sentiment: str
+    order_id: str | None
+    email: str | None
+    first: str
+    last: str
+    product: str
+
+
+def _make_message(rng: random.Random, pools: _Pools, intent: str | None = None,
+                  sentiment: str | None = None) -> _Message:
+    intent = intent or rng.choice(INTENTS)
+    sentiment = sentiment or rng.choice(SENTIMENTS)
+    first, last = rng.choice(pools.first), rng.choice(pools.last)
+    product = rng.choice(pools.products)
+    order_id = _order_id(rng) if rng.random() < 0.55 else None
+    email = _email(rng, first, last, pools) if rng.random() < 0.5 else None
+
+    clauses = _INTENT_CLAUSES[intent]
+    if order_id is None:
+        clauses = tuple(c for c in clauses if "{order}" not in c)
+    clause = rng.choice(clauses)
+    order_in_clause = "{order}" in clause
+    body = [clause.format(product=product, order=order_id)]
+
+    # Extra sentences in random order: entity carriers and noise.
+    extras: list[str] = []
+    if order_id is not None and not order_in_clause:
+        extras.append(rng.choice(_ORDER_SENTENCES).format(order=order_id))
+    email_in_signature = email is not None and rng.random() < 0.3
+    if email is not None and not email_in_signature:
+        extras.append(rng.choice(_EMAIL_SENTENCES).format(email=email))
+    if rng.random() < 0.25:
+        extras.append(_noise(rng))
+    rng.shuffle(extras)
+    body.extend(extras)
+
+    # Sentiment cues: opener and/or closer.
+    if sentiment == "positive":
+        cue_pool = _POSITIVE
+    elif sentiment == "negative":
+        cue_pool = _NEGATIVE
+    else:
+        cue_pool = _NEUTRAL
+    r = rng.random()
+    if sentiment == "neutral" and r < 0.4:
+        pass  # neutral messages often carry no cue at all
+    elif r < 0.45:
+        body.insert(0, rng.choice(cue_pool))
+    elif r < 0.85:
+        body.append(rng.choice(cue_pool))
+    else:
+        a, b = rng.sample(cue_pool, 2)
+        body.insert(0, a)
+        body.append(b)
+
+    parts: list[str] = []
+    if rng.random() < 0.6:
+        parts.append(rng.choice(pools.greetings))
+    parts.append(" ".join(body))
+    if email_in_signature or rng.random() < 0.4:
+        sig = f"{rng.choice(pools.signoffs)} {_display(first)}"
+        if rng.random() < 0.6:
+            sig += f" {_display(last)}"
+        if email_in_signature:
+            sig += f", {email}"
+        parts.append(sig)
+    text = " ".join(parts) if rng.random() < 0.5 else "\n".join(parts)
+    return _Message(text, intent, sentiment, order_id, email, first, last, product)
+
+
+def make_examples(task: str, n: int, seed: int, split: str) -> list[Example]:
+    """``n`` deterministic examples of ``task`` for ``split`` ("train" or "heldout").
+
+    Labels are balanced by cycling through the label set (intent/sentiment); the
+    heldout split uses a disjoint RNG stream plus heldout-only phrasings, names,
+    products, greetings and sign-offs.
+    """
+    _check(task, split)
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    rng = random.Random(seed * 1_000_000_007 + _SPLIT_SALT[split] + _TASK_SALT[task])
+    pools = _Pools(split)
+    phrasings = instructions_for(task, split)
+    out: list[Example] = []
+    for i in range(n):
+        intent = INTENTS[i % len(INTENTS)] if task == "intent" else None
+        sentiment = SENTIMENTS[i % len(SENTIMENTS)] if task == "sentiment" else None
+        msg = _make_message(rng, pools, intent=intent, sentiment=sentiment)
+        instruction = rng.choice(phrasings)
+        first = rng.random() < 0.7
+        if task == "intent":
+            answer = msg.intent
+        elif task == "sentiment":
+            answer = msg.sentiment
+        else:
+            answer = entities_answer(msg.order_id, msg.email)
+        out.append(
+            Example(
+                task=task,
+                instruction=instruction,
+                message=msg.text,
+                prompt=format_prompt(instruction, msg.text, first),
+                answer=answer,
+                intent=msg.intent,
+                sentiment=msg.sentiment,
+                order_id=msg.order_id,
+                email=msg.email,
+                instruction_first=first,
+            )
+        )
+    rng.shuffle(out)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Pretraining corpus
+# --------------------------------------------------------------------------- #
+
+_AGENT_OPENERS = (
+    "Hi {name}, thanks for reaching out.",
+    "Hello {name}, thank you for contacting us.",
+    "Dear {name}, thanks for your message.",
+    "Hi {name}, sorry for the trouble.",
+    "Hello {name}, we're happy to help.",
+)
+_AGENT_BODIES: dict[str, tuple[str, ...]] = {
+    "reset_password": (
+        "We have sent a password reset link to {email_or_you}.",
+        "You can reset your password from the sign in page by clicking forgot password.",
+        "Your old password has been cleared, please choose a new one.",
+    ),
+    "billing": (
+        "We refunded the duplicate charge and you will see it in three to five days.",
+        "The invoice for your {product} is attached.",
+        "We checked the payment and corrected the amount.",
+    ),
+    "order_status": (
+        "Your {product} is on its way and should arrive on Friday.",
+        "The package left our warehouse this morning.",
+        "Tracking shows the courier will deliver it tomorrow.",
+    ),
+    "cancel_order": (
+        "We cancelled the order and you will not be charged.",
+        "The {product} will not ship, the order is now cancelled.",
+        "Your cancellation is confirmed.",
+    ),
+    "technical_issue": (
+        "Please restart the {product} and install the latest update.",
+        "Our engineers fixed the bug, please try again.",
+        "Clearing the app cache usually solves this problem.",
+    ),
+    "update_account": (
+        "Your profile has been updated.",
+        "We changed the details on your account as requested.",
+        "The new address is saved on your account.",
+    ),
+}
+_AGENT_CLOSERS = (
+    "Best regards, the support team.",
+    "Have a great day!",
+    "Let us know if there is anything else.",
+    "Kind regards, customer care.",
+    "We are here if you need anything.",
+)
+_FAQ = (
+    "Q: How do I reset my password? A: Click forgot password on the sign in page and follow the link we email you.",
+    "Q: Where can I see my order status? A: Open your account and choose orders, then tracking.",
+    "Q: How do I cancel an order? A: Orders can be cancelled before they ship from the orders page.",
+    "Q: Why was I charged twice? A: A temporary hold can look like a second charge, it disappears in a few days.",
+    "Q: How do I update my address? A: Go to profile, edit the address and save.",
+    "Q: The app crashes, what can I do? A: Update the app, restart your phone and try again.",
+    "Q: Can I get an invoice? A: Invoices are in the billing section of your account.",
+    "Q: How long does delivery take? A: Most orders arrive within three to five business days.",
+    "Q: Can I change my email? A: Yes, open account settings and change the email address.",
+    "Q: How do refunds work? A: Refunds go back to the original payment method.",
+    "Order ids start with ORD followed by five digits, for example ORD-10000.",
+    "Keep your order number handy when you contact support.",
+    "We answer most messages within one business day.",
+    "Our shop ships to most countries.",
+)
+_REVIEW_POS = (
+    "Great {product}, works perfectly.", "I love this {product}, highly recommended.",
+    "Fast shipping and friendly support.", "Excellent quality, very happy.",
+)
+_REVIEW_NEG = (
+    "The {product} broke after a week, very disappointed.", "Terrible support, never again.",
+    "Late delivery and rude service.", "Awful quality, I want my money back.",
+)
+
+
+def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
+    kind = rng.random()
+    msg = _make_message(rng, pools)
+    name = _display(msg.first)
+    oid = msg.order_id or _order_id(rng)
+    email = msg.email or _email(rng, msg.first, msg.last, pools)
+    if kind < 0.30:
+        # Customer message + agent reply that repeats the ids (copying practice).
+        reply = [rng.choice(_AGENT_OPENERS).format(name=name)]
+        if msg.order_id:
+            reply.append(rng.choice((
+                "Your order {o} is being processed.", "I looked up order {o} for you.",
+                "Thanks for the order number {o}.", "About {o}: we are on it.",
+            )).format(o=msg.order_id))
+        reply.append(rng.choice(_AGENT_BODIES[msg.intent]).format(
+            product=msg.product, email_or_you=msg.email or "your email"))
+        if msg.email:
+            reply.append(rng.choice((
+                "We will write to {e} when it is done.", "A confirmation was sent to {e}.",
+                "We have {e} on file for you.",
+            )).format(e=msg.email))
+        reply.append(rng.choice(_AGENT_CLOSERS))
+        return f"Customer: {msg.text}\nAgent: {' '.join(reply)}"
+    if kind < 0.50:
+        # Notes that repeat ids and emails several times.
+        templates = (
+            "Order {o} was placed by {e}. Order {o} ships soon. Your order {o} is confirmed.",
+            "Order {o}: status shipped. Tracking for {o} is active. Contact {e} about {o}.",
+            "Account {e} updated. A message was sent to {e}. Login for {e} works again.",
+            "Note: {n} wrote about {o}. Reply sent to {e}. Case {o} closed for {e}.",
+            "Refund for {o} issued to the card of {e}. {o} refund confirmed.",
+            "Your order {o} ships soon. We will email {e} with tracking for order {o}.",
+            "Reminder for {e}: order {o} arrives tomorrow. Thanks, {e}!",
+            "The customer {e} asked about {o}. We replied to {e} and updated {o}.",
+        )
+        return rng.choice(templates).format(o=oid, e=email, n=name)
+    if kind < 0.58:
+        return " ".join(rng.sample(_FAQ, 3))
+    if kind < 0.66:
+        review = rng.choice(_REVIEW_POS if rng.random() < 0.5 else _REVIEW_NEG)
+        return f"Review by {name}: {review.format(product=msg.product)}"
+    if kind < 0.80:
+        # Signature repeating the email, message in between.
+        sig = f"{_display(msg.first)} {_display(msg.last)} | {email}"
+        return f"From: {email}\n{msg.text}\n--\n{sig}"
+    return msg.text
+
+
+def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
+    """``n_docs`` generic support-domain documents (no task instructions/answers)."""
+    rng = random.Random(seed * 1_000_000_007 + 424_242)
+    pools = _all_pools()
+    return [_pretrain_doc(rng, pools) for _ in range(n_docs)]
+
+
+def tokenizer_glossary() -> list[str]:
+    """Lines that make sure the tokenizer corpus covers every answer token."""
+    lines = [
+        "Intents: " + ", ".join(INTENTS) + ".",
+        "Sentiments: " + ", ".join(SENTIMENTS) + ".",
+        "Fields: order_id, email, null, true, false.",
+        "Answer: " + " ".join(INTENTS + SENTIMENTS),
+    ]
+    rng = random.Random(99)
+    pools = _all_pools()
+    for i in range(60):
+        first, last = rng.choice(pools.first), rng.choice(pools.last)
+        oid = _order_id(rng) if i % 3 else None
+        email = _email(rng, first, last, pools) if i % 2 else None
+        lines.append(entities_answer(oid, email))
+    for task in TASKS:
+        lines.extend(instructions_for(task, "train"))
+    return lines

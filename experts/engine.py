@@ -1,0 +1,187 @@
+"""The engine: one base model, many adapters, mixed-composition batches in one decode loop.
+
+`Engine.generate_many` is what an expert replica calls for each Serve batch. Each request is checked
+on its own first, so one bad request fails alone; the rest run together. Chains run as rounds: every
+round decodes the current stage of every unfinished request in one mixed batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from config.engine import EngineConfig
+from experts.adapter_store import AdapterStore
+from experts.composition import Base, Chain, Composition, Single, adapters_of, parse_composition, weight_rows
+from experts.errors import CapacityError, LoraplexError, RequestError
+from experts.generation import GenItem, GenOutput, TokenCallback, generate
+from experts.multi_lora import WrappedModel, wrap_model
+from experts.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    prompt: str
+    composition: Composition = field(default_factory=Base)
+    params: SamplingParams = field(default_factory=SamplingParams)
+    on_token: TokenCallback | None = None
+
+    @classmethod
+    def from_json(cls, prompt: str, composition: object = None, on_token: TokenCallback | None = None, **sampling: object) -> "Request":
+        return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token)  # type: ignore[arg-type]
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    stages: list[str] = field(default_factory=list)  # chain: every stage's output, last == text
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RequestError("device 'cuda' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, tokenizer, config: EngineConfig):
+        self.config = config
+        self.tokenizer = tokenizer
+        model.eval()
+        self.wrapped: WrappedModel = wrap_model(model, config.max_slots, config.max_rank, config.target_modules)
+        self.store = AdapterStore(config.adapter_roots, self.wrapped.module_shapes, self.wrapped, config.max_rank, config.max_host_adapters, config.allow_pickle)
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        """Load the base model and tokenizer with the ordinary `from_pretrained(path)` calls."""
+        device = pick_device(config.device)
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+        model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=pick_dtype(config.dtype, device)).to(device)
+        return cls(model, tokenizer, config)
+
+    # ---- checks ----------------------------------------------------------------------------
+    def check(self, request: Request) -> None:
+        """Raise the request's first problem (unknown adapter, prompt too long) without touching the model."""
+        for name in adapters_of(request.composition):
+            self.store.resolve(name)
+        if isinstance(request.composition, Chain):
+            prompts = [s.render(request.prompt, "") for s in request.composition.stages[:1]]
+        else:
+            prompts = [request.prompt]
+            rows, _ = weight_rows(request.composition)
+            if len(rows) > self.config.max_batch_rows:
+                raise RequestError(f"composition needs {len(rows)} rows; max_batch_rows is {self.config.max_batch_rows}")
+            if len(adapters_of(request.composition)) > self.config.max_slots:
+                raise CapacityError(f"composition uses {len(adapters_of(request.composition))} adapters; this replica has {self.config.max_slots} slots")
+        for p in prompts:
+            n = len(self._encode(p))
+            if n + request.params.max_tokens > self.max_positions:
+                raise RequestError(f"prompt ({n} tokens) + max_tokens ({request.params.max_tokens}) exceeds the model's context of {self.max_positions} tokens")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    # ---- generation ------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        """All-or-nothing variant of `generate_many`: raises the first request error."""
+        results = self.generate_many(requests)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results  # type: ignore[return-value]
+
+    def generate_many(self, requests: Sequence[Request]) -> list[Result | LoraplexError]:
+        results: list[Result | LoraplexError | None] = [None] * len(requests)
+        stage = {}  # request index -> (stage number, previous output, outputs so far)
+        for i, req in enumerate(requests):
+            try:
+                self.check(req)
+                stage[i] = (0, "", [])
+            except LoraplexError as e:
+                results[i] = e
+        while stage:
+            steps: list[tuple[int, str, Composition, TokenCallback | None, SamplingParams]] = []
+            for i, (n, prev, _) in stage.items():
+                req = requests[i]
+                if isinstance(req.composition, Chain):
+                    st = req.composition.stages[n]
+                    last = n == len(req.composition.stages) - 1
+                    comp: Composition = Single(st.adapter) if st.adapter else Base()
+                    steps.append((i, st.render(req.prompt, prev), comp, req.on_token if last else None, req.params))
+                else:
+                    steps.append((i, req.prompt, req.composition, req.on_token, req.params))
+            outputs = self._run_round(steps)
+            for i, out in outputs.items():
+                n, _, texts = stage.pop(i)
+                if isinstance(out, LoraplexError):
+                    results[i] = out
+                    continue
+                req = requests[i]
+                texts = texts + [out.text]
+                if isinstance(req.composition, Chain) and n + 1 < len(req.composition.stages):
+                    stage[i] = (n + 1, out.text, texts)
+                else:
+                    results[i] = Result(out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens, texts if len(texts) > 1 else [])
+        return results  # type: ignore[return-value]
+
+    def _run_round(self, steps) -> dict[int, GenOutput | LoraplexError]:
+        """Decode one step of every request, packed into groups that fit the slots and row budget."""
+        outputs: dict[int, GenOutput | LoraplexError] = {}
+        groups: list[list] = []
+        names: set[str] = set()
+        nrows = 0
+        for step in steps:
+            rows, _ = weight_rows(step[2])
+            need = set(adapters_of(step[2]))
+            if groups and len(names | need) <= self.config.max_slots and nrows + len(rows) <= self.config.max_batch_rows:
+                groups[-1].append(step)
+                names |= need
+                nrows += len(rows)
+            else:
+                groups.append([step])
+                names, nrows = set(need), len(rows)
+        for group in groups:
+            wanted = [n for s in group for n in adapters_of(s[2])]
+            try:
+                slots = self.store.acquire(wanted)
+            except LoraplexError as e:  # e.g. an adapter failed validation: fail the requests that use it
+                bad = getattr(e, "name", None)
+                for s in group:
+                    if bad is None or bad in adapters_of(s[2]):
+                        outputs[s[0]] = e
+                group = [s for s in group if s[0] not in outputs]
+                if not group:
+                    continue
+                slots = self.store.acquire([n for s in group for n in adapters_of(s[2])])
+            items = []
+            for i, prompt, comp, cb, params in group:
+                rows, mix = weight_rows(comp)
+                items.append(GenItem(self._encode(prompt), [{slots[n]: w for n, w in r.items()} for r in rows], mix, params, cb))
+            for (i, *_), out in zip(group, generate(self.wrapped, self.tokenizer, items, self.eos_ids, self.pad_id)):
+                outputs[i] = out
+        return outputs
+
+    def stats(self) -> dict:
+        return {**self.store.stats.as_dict(), "resident": list(self.store.resident()), "cached": self.store.cached()}

@@ -1,0 +1,246 @@
+"""Batched multi-LoRA layers: one forward pass, every row its own adapter or mix of adapters.
+
+Each targeted `nn.Linear` of a Hugging Face causal LM is replaced by `MultiLoraLinear`, which keeps
+the adapters of all device slots stacked in two buffers (`A: [slots, rank, in]`,
+`B: [slots, out, rank]`). A `LoraBatch` says, per row, which slots contribute and with what weight;
+the layer then adds `sum_s w[row, s] * scale_s * B_s(A_s x)` with two batched matmuls over the
+slots actually in use, never a Python loop over rows (the per-example loop of the reference article
+and PEFT's per-adapter sub-batch loop are what this replaces).
+
+Per batch, every layer gathers the per-row adapter matrices once (`A_rows: [batch, in, k*rank]`,
+`B_rows: [batch, k*rank, out]`, the weights already folded into `B_rows`) and reuses them for all
+decoding steps of that batch, so a decode step costs two small `bmm`s per layer. When all rows
+share one weight vector the layer uses plain matmuls instead (the PEFT single-adapter cost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from config.engine import DEFAULT_TARGET_MODULES
+from experts.errors import CapacityError, ConfigError
+
+
+@dataclass(frozen=True)
+class LoraBatch:
+    """Per-row slot weights of one batch, in padded sparse form.
+
+    `slot_idx[r, j]` is the j-th slot row r uses and `coeff[r, j]` its weight; padding entries have
+    coefficient 0. `uniform` marks batches where every row has the same weights, which lets the
+    layers skip the per-row gather.
+    """
+
+    slot_idx: torch.Tensor  # [batch, k] long
+    coeff: torch.Tensor  # [batch, k] float
+    uniform: bool
+    version: int
+
+    @property
+    def size(self) -> int:
+        return int(self.slot_idx.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.slot_idx.shape[1])
+
+    def select(self, rows: torch.Tensor, version: int) -> "LoraBatch":
+        """The same batch restricted to `rows` (finished rows leave a decoding batch)."""
+        return LoraBatch(self.slot_idx[rows], self.coeff[rows], self.uniform, version)
+
+
+def build_lora_batch(rows: Sequence[Mapping[int, float]], version: int, device: torch.device) -> LoraBatch | None:
+    """Pack per-row `{slot: weight}` dicts into a `LoraBatch`; None when no row uses any adapter."""
+    k = max((sum(1 for w in r.values() if w != 0.0) for r in rows), default=0)
+    if k == 0:
+        return None
+    slot_idx = torch.zeros(len(rows), k, dtype=torch.long)
+    coeff = torch.zeros(len(rows), k, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        items = sorted((s, w) for s, w in r.items() if w != 0.0)
+        for j, (s, w) in enumerate(items):
+            slot_idx[i, j] = s
+            coeff[i, j] = w
+    first = (slot_idx[0], coeff[0])
+    uniform = bool((slot_idx == first[0]).all() and (coeff == first[1]).all())
+    return LoraBatch(slot_idx.to(device), coeff.to(device), uniform, version)
+
+
+class LoraContext:
+    """The batch currently flowing through the model, shared by every `MultiLoraLinear`."""
+
+    def __init__(self) -> None:
+        self.batch: LoraBatch | None = None
+        self._version = 0
+
+    def next_version(self) -> int:
+        self._version += 1
+        return self._version
+
+
+class MultiLoraLinear(nn.Module):
+    """`nn.Linear` plus a stack of LoRA slots applied per row of the current `LoraBatch`."""
+
+    def __init__(self, base: nn.Linear, num_slots: int, max_rank: int, context: LoraContext):
+        super().__init__()
+        self.base = base
+        self.context = context
+        w = base.weight
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.register_buffer("lora_A", torch.zeros(num_slots, max_rank, self.in_features, dtype=w.dtype, device=w.device), persistent=False)
+        self.register_buffer("lora_B", torch.zeros(num_slots, self.out_features, max_rank, dtype=w.dtype, device=w.device), persistent=False)
+        self.register_buffer("scale", torch.zeros(num_slots, dtype=torch.float32, device=w.device), persistent=False)
+        self.slot_ranks: list[int] = [0] * num_slots  # rank written in each slot (0 = empty)
+        self._cache_version = -1
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:  # some HF code paths read `.weight` of projections
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def write_slot(self, slot: int, A: torch.Tensor | None, B: torch.Tensor | None, scale: float) -> None:
+        """Copy one adapter's matrices (`A: [r, in]`, `B: [out, r]`) into a slot; None clears it."""
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        if A is None or B is None:
+            self.scale[slot] = 0.0
+            self.slot_ranks[slot] = 0
+        else:
+            r = A.shape[0]
+            self.lora_A[slot, :r].copy_(A)
+            self.lora_B[slot, :, :r].copy_(B)
+            self.scale[slot] = float(scale)
+            self.slot_ranks[slot] = r
+        self._cache_version = -1
+
+    def _gathered(self, batch: LoraBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self._cache_version == batch.version:
+            return self._cache
+        self._cache_version = batch.version
+        used = sorted(set(batch.slot_idx.flatten().tolist()))
+        rank = max(self.slot_ranks[s] for s in used)
+        if rank == 0:  # none of the batch's adapters targets this layer
+            self._cache = None
+            return None
+        coeff = (batch.coeff * self.scale[batch.slot_idx]).to(self.lora_B.dtype)  # [batch, k]
+        if batch.uniform:
+            idx, c = batch.slot_idx[0], coeff[0]
+            A = self.lora_A[idx, :rank].reshape(-1, self.in_features).t()  # [in, k*r]
+            B = (self.lora_B[idx, :, :rank] * c[:, None, None]).permute(0, 2, 1).reshape(-1, self.out_features)  # [k*r, out]
+            self._cache = (A.contiguous(), B.contiguous())
+        else:
+            b, k = batch.slot_idx.shape
+            A = self.lora_A[batch.slot_idx, :rank]  # [batch, k, r, in]
+            A = A.reshape(b, k * rank, self.in_features).transpose(1, 2)  # [batch, in, k*r]
+            B = self.lora_B[batch.slot_idx, :, :rank] * coeff[:, :, None, None]  # [batch, k, out, r]
+            B = B.permute(0, 1, 3, 2).reshape(b, k * rank, self.out_features)  # [batch, k*r, out]
+            self._cache = (A.contiguous(), B.contiguous())
+        return self._cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        batch = self.context.batch
+        if batch is None:
+            return y
+        gathered = self._gathered(batch)
+        if gathered is None:
+            return y
+        A, B = gathered
+        xa = x.to(A.dtype)
+        if batch.uniform:
+            delta = (xa @ A) @ B  # [..., out]
+        else:
+            shape = x.shape
+            if shape[0] != batch.size:
+                raise RuntimeError(f"LoRA batch has {batch.size} rows but the input has {shape[0]}")
+            x3 = xa.reshape(shape[0], -1, shape[-1])  # [batch, tokens, in]
+            delta = torch.bmm(torch.bmm(x3, A), B).reshape(*shape[:-1], self.out_features)  # [batch, tokens, out]
+        return y + delta.to(y.dtype)
+
+
+@dataclass
+class WrappedModel:
+    """A HF causal LM whose target linears are `MultiLoraLinear`s sharing one `LoraContext`."""
+
+    model: nn.Module
+    context: LoraContext
+    layers: dict[str, MultiLoraLinear]
+    num_slots: int
+    max_rank: int
+    slot_names: list[str | None] = field(default_factory=list)
+
+    @property
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """`{module name: (in_features, out_features)}` of every wrapped layer, for adapter validation."""
+        return {n: (m.in_features, m.out_features) for n, m in self.layers.items()}
+
+    def write_slot(self, slot: int, modules: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]], name: str | None) -> None:
+        """Put an adapter (`{module: (A, B, scale)}`) into `slot`; modules it does not target are zeroed."""
+        if not 0 <= slot < self.num_slots:
+            raise CapacityError(f"slot {slot} out of range; the model has {self.num_slots} slots")
+        for mod_name, layer in self.layers.items():
+            entry = modules.get(mod_name)
+            if entry is None:
+                layer.write_slot(slot, None, None, 0.0)
+            else:
+                A, B, scale = entry
+                layer.write_slot(slot, A.to(layer.lora_A.device, layer.lora_A.dtype), B.to(layer.lora_B.device, layer.lora_B.dtype), scale)
+        self.slot_names[slot] = name
+
+    def clear_slot(self, slot: int) -> None:
+        self.write_slot(slot, {}, None)
+
+    @contextlib.contextmanager
+    def batch(self, rows: Sequence[Mapping[int, float]] | None) -> Iterator[LoraBatch | None]:
+        """Route a forward (or a whole decode) through per-row slot weights; restores on exit."""
+        device = next(self.model.parameters()).device
+        previous = self.context.batch
+        self.context.batch = None if rows is None else build_lora_batch(rows, self.context.next_version(), device)
+        try:
+            yield self.context.batch
+        finally:
+            self.context.batch = previous
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` of the current batch (rows that finished decoding leave the batch)."""
+        if self.context.batch is not None:
+            self.context.batch = self.context.batch.select(rows, self.context.next_version())
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return any(last == p or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def wrap_model(model: nn.Module, num_slots: int, max_rank: int, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES) -> WrappedModel:
+    """Replace every `nn.Linear` matching `target_modules` (last name component or glob) in place."""
+    problems = []
+    if num_slots < 1:
+        problems.append(f"num_slots must be >= 1, got {num_slots}")
+    if max_rank < 1:
+        problems.append(f"max_rank must be >= 1, got {max_rank}")
+    if problems:
+        raise ConfigError(problems)
+    context = LoraContext()
+    layers: dict[str, MultiLoraLinear] = {}
+    for name, module in list(model.named_modules()):
+        if name.endswith("lm_head") or not isinstance(module, nn.Linear) or not _matches(name, target_modules):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wrapped = MultiLoraLinear(module, num_slots, max_rank, context)
+        setattr(parent, child, wrapped)
+        layers[name] = wrapped
+    if not layers:
+        linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError([f"target_modules {list(target_modules)} match no nn.Linear of the model; its linear layers: {linears}"])
+    return WrappedModel(model, context, layers, num_slots, max_rank, [None] * num_slots)
