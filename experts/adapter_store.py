@@ -133,11 +133,8 @@ class AdapterStore:
                 self.stats.load_failures += 1
                 raise
             self.stats.load_seconds += time.perf_counter() - t0
-            while len(self._host) >= self.host_capacity:
-                victim = next((n for n in self._host if n not in self._slots), None)
-                if victim is None:
-                    break
-                del self._host[victim]
+            while len(self._host) >= self.host_capacity:  # slot copies live on the device, plain LRU is safe
+                self._host.popitem(last=False)
                 self.stats.evictions_host += 1
             self._host[name] = adapter
             return adapter
