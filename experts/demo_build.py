@@ -45,7 +45,7 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CORPUS_PATH = PROJECT_ROOT / "data" / "corpus.txt"
 CORPUS_SEED = 20240601
-CORPUS_DOCS = 1500
+CORPUS_DOCS = 1300
 
 # Renders user/system contents (joined by blank lines); if the conversation ends on a
 # user turn and add_generation_prompt is set, appends the "\n\nAnswer:" cue unless the

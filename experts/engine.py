@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Request:
-    prompt: str
+    prompt: str | list[int]  # text, or token ids (OpenAI completions accept both)
     composition: Composition = field(default_factory=Base)
     params: SamplingParams = field(default_factory=SamplingParams)
     on_token: TokenCallback | None = None
@@ -87,6 +87,8 @@ class Engine:
         for name in adapters_of(request.composition):
             self.store.resolve(name)
         if isinstance(request.composition, Chain):
+            if not isinstance(request.prompt, str):
+                raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
             prompts = [s.render(request.prompt, "") for s in request.composition.stages[:1]]
         else:
             prompts = [request.prompt]
@@ -100,8 +102,13 @@ class Engine:
             if n + request.params.max_tokens > self.max_positions:
                 raise RequestError(f"prompt ({n} tokens) + max_tokens ({request.params.max_tokens}) exceeds the model's context of {self.max_positions} tokens")
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
+    def _encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt)["input_ids"]
+        vocab = len(self.tokenizer)
+        if not prompt or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
+            raise RequestError(f"prompt token ids must be a non-empty list of integers in [0, {vocab})")
+        return list(prompt)
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Result]:

@@ -68,7 +68,7 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 def _advance(st: _State, token: int, tokenizer, eos_ids: set[int]) -> None:
     p = st.item.params
     st.steps += 1
-    if token in eos_ids:
+    if token in eos_ids and not p.ignore_eos:
         st.finish = "stop"
     else:
         st.ids.append(token)

@@ -22,6 +22,7 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    ignore_eos: bool = False  # decode exactly max_tokens (benchmarks, load tests)
 
     def __post_init__(self) -> None:
         problems = []
@@ -46,6 +47,8 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(stop))
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63):
             problems.append(f"seed must be an integer in [0, 2**63) or null, got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            problems.append(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         if problems:
             raise SamplingError("; ".join(problems))
 
