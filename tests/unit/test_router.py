@@ -1,0 +1,140 @@
+"""Router losses against hand-computed values, the routing policy, and save/load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from experts.errors import ConfigError
+from router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
+from router.network import RouterNet
+from router.router import Router
+from router.routing_policy import PolicyConfig, decide, top_k_renormalised
+from router.training import TrainConfig, train_router
+
+EXPERTS = ["intent", "sentiment", "entities"]
+
+
+def test_balance_loss_is_alpha_at_uniform_routing():
+    # f = [1/3]*3 (argmax cycles over experts), P = [1/3]*3 -> N * sum f P = 3 * 3 * 1/9 = 1
+    logits = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0]])
+    assert load_balancing_loss(logits, alpha=1.0).item() == pytest.approx(1.0, abs=1e-6)
+    assert load_balancing_loss(logits, alpha=0.5).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_balance_loss_is_n_at_total_collapse():
+    logits = torch.tensor([[100.0, 0, 0]] * 4)  # everything to expert 0 with probability ~1
+    assert load_balancing_loss(logits).item() == pytest.approx(3.0, abs=1e-4)
+
+
+def test_balance_loss_hand_computed_mixed_case():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]))
+    # f = [0.5, 0.5, 0], P = [0.4, 0.5, 0.1] -> 3 * (0.2 + 0.25) = 1.35
+    assert load_balancing_loss(logits).item() == pytest.approx(1.35, abs=1e-5)
+
+
+def test_balance_loss_has_gradient_toward_balance():
+    logits = torch.tensor([[3.0, 0, 0]] * 4, requires_grad=True)
+    load_balancing_loss(logits).backward()
+    assert logits.grad[0, 0] > 0  # pushing the overloaded expert's logit down lowers the loss
+
+
+def test_z_loss_hand_computed():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    want = (math.log(2.0) ** 2 + math.log(4.0) ** 2) / 2
+    assert z_loss(logits).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_soft_ce_entropy_and_share():
+    logits = torch.tensor([[0.0, 0.0, 0.0]])
+    assert soft_cross_entropy(logits, torch.tensor([[1.0, 0, 0]])).item() == pytest.approx(math.log(3), abs=1e-6)
+    assert routing_entropy(torch.tensor([[1 / 3] * 3])).item() == pytest.approx(math.log(3), abs=1e-6)
+    assert expert_share(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])).tolist() == [0.5, 0.0, 0.5]
+
+
+def test_top_k_renormalisation():
+    vals, idx = top_k_renormalised(torch.tensor([[0.5, 0.3, 0.2]]), 2)
+    assert idx.tolist() == [[0, 1]]
+    assert vals[0].tolist() == pytest.approx([0.625, 0.375])
+
+
+POLICY_CASES = [
+    # name, probs, policy, expected (mode, weights, fallback)
+    ("confident top1", [0.9, 0.06, 0.04], PolicyConfig(top_k=1), ("moe", {"intent": 1.0}, False)),
+    ("confident top2", [0.7, 0.2, 0.1], PolicyConfig(top_k=2, confidence_floor=0.5), ("moe", {"intent": 0.7 / 0.9, "sentiment": 0.2 / 0.9}, False)),
+    ("unsure -> soft top2", [0.4, 0.35, 0.25], PolicyConfig(top_k=1, confidence_floor=0.5), ("moe", {"intent": 0.4 / 0.75, "sentiment": 0.35 / 0.75}, True)),
+    ("unsure -> base", [0.4, 0.35, 0.25], PolicyConfig(confidence_floor=0.5, fallback="base"), ("base", {}, True)),
+]
+
+
+@pytest.mark.parametrize("name,probs,policy,expected", POLICY_CASES, ids=[c[0] for c in POLICY_CASES])
+def test_policy_decisions(name, probs, policy, expected):
+    d = decide(torch.log(torch.tensor([probs])), EXPERTS, policy)[0]
+    assert (d.mode, d.fallback) == (expected[0], expected[2])
+    assert d.weights == pytest.approx(expected[1])
+    assert d.confidence == pytest.approx(max(probs), abs=1e-6)
+
+
+def test_temperature_flattens_confidence():
+    logits = torch.log(torch.tensor([[0.8, 0.1, 0.1]]))
+    hot = decide(logits, EXPERTS, PolicyConfig(temperature=4.0, confidence_floor=0.0))[0]
+    assert hot.confidence < 0.5
+
+
+CONFIG_CASES = [
+    ("top_k", dict(top_k=0), "top_k must be >= 1"),
+    ("temperature", dict(temperature=0.0), "temperature must be > 0"),
+    ("floor", dict(confidence_floor=1.5), r"confidence_floor must be in \[0, 1\]"),
+    ("fallback", dict(fallback="random"), r"unknown fallback 'random'; valid: \['base', 'soft_topk'\]"),
+]
+
+
+@pytest.mark.parametrize("name,kw,match", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_policy_config_errors(name, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        PolicyConfig(**kw)
+
+
+class _Feat:
+    """Bag-of-keywords features: enough to test training and save/load logic without an encoder."""
+
+    dim = 3
+    words = ("intent", "feel", "extract")
+
+    def encode(self, texts):
+        return torch.tensor([[float(w in t) for w in self.words] for t in texts])
+
+    def spec(self):
+        return {"kind": "sentence", "path": "unused"}
+
+
+def test_training_learns_and_uniform_targets_give_low_confidence(tmp_path):
+    feat = _Feat()
+    texts = ["intent please", "how do they feel", "extract ids", "no instruction here"] * 30
+    targets = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1 / 3, 1 / 3, 1 / 3]] * 30)
+    net, hist = train_router(feat.encode(texts), targets, TrainConfig(epochs=60, balance_coef=0.01, hidden=16, dropout=0.0), progress=False)
+    assert hist[-1]["accuracy"] == 1.0 and hist[-1]["loss"] < hist[0]["loss"]
+    router = Router(feat, net, EXPERTS, PolicyConfig(confidence_floor=0.6))
+    router.save(tmp_path / "r")
+    loaded = Router.load(tmp_path / "r", featurizer=feat)
+    d = loaded.route(["what intent", "bare message"])
+    assert d[0].weights == {"intent": 1.0} and not d[0].fallback
+    assert d[1].confidence < 0.5 and d[1].fallback
+    torch.testing.assert_close(loaded.logits(texts[:4]), router.logits(texts[:4]))
+
+
+def test_collapse_warning(caplog):
+    feat = torch.ones(32, 2)
+    targets = torch.tensor([[1.0, 0.0]] * 32)
+    with caplog.at_level("WARNING"):
+        train_router(feat, targets, TrainConfig(epochs=3, hidden=4), progress=False)
+    assert "router collapse" in caplog.text
+
+
+def test_router_load_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no trained router at"):
+        Router.load(tmp_path)
+    with pytest.raises(ConfigError, match="3 outputs but 2 experts"):
+        Router(_Feat(), RouterNet(3, 3), ["a", "b"], PolicyConfig())
