@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Train the MoE router over the demo adapters and save it (router.safetensors + router.json).
+
+    python scripts/train_router.py --out models/demo/router
+    python scripts/train_router.py --featurizer hidden_state --base-model models/demo/base --out models/demo/router_hidden
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("models/demo/router"), help="output folder")
+    p.add_argument("--featurizer", choices=["sentence", "hidden_state"], default="sentence")
+    p.add_argument("--sentence-model", default="default", help="sentence-transformers folder ('default' = packaged all-MiniLM-L6-v2)")
+    p.add_argument("--base-model", default="models/demo/base", help="causal LM folder for --featurizer hidden_state")
+    p.add_argument("--pooling", choices=["mean", "first"], default="mean", help="hidden_state pooling")
+    p.add_argument("--n-per-task", type=int, default=800, help="training prompts per task")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--balance-coef", type=float, default=0.01, help="weight of the Switch load-balancing loss")
+    p.add_argument("--z-coef", type=float, default=1e-3, help="weight of the router z-loss")
+    p.add_argument("--confidence-floor", type=float, default=0.6, help="below it the fallback applies")
+    p.add_argument("--fallback", choices=["base", "soft_topk"], default="soft_topk")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def main() -> int:
+    a = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    import torch
+
+    from router.dataset import routing_data
+    from router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
+    from router.router import Router
+    from router.routing_policy import PolicyConfig
+    from router.training import TrainConfig, train_router
+
+    torch.manual_seed(a.seed)
+    feat = SentenceFeaturizer(a.sentence_model) if a.featurizer == "sentence" else HiddenStateFeaturizer.from_path(a.base_model, a.pooling)
+    train = routing_data("train", a.n_per_task, a.seed)
+    held = routing_data("heldout", max(50, a.n_per_task // 4), a.seed + 100)
+
+    def encode(texts):
+        from tqdm import tqdm
+
+        return torch.cat([feat.encode(texts[i : i + 64]) for i in tqdm(range(0, len(texts), 64), desc="features")])
+
+    x_train, x_held = encode(train.texts), encode(held.texts)
+    cfg = TrainConfig(epochs=a.epochs, lr=a.lr, balance_coef=a.balance_coef, z_coef=a.z_coef, seed=a.seed)
+    net, history = train_router(x_train, train.targets, cfg)
+    with torch.no_grad():
+        logits = net.eval()(x_held)
+    labelled = torch.tensor(held.labels) >= 0
+    acc = float((logits[labelled].argmax(1) == torch.tensor(held.labels)[labelled]).float().mean())
+    bare_conf = float(logits[~labelled].softmax(-1).max(-1).values.mean())
+    metrics = {"train": history[-1], "heldout_accuracy": round(acc, 4), "heldout_bare_message_confidence": round(bare_conf, 4), "n_train": len(train.texts)}
+    router = Router(feat, net, train.experts, PolicyConfig(top_k=a.top_k, confidence_floor=a.confidence_floor, fallback=a.fallback), metrics)
+    router.save(a.out)
+    print(json.dumps({"out": str(a.out), **metrics}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
