@@ -24,6 +24,38 @@ from experts.errors import AdapterNameError, CapacityError, ConfigError, Unknown
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def find_adapters(roots: Sequence[Path | str]) -> list[str]:
+    """Adapter names under `roots`: folders holding an adapter_config.json that stay inside their root."""
+    names = set()
+    for root in (Path(r).resolve() for r in roots):
+        for cfg in root.rglob(CONFIG_FILE):
+            rel = cfg.parent.relative_to(root).as_posix()
+            if rel != "." and _inside(root, cfg.parent):
+                names.add(rel)
+    return sorted(names)
+
+
+def check_name(name: object) -> list[str]:
+    """The path segments of a safe adapter name; raises `AdapterNameError` for anything that could escape a root."""
+    if not isinstance(name, str) or not name:
+        raise AdapterNameError(f"adapter name must be a non-empty string, got {name!r}")
+    segments = name.split("/")
+    if name.startswith("/") or any(s in ("", ".", "..") or not _SEGMENT.match(s) for s in segments):
+        raise AdapterNameError(
+            f"invalid adapter name {name!r}: use letters, digits, '.', '_', '-' and '/' between parts; "
+            "no absolute paths or '..'"
+        )
+    return segments
+
+
 class SlotBackend(Protocol):
     """What the store needs from the model: somewhere to write adapters (`WrappedModel`)."""
 
@@ -81,37 +113,15 @@ class AdapterStore:
 
     # ---- names and paths -------------------------------------------------------------------
     def available(self) -> list[str]:
-        """Adapter names found under the roots (folders holding an adapter_config.json)."""
-        names = set()
-        for root in self.roots:
-            for cfg in root.rglob(CONFIG_FILE):
-                rel = cfg.parent.relative_to(root).as_posix()
-                if rel != "." and self._inside(root, cfg.parent):
-                    names.add(rel)
-        return sorted(names)
-
-    @staticmethod
-    def _inside(root: Path, path: Path) -> bool:
-        try:
-            path.resolve().relative_to(root)
-            return True
-        except ValueError:
-            return False
+        return find_adapters(self.roots)
 
     def resolve(self, name: str) -> Path:
         """The folder of adapter `name`; rejects names that could leave the roots."""
-        if not isinstance(name, str) or not name:
-            raise AdapterNameError(f"adapter name must be a non-empty string, got {name!r}")
-        segments = name.split("/")
-        if name.startswith("/") or any(s in ("", ".", "..") or not _SEGMENT.match(s) for s in segments):
-            raise AdapterNameError(
-                f"invalid adapter name {name!r}: use letters, digits, '.', '_', '-' and '/' between parts; "
-                "no absolute paths or '..'"
-            )
+        segments = check_name(name)
         for root in self.roots:
             candidate = root.joinpath(*segments)
             if (candidate / CONFIG_FILE).is_file():
-                if not self._inside(root, candidate) or not self._inside(root, candidate / CONFIG_FILE):
+                if not _inside(root, candidate) or not _inside(root, candidate / CONFIG_FILE):
                     raise AdapterNameError(f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it")
                 return candidate
         raise UnknownAdapterError(name, self.available())

@@ -1,0 +1,29 @@
+"""`build_app(args)`: the Serve application builder named in config/serve*.yaml (`deployments.app:build_app`)."""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from config.app import AppArgs
+from deployments.expert import ExpertDeployment
+from deployments.ingress import RouterIngress
+
+
+def expert_deployment_name(group: str) -> str:
+    return f"expert_{group}"
+
+
+def build_app(args: dict) -> Application:
+    cfg = AppArgs(**args)  # validates exactly as applications[].args must
+    experts = {}
+    for g in cfg.groups:
+        engine = {"base_model": cfg.base_model, "adapter_roots": cfg.adapter_roots, "max_slots": g.max_slots, "max_host_adapters": g.max_host_adapters,
+                  "max_rank": cfg.max_rank, "target_modules": cfg.target_modules, "device": cfg.device, "dtype": cfg.dtype, "max_batch_rows": max(64, 4 * g.max_batch_size)}
+        actor = {"num_cpus": g.resources.num_cpus, "num_gpus": g.resources.num_gpus}
+        if g.resources.memory_gb:
+            actor["memory"] = int(g.resources.memory_gb * 2**30)
+        experts[g.name] = ExpertDeployment.options(
+            name=expert_deployment_name(g.name), num_replicas=g.num_replicas, ray_actor_options=actor,
+            max_ongoing_requests=g.max_ongoing_requests, max_queued_requests=g.max_queued_requests,
+        ).bind(engine, list(g.adapters), g.max_batch_size, g.batch_wait_timeout_s)
+    return RouterIngress.options(num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(cfg.model_dump(), experts)

@@ -1,0 +1,67 @@
+"""Expert group deployment: the base model plus a group of adapters, one engine call per Serve batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from config.engine import EngineConfig
+from experts.expert_server import ExpertServer, error_payload
+
+MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
+
+
+@serve.deployment
+class ExpertDeployment:
+    def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
+        self.server = ExpertServer(EngineConfig(**engine_config), pinned)
+        self._batch.set_max_batch_size(max_batch_size)
+        self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_MULTIPLEXED)
+    async def _affinity(self, adapter: str):
+        # Multiplexing here is only the affinity signal: Serve prefers replicas whose loaded ids include the
+        # request's adapter. Weights live in the engine's own two-tier store.
+        return await asyncio.to_thread(self.server.warm, adapter)
+
+    async def _warm_for_request(self) -> dict | None:
+        adapter = serve.get_multiplexed_model_id()
+        if adapter:
+            try:
+                await self._affinity(adapter)
+            except Exception as e:  # unknown/invalid adapter: answer as data, the engine re-checks anyway
+                return error_payload(e)
+        return None
+
+    async def generate(self, payload: dict) -> dict:
+        return await self._warm_for_request() or await self._batch(payload)
+
+    async def generate_stream(self, payload: dict):
+        """Yields text deltas (str), then the final result dict."""
+        err = await self._warm_for_request()
+        if err:
+            yield err
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(self._batch({**payload, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
+        while not (task.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield task.result()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _batch(self, payloads: list[dict]) -> list[dict]:
+        return await asyncio.to_thread(self.server.run_batch, payloads)
+
+    def stats(self) -> dict:
+        return self.server.stats()
+
+    def check_health(self) -> None:
+        if not self.server.engine.store.backend.num_slots:
+            raise RuntimeError("engine has no slots")

@@ -1,0 +1,143 @@
+"""Router ingress: OpenAI-compatible HTTP over FastAPI. Validation, routing and response shapes live in
+`router.gateway.Gateway`; this file only maps HTTP <-> Gateway <-> expert handles, and errors to statuses."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from config.app import AppArgs
+from config.openai_api import ChatCompletionRequest, CompletionRequest, RouteRequest
+from experts.errors import AdapterNameError, AdapterValidationError, CapacityError, LoraplexError, RequestError, UnknownAdapterError
+from router.gateway import Gateway
+
+app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request composition and MoE routing")
+
+STATUS = [(UnknownAdapterError, 404, "not_found_error"), (AdapterNameError, 400, "invalid_request_error"), (AdapterValidationError, 422, "invalid_adapter"),
+          (CapacityError, 503, "overloaded_error"), (RequestError, 400, "invalid_request_error")]
+
+
+def error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status_code=status, headers=headers)
+
+
+def from_exception(e: Exception) -> JSONResponse:
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        msgs = "; ".join(f"{'.'.join(str(p) for p in er['loc'])}: {er['msg']}" for er in e.errors())
+        return error(400, msgs, "invalid_request_error", param)
+    if isinstance(e, BackPressureError):
+        return error(503, f"server overloaded, retry later ({e})", "overloaded_error", headers={"Retry-After": "1"})
+    for cls, status, type_ in STATUS:
+        if isinstance(e, cls):
+            return error(status, str(e), type_)
+    return error(500, f"internal error: {type(e).__name__}: {e}", "internal_error")
+
+
+def from_payload(err: dict) -> JSONResponse:
+    """An expert's error-as-data back into an HTTP error."""
+    cls = next((c for c, _, _ in STATUS if c.__name__ == err["type"]), None)
+    status, type_ = next(((s, t) for c, s, t in STATUS if c is cls), (500, "internal_error"))
+    return error(status, err["message"], type_)
+
+
+@serve.deployment
+@serve.ingress(app)
+class RouterIngress:
+    def __init__(self, args: dict, experts: dict):
+        from transformers import AutoTokenizer
+
+        self.args = AppArgs(**args)
+        router = None
+        if self.args.routing.router_path:
+            from router.router import Router
+
+            router = Router.load(self.args.routing.router_path)
+        self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
+        self.experts = experts  # group name -> DeploymentHandle
+
+    async def _body(self, request: Request, model):
+        try:
+            return model(**json.loads(await request.body() or b"{}"))
+        except json.JSONDecodeError as e:
+            raise RequestError(f"body is not valid JSON: {e}") from None
+
+    async def _serve(self, request: Request, model, plan_fn, respond, chat: bool):
+        try:
+            plan = plan_fn(await self._body(request, model))
+            handle = self.experts[plan.group]
+            if plan.primary_adapter:
+                handle = handle.options(multiplexed_model_id=plan.primary_adapter)
+            if plan.stream:
+                return await self._stream(handle, plan, chat)
+            result = await handle.generate.remote(plan.payload)
+        except Exception as e:
+            return from_exception(e)
+        if "error" in result:
+            return from_payload(result["error"])
+        return JSONResponse(respond(plan, result))
+
+    async def _stream(self, handle, plan, chat: bool):
+        gen = handle.options(stream=True).generate_stream.remote(plan.payload)
+        first = await gen.__anext__()  # an expert-side error arrives before any token: answer it with a status
+        if isinstance(first, dict) and "error" in first:
+            return from_payload(first["error"])
+        g = self.gateway
+
+        async def events():
+            yield g.stream_chunk(plan, chat, "", first=True)
+            item = first
+            while True:
+                if isinstance(item, dict):
+                    if "error" in item:
+                        yield f"data: {json.dumps({'error': item['error']})}\n\n"
+                    else:
+                        yield g.stream_chunk(plan, chat, None, finish=item["finish_reason"])
+                        if plan.include_usage:
+                            yield g.stream_chunk(plan, chat, None, usage=g.usage(item))
+                    break
+                if item:
+                    yield g.stream_chunk(plan, chat, item)
+                item = await gen.__anext__()
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._serve(request, CompletionRequest, self.gateway.plan_completion, self.gateway.completion_response, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        return await self._serve(request, ChatCompletionRequest, self.gateway.plan_chat, self.gateway.chat_response, chat=True)
+
+    @app.post("/v1/route")
+    async def route(self, request: Request):
+        try:
+            return JSONResponse(self.gateway.explain(await self._body(request, RouteRequest)))
+        except Exception as e:
+            return from_exception(e)
+
+    @app.get("/v1/models")
+    async def models(self):
+        return JSONResponse(self.gateway.models())
+
+    @app.get("/health")
+    async def health(self):
+        return {"status": "ok", "groups": sorted(self.experts)}
+
+    @app.get("/v1/stats")
+    async def stats(self):
+        out = {}
+        for name, h in self.experts.items():
+            try:
+                out[name] = await h.stats.remote()
+            except Exception as e:  # a replica restarting must not break the stats endpoint
+                out[name] = {"error": str(e)}
+        return out

@@ -1,0 +1,213 @@
+"""The ingress's logic without Serve or HTTP: validate an OpenAI body, resolve its composition, pick the
+expert group, and shape OpenAI responses. The FastAPI ingress maps the typed errors raised here to
+HTTP statuses; unit tests call this class directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.app import AppArgs
+from config.openai_api import ChatCompletionRequest, CompletionRequest, RouteRequest
+from experts.adapter_store import check_name, find_adapters
+from experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
+from experts.errors import RequestError, UnknownAdapterError
+from experts.sampling import SamplingParams
+from router.routing_policy import PolicyConfig
+
+RESERVED_MODELS = ("base", "auto")
+
+
+@dataclass
+class Plan:
+    """Where a request goes and what the expert runs."""
+
+    group: str
+    payload: dict[str, Any]  # prompt, composition, sampling: what ExpertServer.run_batch takes
+    routing: dict[str, Any]  # {"mode", "weights", "group", "confidence"}: returned to the client
+    model: str
+    primary_adapter: str | None  # replica-affinity key (multiplexed model id)
+    stream: bool = False
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class Gateway:
+    def __init__(self, args: AppArgs, router=None, tokenizer=None, adapters_ttl_s: float = 2.0):
+        self.args = args
+        self.router = router
+        self.tokenizer = tokenizer
+        self.policy = PolicyConfig(top_k=args.routing.top_k, temperature=args.routing.temperature, confidence_floor=args.routing.confidence_floor,
+                                   fallback=args.routing.fallback, fallback_top_k=args.routing.fallback_top_k)
+        self._ttl = adapters_ttl_s
+        self._adapters: tuple[float, list[str]] = (0.0, [])
+
+    # ---- names -----------------------------------------------------------------------------
+    def adapters(self) -> list[str]:
+        """Adapters on disk under the roots (rescanned at most every few seconds)."""
+        t, names = self._adapters
+        if time.monotonic() - t > self._ttl:
+            names = find_adapters(self.args.adapter_roots)
+            self._adapters = (time.monotonic(), names)
+        return names
+
+    def model_ids(self) -> list[str]:
+        return ["base"] + (["auto"] if self.router is not None else []) + self.adapters()
+
+    def models(self) -> dict:
+        group_of = self.args.group_of
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "loraplex",
+                 "group": group_of.get(m, self.args.fallback_group) if m != "auto" else None} for m in self.model_ids()]
+        return {"object": "list", "data": data}
+
+    def _check_adapter(self, name: str) -> None:
+        check_name(name)
+        if name not in self.adapters():
+            raise UnknownAdapterError(name, self.model_ids())
+
+    # ---- resolution --------------------------------------------------------------------------
+    def resolve(self, model: str, composition: Any, text: str) -> tuple[Any, dict]:
+        """(composition spec for the expert, routing info) for a model name and/or composition object."""
+        if composition is not None:
+            comp = parse_composition(composition)
+            if not isinstance(model, str) or (model not in RESERVED_MODELS and model not in self.adapters()):
+                raise UnknownAdapterError(model, self.model_ids())
+            for name in adapters_of(comp):
+                self._check_adapter(name)
+            return composition, self._routing(comp, None)
+        if model == "base":
+            return None, self._routing(Base(), None)
+        if model == "auto":
+            if self.router is None:
+                raise UnknownAdapterError("auto", self.model_ids())
+            decision = self.router.route([text], self.policy)[0]
+            spec = decision.composition()
+            return spec, self._routing(parse_composition(spec), decision.confidence, decision)
+        self._check_adapter(model)
+        return model, self._routing(parse_composition(model), None)
+
+    def _routing(self, comp, confidence: float | None, decision=None) -> dict:
+        if isinstance(comp, Chain):
+            weights = {a: 1.0 for a in adapters_of(comp)}
+        elif isinstance(comp, Moe):
+            weights = dict(comp.selected())
+        else:
+            rows, mix = weight_rows(comp)
+            weights = {n: w for r in rows for n, w in r.items()}
+            if len(rows) > 1:  # logits blend: report the mixing weights
+                weights = {n: m for r, m in zip(rows, mix) for n in r}
+        mode = "auto" if decision is not None else type(comp).__name__.lower()
+        if decision is not None and decision.fallback:
+            mode = f"auto:fallback_{self.policy.fallback}"
+        info = {"mode": mode, "weights": weights, "group": self.group_for(comp), "confidence": None if confidence is None else round(confidence, 4)}
+        if decision is not None:
+            info["probs"] = decision.probs
+        return info
+
+    def group_for(self, comp) -> str:
+        """The group pinning most of the composition's adapters (first adapter breaks ties)."""
+        group_of = self.args.group_of
+        names = list(adapters_of(comp))
+        if isinstance(comp, Moe):
+            names = [n for n, _ in comp.selected()]
+        votes: dict[str, int] = {}
+        for n in names:
+            g = group_of.get(n)
+            if g is not None:
+                votes[g] = votes.get(g, 0) + 1
+        if not votes:
+            return self.args.fallback_group
+        return max(votes, key=lambda g: (votes[g], -[group_of.get(n) for n in names].index(g)))
+
+    # ---- requests ----------------------------------------------------------------------------
+    def _sampling(self, req) -> dict:
+        limits = self.args.limits
+        max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+        max_tokens = limits.default_max_tokens if max_tokens is None else max_tokens
+        if max_tokens > limits.max_tokens_limit:
+            raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {limits.max_tokens_limit}")
+        stop = req.stop if req.stop is not None else ()
+        params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                                stop=stop, seed=req.seed, ignore_eos=req.ignore_eos)  # validates, raises SamplingError
+        return {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+                "stop": list(params.stop), "seed": params.seed, "ignore_eos": params.ignore_eos}
+
+    def _check_prompt_chars(self, n: int) -> None:
+        if n > self.args.limits.max_prompt_chars:
+            raise RequestError(f"prompt has {n} characters; the limit is {self.args.limits.max_prompt_chars}")
+
+    def plan_completion(self, req: CompletionRequest) -> Plan:
+        text = req.prompt if isinstance(req.prompt, str) else ""
+        self._check_prompt_chars(len(text) if text else len(req.prompt))
+        if isinstance(req.prompt, list) and req.model == "auto" and req.composition is None:
+            raise RequestError("model 'auto' routes on text; send the prompt as a string")
+        sampling = self._sampling(req)
+        spec, routing = self.resolve(req.model, req.composition, text)
+        return self._plan(req, {"prompt": req.prompt, "composition": spec, "sampling": sampling}, routing)
+
+    def plan_chat(self, req: ChatCompletionRequest) -> Plan:
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise RequestError("this base model has no chat template; use /v1/completions")
+        if req.messages[-1].role == "assistant":
+            raise RequestError("the last message must be from the user or system, not 'assistant'")
+        messages = [m.model_dump() for m in req.messages]
+        self._check_prompt_chars(sum(len(m["content"]) for m in messages))
+        sampling = self._sampling(req)
+        text = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
+        spec, routing = self.resolve(req.model, req.composition, text)
+        if isinstance(parse_composition(spec), Chain):
+            prompt: str | list[int] = text  # chain templates embed the user text themselves
+        else:
+            prompt = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return self._plan(req, {"prompt": prompt, "composition": spec, "sampling": sampling}, routing)
+
+    def _plan(self, req, payload: dict, routing: dict) -> Plan:
+        comp = parse_composition(payload["composition"])
+        names = [n for n, _ in comp.selected()] if isinstance(comp, Moe) else list(adapters_of(comp))
+        include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
+        return Plan(routing["group"], payload, routing, req.model, names[0] if names else None, req.stream, include_usage)
+
+    def explain(self, req: RouteRequest) -> dict:
+        self._check_prompt_chars(len(req.prompt))
+        spec, routing = self.resolve(req.model, req.composition, req.prompt)
+        return {"composition": spec, "routing": routing}
+
+    # ---- responses ---------------------------------------------------------------------------
+    @staticmethod
+    def usage(result: dict) -> dict:
+        p, c = result["prompt_tokens"], result["completion_tokens"]
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def completion_response(self, plan: Plan, result: dict) -> dict:
+        choice = {"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}
+        if result.get("stages"):
+            choice["stages"] = result["stages"]
+        return {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model,
+                "choices": [choice], "usage": self.usage(result), "routing": plan.routing}
+
+    def chat_response(self, plan: Plan, result: dict) -> dict:
+        choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]}, "finish_reason": result["finish_reason"], "logprobs": None}
+        if result.get("stages"):
+            choice["stages"] = result["stages"]
+        return {"id": f"chatcmpl-{plan.id}", "object": "chat.completion", "created": plan.created, "model": plan.model,
+                "choices": [choice], "usage": self.usage(result), "routing": plan.routing}
+
+    def stream_chunk(self, plan: Plan, chat: bool, delta: str | None, finish: str | None = None, usage: dict | None = None, first: bool = False) -> str:
+        """One SSE `data:` line. `delta=None` with `usage` is the final usage-only chunk."""
+        if chat:
+            d: dict = {"role": "assistant", "content": delta or ""} if first else ({"content": delta} if delta else {})
+            choices = [] if usage is not None and delta is None and finish is None else [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
+            body = {"id": f"chatcmpl-{plan.id}", "object": "chat.completion.chunk", "created": plan.created, "model": plan.model, "choices": choices}
+        else:
+            choices = [] if usage is not None and delta is None and finish is None else [{"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}]
+            body = {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        if first:
+            body["routing"] = plan.routing
+        return f"data: {json.dumps(body)}\n\n"

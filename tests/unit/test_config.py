@@ -1,0 +1,74 @@
+"""Every Serve YAML in config/ validates; AppArgs collects cross-field problems."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from config.app import AppArgs
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+YAMLS = sorted(CONFIG_DIR.glob("serve*.yaml"))
+
+
+def test_there_are_serve_configs():
+    assert {p.name for p in YAMLS} >= {"serve.yaml", "serve.gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.name for p in YAMLS])
+def test_serve_yaml_args_validate_as_app_args(path):
+    from ray.serve.schema import ServeDeploySchema
+
+    doc = yaml.safe_load(path.read_text())
+    ServeDeploySchema(**doc)  # Serve's own schema accepts the file
+    for app in doc["applications"]:
+        assert app["import_path"] == "deployments.app:build_app"
+        AppArgs(**app["args"])
+
+
+BASE = yaml.safe_load((CONFIG_DIR / "serve.yaml").read_text())["applications"][0]["args"]
+
+
+def _set(path: str, value):
+    def change(d):
+        keys = path.split(".")
+        cur = d
+        for k in keys[:-1]:
+            cur = cur[int(k)] if k.isdigit() else cur[k]
+        cur[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
+    return change
+
+
+CASES = [
+    ("unknown key", _set("slots", 3), "Extra inputs are not permitted"),
+    ("adapter in two groups", _set("groups.1.adapters", ["entities", "intent"]), "adapter 'intent' is pinned to both 'support' and 'extraction'"),
+    ("duplicate group", _set("groups.1.name", "support"), r"group names must be unique, repeated: \['support'\]"),
+    ("bad default group", _set("default_group", "nope"), r"default_group 'nope' is not a group; groups: \['support', 'extraction'\]"),
+    ("ongoing below batch", _set("groups.0.max_ongoing_requests", 4), r"max_ongoing_requests \(4\) must be >= max_batch_size \(16\)"),
+    ("too many pinned", _set("groups.0.max_slots", 1), r"2 pinned adapters exceed max_slots \(1\)"),
+    ("bad fallback", _set("routing.fallback", "guess"), "Input should be 'base' or 'soft_topk'"),
+    ("bad device", _set("device", "tpu"), "Input should be 'auto', 'cpu' or 'cuda'"),
+    ("default tokens over limit", _set("limits.default_max_tokens", 1000), r"default_max_tokens \(1000\) exceeds limits.max_tokens_limit \(256\)"),
+    ("bad group name", _set("groups.0.name", "Support Team"), "String should match pattern"),
+]
+
+
+@pytest.mark.parametrize("name,change,match", CASES, ids=[c[0] for c in CASES])
+def test_app_args_errors(name, change, match):
+    args = copy.deepcopy(BASE)
+    change(args)
+    with pytest.raises(ValidationError, match=match):
+        AppArgs(**args)
+
+
+def test_every_field_is_documented():
+    from config.app import GroupConfig, LimitsConfig, ReplicaResources, RoutingConfig
+    from config.engine import EngineConfig
+
+    for model in (AppArgs, GroupConfig, RoutingConfig, LimitsConfig, ReplicaResources, EngineConfig):
+        missing = [n for n, f in model.model_fields.items() if not f.description]
+        assert not missing, f"{model.__name__} fields without description: {missing}"

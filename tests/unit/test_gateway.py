@@ -1,0 +1,129 @@
+"""Ingress logic (Gateway) and the expert replica logic (ExpertServer), without Serve or HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from config.app import AppArgs
+from config.engine import EngineConfig
+from config.openai_api import ChatCompletionRequest, CompletionRequest, RouteRequest
+from experts.errors import CompositionError, RequestError, SamplingError, UnknownAdapterError
+from experts.expert_server import ExpertServer
+from router.gateway import Gateway
+from router.network import RouterNet
+from router.router import Router
+from router.routing_policy import PolicyConfig
+
+
+class _KeywordFeat:
+    dim = 3
+    words = ("alpha", "beta", "gamma")
+
+    def encode(self, texts):
+        return torch.tensor([[5.0 * (w in t) for w in self.words] for t in texts])
+
+    def spec(self):
+        return {"kind": "sentence", "path": "unused"}
+
+
+def _router():
+    net = RouterNet(3, 3, hidden=3, dropout=0.0)
+    with torch.no_grad():  # identity-ish network: keyword i -> expert i
+        net.layers[0].weight.copy_(torch.eye(3))
+        net.layers[0].bias.zero_()
+        net.layers[3].weight.copy_(torch.eye(3))
+        net.layers[3].bias.zero_()
+    return Router(_KeywordFeat(), net, ["a", "b", "c"], PolicyConfig())
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny):
+    from transformers import AutoTokenizer
+
+    args = AppArgs(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])],
+                   groups=[{"name": "g1", "adapters": ["a", "b"]}, {"name": "g2", "adapters": ["c"]}],
+                   routing={"confidence_floor": 0.6}, limits={"max_prompt_chars": 200, "max_tokens_limit": 32, "default_max_tokens": 8})
+    tok = AutoTokenizer.from_pretrained(tiny["base"])
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}A:"
+    return Gateway(args, _router(), tok)
+
+
+def test_models_lists_base_auto_and_every_adapter(gateway):
+    ids = [m["id"] for m in gateway.models()["data"]]
+    assert ids == ["base", "auto", "a", "b", "c"]
+    assert {m["id"]: m["group"] for m in gateway.models()["data"]}["c"] == "g2"
+
+
+def test_plans(gateway):
+    p = gateway.plan_completion(CompletionRequest(model="c", prompt="hi"))
+    assert (p.group, p.payload["composition"], p.primary_adapter, p.payload["sampling"]["max_tokens"]) == ("g2", "c", "c", 8)
+    assert p.routing == {"mode": "single", "weights": {"c": 1.0}, "group": "g2", "confidence": None}
+    p = gateway.plan_completion(CompletionRequest(model="base", prompt="hi", composition={"mode": "blend", "weights": {"c": 0.2, "a": 0.3, "b": 0.5}}))
+    assert p.group == "g1" and p.routing["weights"] == {"c": 0.2, "a": 0.3, "b": 0.5}
+    p = gateway.plan_completion(CompletionRequest(model="auto", prompt="this is about gamma"))
+    assert p.group == "g2" and p.routing["mode"] == "auto" and p.routing["confidence"] > 0.9
+    assert p.payload["composition"] == {"mode": "moe", "top_k": 1, "weights": {"c": 1.0}}
+    p = gateway.plan_completion(CompletionRequest(model="auto", prompt="no keyword at all"))
+    assert p.routing["mode"] == "auto:fallback_soft_topk" and p.routing["confidence"] < 0.6 and len(p.routing["weights"]) == 2
+    p = gateway.plan_completion(CompletionRequest(model="base", prompt="x", composition={"mode": "blend", "weights": {"a": 0.5, "b": 0.5}, "space": "logits"}))
+    assert p.routing["weights"] == {"a": 0.5, "b": 0.5}
+
+
+def test_chat_uses_the_chat_template_as_token_ids(gateway):
+    p = gateway.plan_chat(ChatCompletionRequest(model="a", messages=[{"role": "user", "content": "hello"}]))
+    assert gateway.tokenizer.decode(p.payload["prompt"]) == "hello\nA:"
+
+
+def test_explain(gateway):
+    out = gateway.explain(RouteRequest(prompt="beta things"))
+    assert out["routing"]["group"] == "g1" and out["composition"]["weights"] == {"b": 1.0}
+    assert set(out["routing"]["probs"]) == {"a", "b", "c"}
+
+
+CASES = [
+    ("unknown model", dict(model="zz", prompt="x"), UnknownAdapterError, r"unknown adapter 'zz'; available adapters: \['a', 'auto', 'b', 'base', 'c'\]"),
+    ("unknown adapter in composition", dict(model="base", prompt="x", composition={"mode": "stack", "adapters": ["a", "q"]}), UnknownAdapterError, "unknown adapter 'q'"),
+    ("bad composition", dict(model="base", prompt="x", composition={"mode": "nope"}), CompositionError, "valid modes"),
+    ("max_tokens over limit", dict(model="a", prompt="x", max_tokens=64), RequestError, "max_tokens 64 exceeds this server's limit of 32"),
+    ("prompt too long", dict(model="a", prompt="x" * 201), RequestError, "prompt has 201 characters; the limit is 200"),
+    ("bad temperature", dict(model="a", prompt="x", temperature=-1), SamplingError, "temperature must be in"),
+    ("auto on token ids", dict(model="auto", prompt=[1, 2]), RequestError, "routes on text"),
+]
+
+
+@pytest.mark.parametrize("name,body,exc,match", CASES, ids=[c[0] for c in CASES])
+def test_gateway_errors(gateway, name, body, exc, match):
+    with pytest.raises(exc, match=match):
+        gateway.plan_completion(CompletionRequest(**body))
+
+
+BODY_CASES = [
+    ("n=2", dict(model="a", prompt="x", n=2), "n=2 is not supported"),
+    ("unknown field", dict(model="a", prompt="x", best_of=3), "Extra inputs are not permitted"),
+    ("logprobs", dict(model="a", prompt="x", logprobs=3), "Input should be None"),
+]
+
+
+@pytest.mark.parametrize("name,body,match", BODY_CASES, ids=[c[0] for c in BODY_CASES])
+def test_request_body_errors(name, body, match):
+    with pytest.raises(ValidationError, match=match):
+        CompletionRequest(**body)
+
+
+def test_expert_server_batch_mixes_good_and_bad(tiny, engine):
+    server = ExpertServer(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), ["a"], engine=engine)
+    out = server.run_batch([
+        {"prompt": "hi", "composition": "a", "sampling": {"max_tokens": 3}},
+        {"prompt": "hi", "composition": "zz", "sampling": {"max_tokens": 3}},
+        {"prompt": "hi", "composition": {"mode": "blend", "weights": {"a": -1}}, "sampling": {}},
+        {"prompt": "hi", "composition": None, "sampling": {"max_tokens": 2, "bogus": 1}},
+        {"prompt": "hi", "composition": {"mode": "stack", "adapters": ["a", "b"]}, "sampling": {"max_tokens": 2}},
+    ])
+    assert out[0]["completion_tokens"] == 3 and out[4]["completion_tokens"] == 2
+    assert out[1]["error"]["type"] == "UnknownAdapterError"
+    assert out[2]["error"]["type"] == "CompositionError"
+    assert "bogus" in out[3]["error"]["message"]
+    s = server.stats()
+    assert s["requests"] == 5 and s["errors"] == 3 and s["batches"] == 1 and s["inflight"] == 0
