@@ -5,9 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := models/demo
 
-.PHONY: serve test venv demo bench clean
+.PHONY: serve test venv demo demo-cli bench clean
 
 serve: demo
+	@echo "Starting Serve (ready in ~20-30 s) on http://127.0.0.1:8000 . Try:"
+	@echo "  curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"auto\", \"prompt\": \"What is the intent?\\n\\nMessage: I was charged twice.\\n\\nAnswer:\"}'"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/serve run config/serve.yaml
+
+# The same demo, without Serve: every composition mode in one engine call.
+demo-cli: demo
 	$(PY) scripts/demo.py --models $(DEMO)
 
 test: venv
@@ -24,6 +31,7 @@ venv: $(STAMP)
 
 demo: venv
 	$(PY) scripts/build_demo.py --out $(DEMO)
+	test -f $(DEMO)/router/router.json || $(PY) scripts/train_router.py --out $(DEMO)/router
 
 bench: venv
 	$(PY) scripts/bench_engine.py --json docs/bench_engine.json --plot docs/bench_engine.png

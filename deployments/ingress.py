@@ -1,7 +1,6 @@
 """Router ingress: OpenAI-compatible HTTP over FastAPI. Validation, routing and response shapes live in
 `router.gateway.Gateway`; this file only maps HTTP <-> Gateway <-> expert handles, and errors to statuses."""
 
-from __future__ import annotations
 
 import json
 

@@ -71,3 +71,28 @@ def train_router(features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig
         if float(share.max()) > cfg.collapse_share:
             log.warning("router collapse: expert %d takes %.0f%% of the traffic at epoch %d", int(share.argmax()), 100 * float(share.max()), epoch)
     return net, history
+
+
+def train_demo_router(out, featurizer, n_per_task: int = 800, cfg: TrainConfig = TrainConfig(), policy=None, progress: bool = True) -> dict:
+    """Train a router over the demo adapters on `featurizer` features, evaluate it on held-out phrasings, save it to `out`."""
+    from router.dataset import routing_data
+    from router.router import Router
+    from router.routing_policy import PolicyConfig
+
+    train = routing_data("train", n_per_task, cfg.seed)
+    held = routing_data("heldout", max(50, n_per_task // 4), cfg.seed + 100)
+
+    def encode(texts):
+        return torch.cat([featurizer.encode(texts[i : i + 64]) for i in tqdm(range(0, len(texts), 64), desc="features", disable=not progress)])
+
+    x_train, x_held = encode(train.texts), encode(held.texts)
+    net, history = train_router(x_train, train.targets, cfg, progress)
+    with torch.no_grad():
+        logits = net.eval()(x_held)
+    labels = torch.tensor(held.labels)
+    labelled = labels >= 0
+    acc = float((logits[labelled].argmax(1) == labels[labelled]).float().mean())
+    bare_conf = float(logits[~labelled].softmax(-1).max(-1).values.mean())
+    metrics = {"train": history[-1], "heldout_accuracy": round(acc, 4), "heldout_bare_message_confidence": round(bare_conf, 4), "n_train": len(train.texts)}
+    Router(featurizer, net, train.experts, policy or PolicyConfig(), metrics).save(out)
+    return metrics

@@ -38,33 +38,15 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
 
-    from router.dataset import routing_data
     from router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
-    from router.router import Router
     from router.routing_policy import PolicyConfig
-    from router.training import TrainConfig, train_router
+    from router.training import TrainConfig, train_demo_router
 
     torch.manual_seed(a.seed)
     feat = SentenceFeaturizer(a.sentence_model) if a.featurizer == "sentence" else HiddenStateFeaturizer.from_path(a.base_model, a.pooling)
-    train = routing_data("train", a.n_per_task, a.seed)
-    held = routing_data("heldout", max(50, a.n_per_task // 4), a.seed + 100)
-
-    def encode(texts):
-        from tqdm import tqdm
-
-        return torch.cat([feat.encode(texts[i : i + 64]) for i in tqdm(range(0, len(texts), 64), desc="features")])
-
-    x_train, x_held = encode(train.texts), encode(held.texts)
     cfg = TrainConfig(epochs=a.epochs, lr=a.lr, balance_coef=a.balance_coef, z_coef=a.z_coef, seed=a.seed)
-    net, history = train_router(x_train, train.targets, cfg)
-    with torch.no_grad():
-        logits = net.eval()(x_held)
-    labelled = torch.tensor(held.labels) >= 0
-    acc = float((logits[labelled].argmax(1) == torch.tensor(held.labels)[labelled]).float().mean())
-    bare_conf = float(logits[~labelled].softmax(-1).max(-1).values.mean())
-    metrics = {"train": history[-1], "heldout_accuracy": round(acc, 4), "heldout_bare_message_confidence": round(bare_conf, 4), "n_train": len(train.texts)}
-    router = Router(feat, net, train.experts, PolicyConfig(top_k=a.top_k, confidence_floor=a.confidence_floor, fallback=a.fallback), metrics)
-    router.save(a.out)
+    policy = PolicyConfig(top_k=a.top_k, confidence_floor=a.confidence_floor, fallback=a.fallback)
+    metrics = train_demo_router(a.out, feat, a.n_per_task, cfg, policy)
     print(json.dumps({"out": str(a.out), **metrics}, indent=2))
     return 0
 

@@ -1,0 +1,73 @@
+"""One real local Ray cluster + one Serve app (the demo) per test session, reached over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "models" / "demo"
+PORT = int(os.environ.get("LORAPLEX_TEST_PORT", "18123"))
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def ensure_demo() -> Path:
+    """Build the demo model, adapters and router if missing (the same steps as `make demo`)."""
+    from experts.demo_build import build_demo, demo_is_built
+
+    if not demo_is_built(DEMO):
+        build_demo(DEMO, progress=False)
+    if not (DEMO / "router" / "router.json").is_file():
+        from router.featurizers import SentenceFeaturizer
+        from router.training import train_demo_router
+
+        train_demo_router(DEMO / "router", SentenceFeaturizer(), progress=False)
+    return DEMO
+
+
+def demo_args() -> dict:
+    args = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())["applications"][0]["args"]
+    args["base_model"] = str(DEMO / "base")
+    args["adapter_roots"] = [str(DEMO / "adapters")]
+    args["routing"]["router_path"] = str(DEMO / "router")
+    return args
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 2**20, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server(ray_cluster):
+    """Base URL of the demo app on a real Serve HTTP proxy."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    ensure_demo()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.run(build_app(demo_args()), name="loraplex", route_prefix="/")
+    url = f"http://127.0.0.1:{PORT}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    yield url
+    serve.shutdown()

@@ -1,0 +1,173 @@
+"""The demo app on a real local Ray cluster, over real HTTP, with the real `openai` client."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+
+import httpx
+import pytest
+import torch
+
+from experts.demo_data import INTENTS, SENTIMENTS, make_examples
+
+pytestmark = pytest.mark.integration
+
+ADAPTERS = ("intent", "sentiment", "entities")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def examples(task, n=4):
+    return make_examples(task, n, seed=123, split="heldout")
+
+
+def post(server, path, body, **kw):
+    return httpx.post(f"{server}{path}", json=body, timeout=120, **kw)
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["base", "auto", "entities", "intent", "sentiment"]
+
+
+@pytest.mark.parametrize("task", ADAPTERS)
+def test_completion_per_adapter_answers_the_task(client, task):
+    ex = examples(task, 6)
+    ok = 0
+    for e in ex:
+        r = client.completions.create(model=task, prompt=e.prompt, max_tokens=40, temperature=0)
+        text = r.choices[0].text.strip()
+        assert r.usage.completion_tokens >= 1 and r.choices[0].finish_reason in ("stop", "length")
+        assert r.model_extra["routing"]["group"] == ("extraction" if task == "entities" else "support")
+        ok += text == e.answer.strip()
+    assert ok >= 5, f"{task}: only {ok}/6 exact"
+
+
+def test_greedy_completion_equals_peft_generate(server, client):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.integration.conftest import DEMO
+
+    tok = AutoTokenizer.from_pretrained(DEMO / "base")
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DEMO / "base"), DEMO / "adapters" / "intent", adapter_name="intent")
+    for name in ("sentiment", "entities"):
+        peft.load_adapter(DEMO / "adapters" / name, adapter_name=name)
+    peft.eval()
+    for task in ADAPTERS:
+        for e in examples(task, 2):
+            enc = tok([e.prompt], return_tensors="pt")
+            with torch.inference_mode():
+                out = peft.generate(**enc, adapter_names=[task], max_new_tokens=24, do_sample=False)
+            want = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            got = client.completions.create(model=task, prompt=e.prompt, max_tokens=24, temperature=0).choices[0].text
+            assert got == want, (task, got, want)
+
+
+def test_chat_completion(client):
+    e = examples("sentiment", 1)[0]
+    r = client.chat.completions.create(model="sentiment", messages=[{"role": "user", "content": e.prompt}], max_tokens=8)
+    assert r.choices[0].message.content.strip() in SENTIMENTS
+    assert r.usage.prompt_tokens > 0
+
+
+def test_auto_routing_picks_the_task_adapter(client):
+    for task in ADAPTERS:
+        e = examples(task, 1)[0]
+        r = client.completions.create(model="auto", prompt=e.prompt, max_tokens=40)
+        routing = r.model_extra["routing"]
+        assert routing["mode"] == "auto" and max(routing["weights"], key=routing["weights"].get) == task
+        assert routing["confidence"] > 0.6
+        assert r.choices[0].text.strip() == e.answer.strip()
+
+
+def test_route_explains_and_is_unsure_on_a_bare_message(server):
+    r = post(server, "/v1/route", {"prompt": "I need to reset my password. This is frustrating!"}).json()
+    assert r["routing"]["confidence"] < 0.6 and r["routing"]["mode"].startswith("auto:fallback")
+    assert set(r["routing"]["probs"]) == set(ADAPTERS)
+
+
+COMPOSITIONS = [
+    ("stack", {"mode": "stack", "adapters": ["intent", "sentiment"]}),
+    ("blend delta", {"mode": "blend", "weights": {"intent": 0.9, "sentiment": 0.1}}),
+    ("blend logits", {"mode": "blend", "weights": {"intent": 0.9, "sentiment": 0.1}, "space": "logits"}),
+    ("moe", {"mode": "moe", "top_k": 2, "weights": {"intent": 0.8, "entities": 0.2}}),
+    ("chain", {"mode": "chain", "stages": [{"adapter": "entities", "prompt": "Extract the order id and email as JSON.\n\nMessage: {input}\n\nAnswer:"},
+                                            {"adapter": "intent", "prompt": "What is the intent?\n\nMessage: {input}\n\nAnswer:"}]}),
+]
+
+
+@pytest.mark.parametrize("name,comp", COMPOSITIONS, ids=[c[0] for c in COMPOSITIONS])
+def test_every_composition_mode(client, name, comp):
+    e = examples("intent", 1)[0]
+    prompt = e.message if name == "chain" else e.prompt
+    r = client.completions.create(model="base", prompt=prompt, max_tokens=40, extra_body={"composition": comp})
+    text = r.choices[0].text.strip()
+    assert text in INTENTS, (name, text)
+    if name == "chain":
+        stages = r.choices[0].model_extra["stages"]
+        assert len(stages) == 2 and json.loads(stages[0])  # stage 1 produced the entities JSON
+
+
+def test_streaming_matches_non_streaming(server, client):
+    e = examples("entities", 1)[0]
+    full = client.completions.create(model="entities", prompt=e.prompt, max_tokens=40).choices[0].text
+    chunks = list(client.completions.create(model="entities", prompt=e.prompt, max_tokens=40, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json={"model": "intent", "stream": True, "stream_options": {"include_usage": True},
+                                                                     "messages": [{"role": "user", "content": examples("intent", 1)[0].prompt}]}, timeout=60) as r:
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] >= 1
+
+
+BAD = [
+    ("unknown model", {"model": "nope", "prompt": "x"}, 404, "unknown adapter 'nope'; available adapters: ["),
+    ("unknown adapter in composition", {"model": "base", "prompt": "x", "composition": {"mode": "stack", "adapters": ["intent", "zz"]}}, 404, "unknown adapter 'zz'"),
+    ("bad mode", {"model": "base", "prompt": "x", "composition": {"mode": "mix"}}, 400, "valid modes"),
+    ("negative weight", {"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": -1}}}, 400, "must be a finite number >= 0, got -1"),
+    ("bad template", {"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": [{"adapter": "intent", "prompt": "{nope}"}]}}, 400, "valid placeholders"),
+    ("path traversal", {"model": "../etc", "prompt": "x"}, 400, "invalid adapter name '../etc'"),
+    ("temperature", {"model": "intent", "prompt": "x", "temperature": -2}, 400, "temperature must be in"),
+    ("max_tokens over limit", {"model": "intent", "prompt": "x", "max_tokens": 100000}, 400, "exceeds this server's limit of 256"),
+    ("prompt too long", {"model": "intent", "prompt": "x" * 9000}, 400, "the limit is 8000"),
+    ("n=3", {"model": "intent", "prompt": "x", "n": 3}, 400, "n=3 is not supported"),
+    ("missing prompt", {"model": "intent"}, 400, "prompt: Field required"),
+    ("unknown field", {"model": "intent", "prompt": "x", "best_of": 2}, 400, "best_of: Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,message", BAD, ids=[c[0] for c in BAD])
+def test_bad_requests(server, name, body, status, message):
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert message in err["message"] and err["code"] == status and err["type"]
+
+
+def test_invalid_json_body(server):
+    r = httpx.post(f"{server}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_concurrent_mixed_requests_are_batched_and_all_succeed(server):
+    before = httpx.get(f"{server}/v1/stats", timeout=30).json()
+    bodies = []
+    for i in range(24):
+        task = ADAPTERS[i % 3]
+        comp = None if i % 4 else {"mode": "blend", "weights": {"intent": 0.5, "sentiment": 0.5}}
+        bodies.append({"model": task, "prompt": examples(task, 8)[i % 8].prompt, "max_tokens": 16, "composition": comp})
+    with cf.ThreadPoolExecutor(24) as pool:
+        codes = list(pool.map(lambda b: post(server, "/v1/completions", b).status_code, bodies))
+    assert codes == [200] * 24
+    after = httpx.get(f"{server}/v1/stats", timeout=30).json()
+    reqs = sum(after[g]["requests"] - before[g]["requests"] for g in after)
+    batches = sum(after[g]["batches"] - before[g]["batches"] for g in after)
+    assert reqs == 24 and batches < reqs  # requests really shared engine calls
