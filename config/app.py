@@ -73,6 +73,7 @@ class AppArgs(_Strict):
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), description="Linear layers wrapped for LoRA.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Expert device; auto picks CUDA when the replica has a GPU.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Expert weights dtype.")
+    import_roots: list[str] = Field(default_factory=list, description="Folders POST /v1/adapters may copy adapters from (empty = run-time registration off).")
     ingress_num_cpus: float = Field(default=0.5, ge=0, description="CPUs of the router ingress (it never loads the base model).")
     ingress_replicas: int = Field(default=1, ge=1, description="Router ingress replicas.")
 

@@ -61,3 +61,8 @@ class RouteRequest(_Body):
     prompt: str = Field(description="Text to route.")
     model: str = Field(default="auto", description="As in completions; 'auto' explains the MoE decision.")
     composition: dict[str, Any] | str | None = Field(default=None)
+
+
+class AdapterRegistration(_Body):
+    name: str = Field(description="Adapter name to register (path-like, e.g. 'support/refunds').")
+    source: str = Field(description="PEFT adapter folder inside one of the app's import_roots.")

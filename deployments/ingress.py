@@ -2,6 +2,7 @@
 `router.gateway.Gateway`; this file only maps HTTP <-> Gateway <-> expert handles, and errors to statuses."""
 
 
+import asyncio
 import json
 
 from fastapi import FastAPI, Request
@@ -11,13 +12,13 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from config.app import AppArgs
-from config.openai_api import ChatCompletionRequest, CompletionRequest, RouteRequest
-from experts.errors import AdapterNameError, AdapterValidationError, CapacityError, LoraplexError, RequestError, UnknownAdapterError
+from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest
+from experts.errors import AdapterNameError, AdapterValidationError, CapacityError, ConflictError, RequestError, UnknownAdapterError
 from router.gateway import Gateway
 
 app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request composition and MoE routing")
 
-STATUS = [(UnknownAdapterError, 404, "not_found_error"), (AdapterNameError, 400, "invalid_request_error"), (AdapterValidationError, 422, "invalid_adapter"),
+STATUS = [(UnknownAdapterError, 404, "not_found_error"), (ConflictError, 409, "conflict_error"), (AdapterNameError, 400, "invalid_request_error"), (AdapterValidationError, 422, "invalid_adapter"),
           (CapacityError, 503, "overloaded_error"), (RequestError, 400, "invalid_request_error")]
 
 
@@ -60,6 +61,12 @@ class RouterIngress:
             router = Router.load(self.args.routing.router_path)
         self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
         self.experts = experts  # group name -> DeploymentHandle
+        self.registry = None
+        if self.args.import_roots:
+            from experts.adapter_registry import AdapterRegistry, linear_shapes
+
+            shapes = linear_shapes(self.args.base_model, self.args.target_modules)
+            self.registry = AdapterRegistry(self.args.adapter_roots[0], self.args.import_roots, self.args.adapter_roots, shapes, self.args.max_rank, list(self.args.group_of))
 
     async def _body(self, request: Request, model):
         try:
@@ -120,6 +127,29 @@ class RouterIngress:
     async def route(self, request: Request):
         try:
             return JSONResponse(self.gateway.explain(await self._body(request, RouteRequest)))
+        except Exception as e:
+            return from_exception(e)
+
+    @app.post("/v1/adapters")
+    async def register_adapter(self, request: Request):
+        try:
+            if self.registry is None:
+                raise RequestError("run-time adapter registration is off; set import_roots in the app config")
+            body = await self._body(request, AdapterRegistration)
+            out = await asyncio.to_thread(self.registry.register, body.name, body.source)
+            self.gateway.invalidate()
+            return JSONResponse(out, status_code=201)
+        except Exception as e:
+            return from_exception(e)
+
+    @app.delete("/v1/adapters/{name:path}")
+    async def remove_adapter(self, name: str):
+        try:
+            if self.registry is None:
+                raise RequestError("run-time adapter registration is off; set import_roots in the app config")
+            out = await asyncio.to_thread(self.registry.remove, name)
+            self.gateway.invalidate()
+            return JSONResponse(out)
         except Exception as e:
             return from_exception(e)
 

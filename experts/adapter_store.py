@@ -131,6 +131,10 @@ class AdapterStore:
         """The validated adapter, from host memory or disk (LRU over `host_capacity` adapters)."""
         with self._lock:
             if name in self._host:
+                if not (self._host[name].path / CONFIG_FILE).is_file():  # removed at run time
+                    del self._host[name]
+                    self._slots.pop(name, None)
+                    raise UnknownAdapterError(name, self.available())
                 self.stats.host_hits += 1
                 self._host.move_to_end(name)
                 return self._host[name]

@@ -39,6 +39,10 @@ class AdapterNameError(RequestError):
     """An adapter name is not a plain relative name inside a root (`../x`, `/abs`, symlinks out)."""
 
 
+class ConflictError(RequestError):
+    """The adapter exists already, or is pinned / not removable at run time (HTTP 409)."""
+
+
 class AdapterValidationError(LoraplexError):
     """An adapter on disk does not fit the base model. Carries every problem found, not just the first."""
 

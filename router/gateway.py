@@ -56,6 +56,10 @@ class Gateway:
             self._adapters = (time.monotonic(), names)
         return names
 
+    def invalidate(self) -> None:
+        """Forget the cached adapter list (after a run-time registration or removal)."""
+        self._adapters = (0.0, [])
+
     def model_ids(self) -> list[str]:
         return ["base"] + (["auto"] if self.router is not None else []) + self.adapters()
 

@@ -33,10 +33,12 @@ def ensure_demo() -> Path:
     return DEMO
 
 
-def demo_args() -> dict:
+def demo_args(managed: Path, imports: Path) -> dict:
+    """config/serve.yaml's args, plus a managed root and an import root for run-time registration."""
     args = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())["applications"][0]["args"]
     args["base_model"] = str(DEMO / "base")
-    args["adapter_roots"] = [str(DEMO / "adapters")]
+    args["adapter_roots"] = [str(managed), str(DEMO / "adapters")]
+    args["import_roots"] = [str(imports)]
     args["routing"]["router_path"] = str(DEMO / "router")
     return args
 
@@ -51,7 +53,16 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def server(ray_cluster):
+def roots(tmp_path_factory):
+    """(managed root, import root) for run-time adapter registration."""
+    base = tmp_path_factory.mktemp("adapter_roots")
+    (base / "managed").mkdir()
+    (base / "imports").mkdir()
+    return base / "managed", base / "imports"
+
+
+@pytest.fixture(scope="session")
+def server(ray_cluster, roots):
     """Base URL of the demo app on a real Serve HTTP proxy."""
     from ray import serve
 
@@ -59,7 +70,7 @@ def server(ray_cluster):
 
     ensure_demo()
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(build_app(demo_args()), name="loraplex", route_prefix="/")
+    serve.run(build_app(demo_args(*roots)), name="loraplex", route_prefix="/")
     url = f"http://127.0.0.1:{PORT}"
     deadline = time.time() + 120
     while time.time() < deadline:

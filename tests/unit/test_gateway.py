@@ -127,3 +127,47 @@ def test_expert_server_batch_mixes_good_and_bad(tiny, engine):
     assert "bogus" in out[3]["error"]["message"]
     s = server.stats()
     assert s["requests"] == 5 and s["errors"] == 3 and s["batches"] == 1 and s["inflight"] == 0
+
+
+def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
+    import shutil
+
+    from experts.adapter_registry import AdapterRegistry, linear_shapes
+    from experts.errors import AdapterNameError, AdapterValidationError, ConflictError
+
+    managed, imports = tmp_path / "managed", tmp_path / "imports"
+    shutil.copytree(tiny["roots"] / "a", managed / "a")
+    shutil.copytree(tiny["roots"] / "b", imports / "new")
+    shutil.copytree(tiny["roots"] / "c", imports / "broken")
+    (imports / "broken" / "adapter_config.json").write_text('{"use_dora": true, "lora_alpha": 4}')
+    shapes = linear_shapes(str(tiny["base"]), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert shapes == engine.wrapped.module_shapes  # meta-device shapes equal the real model's
+    reg = AdapterRegistry(managed, [imports], [managed], shapes, max_rank=16, pinned=["a"])
+    out = reg.register("team/new", str(imports / "new"))
+    assert out["rank"] == 8 and (managed / "team" / "new" / "adapter_model.safetensors").is_file()
+    cases = [
+        (lambda: reg.register("team/new", str(imports / "new")), ConflictError, "already exists"),
+        (lambda: reg.register("x", str(tiny["roots"] / "a")), AdapterNameError, "outside the allowed import roots"),
+        (lambda: reg.register("../x", str(imports / "new")), AdapterNameError, "invalid adapter name"),
+        (lambda: reg.register("y", str(imports / "broken")), AdapterValidationError, "use_dora=true"),
+        (lambda: reg.remove("a"), ConflictError, "pinned"),
+        (lambda: reg.remove("nope"), UnknownAdapterError, "unknown adapter 'nope'"),
+    ]
+    for fn, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            fn()
+    assert not (managed / "y").exists()
+    # a replica's store sees the registration, then the removal, even with the adapter cached
+    from experts.adapter_store import AdapterStore
+
+    class Slots:
+        num_slots = 2
+
+        def write_slot(self, *a):
+            pass
+
+    store = AdapterStore([managed], shapes, Slots(), max_rank=16, host_capacity=4)
+    assert store.acquire(["team/new"]) == {"team/new": 0}
+    reg.remove("team/new")
+    with pytest.raises(UnknownAdapterError):
+        store.get("team/new")

@@ -1,0 +1,92 @@
+"""Run-time adapter registration: copy a PEFT folder from an allowed import root into the managed root.
+
+The managed root is an adapter root every expert replica reads, so a registered adapter is visible to
+every group at once and survives replica restarts (it is on disk, not in a replica's memory). The
+adapter is fully validated against the base model's layer shapes before it becomes visible: the
+shapes come from the model config on the meta device, so the ingress never loads weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from experts.adapter_loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
+from experts.adapter_store import check_name, find_adapters
+from experts.errors import AdapterNameError, ConflictError, RequestError, UnknownAdapterError
+
+MARKER = ".loraplex-registered.json"  # written into folders this registry created; only those can be removed
+
+
+def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """`{module: (in, out)}` of the model's target linears, built on the meta device (no weights loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from experts.multi_lora import _matches
+
+    cfg = AutoConfig.from_pretrained(base_model)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not n.endswith("lm_head") and _matches(n, target_modules)}
+
+
+class AdapterRegistry:
+    def __init__(self, managed_root: Path | str, import_roots: Sequence[Path | str], roots: Sequence[Path | str],
+                 module_shapes: Mapping[str, tuple[int, int]], max_rank: int, pinned: Sequence[str] = ()):
+        self.managed_root = Path(managed_root).resolve()
+        self.import_roots = [Path(r).resolve() for r in import_roots]
+        self.roots = list(roots)
+        self.module_shapes = dict(module_shapes)
+        self.max_rank = max_rank
+        self.pinned = set(pinned)
+        self._lock = threading.Lock()
+
+    def _source(self, source: str) -> Path:
+        path = Path(source).resolve()
+        for root in self.import_roots:
+            try:
+                path.relative_to(root)
+                if path.is_dir():
+                    return path
+                raise RequestError(f"source {source!r} is not a folder")
+            except ValueError:
+                continue
+        raise AdapterNameError(f"source {source!r} is outside the allowed import roots {[str(r) for r in self.import_roots]}")
+
+    def register(self, name: str, source: str) -> dict:
+        segments = check_name(name)
+        src = self._source(source)
+        adapter = load_adapter(name, src, self.module_shapes, self.max_rank, allow_pickle=False)  # raises AdapterValidationError
+        with self._lock:
+            if name in find_adapters(self.roots):
+                raise ConflictError(f"adapter {name!r} already exists; DELETE /v1/adapters/{name} first or pick another name")
+            dest = self.managed_root.joinpath(*segments)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.managed_root))
+            for f in (CONFIG_FILE, SAFETENSORS_FILE):
+                shutil.copy2(src / f, tmp / f)
+            (tmp / MARKER).write_text(json.dumps({"source": str(src)}))
+            tmp.rename(dest)  # atomic: replicas never see a half-copied adapter
+        return {"name": name, "rank": adapter.rank, "modules": len(adapter.modules), "path": str(dest)}
+
+    def remove(self, name: str) -> dict:
+        segments = check_name(name)
+        with self._lock:
+            dest = self.managed_root.joinpath(*segments)
+            if not (dest / CONFIG_FILE).is_file():
+                raise UnknownAdapterError(name, find_adapters(self.roots))
+            if name in self.pinned:
+                raise ConflictError(f"adapter {name!r} is pinned to an expert group in the config; remove it there")
+            if not (dest / MARKER).is_file():
+                raise ConflictError(f"adapter {name!r} was not registered at run time; only registered adapters can be removed")
+            shutil.rmtree(dest)
+        return {"name": name, "deleted": True}
+
