@@ -81,12 +81,12 @@ class AdapterRegistry:
         segments = check_name(name)
         with self._lock:
             dest = self.managed_root.joinpath(*segments)
-            if not (dest / CONFIG_FILE).is_file():
-                raise UnknownAdapterError(name, find_adapters(self.roots))
             if name in self.pinned:
                 raise ConflictError(f"adapter {name!r} is pinned to an expert group in the config; remove it there")
             if not (dest / MARKER).is_file():
-                raise ConflictError(f"adapter {name!r} was not registered at run time; only registered adapters can be removed")
+                if name in find_adapters(self.roots):
+                    raise ConflictError(f"adapter {name!r} was not registered at run time; only registered adapters can be removed")
+                raise UnknownAdapterError(name, find_adapters(self.roots))
             shutil.rmtree(dest)
         return {"name": name, "deleted": True}
 
