@@ -138,3 +138,30 @@ def test_router_load_errors(tmp_path):
         Router.load(tmp_path)
     with pytest.raises(ConfigError, match="3 outputs but 2 experts"):
         Router(_Feat(), RouterNet(3, 3), ["a", "b"], PolicyConfig())
+
+
+def test_hidden_state_featurizer_pools_over_real_tokens_only(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from router.featurizers import HiddenStateFeaturizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["base"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny["base"])
+    texts = ["reset my password please now", "hi"]
+    for pooling in ("mean", "first"):
+        batch = HiddenStateFeaturizer(model, tok, pooling).encode(texts)  # padded batch
+        alone = torch.cat([HiddenStateFeaturizer(model, tok, pooling).encode([t]) for t in texts])
+        torch.testing.assert_close(batch, alone, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match=r"unknown pooling 'max'; valid: \['mean', 'first'\]"):
+        HiddenStateFeaturizer(model, tok, "max")
+
+
+def test_sentence_featurizer_loads_the_packaged_minilm_offline():
+    from router.featurizers import SentenceFeaturizer
+
+    f = SentenceFeaturizer()
+    e = f.encode(["reset my password", "I forgot my password", "the weather is nice today"])
+    assert e.shape == (3, 384) and f.pooling == "mean" and f.normalize
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] + 0.3  # paraphrases are closer than unrelated text
