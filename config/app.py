@@ -62,6 +62,26 @@ class LimitsConfig(_Strict):
     default_max_tokens: int = Field(default=64, ge=1, description="max_tokens when the request gives none.")
 
 
+class AuthConfig(_Strict):
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key clients send as `Authorization: Bearer`.")
+    api_key_file: str | None = Field(default=None, description="File holding the API key (first line); the key itself never goes in this config.")
+    admin_key_env: str | None = Field(default=None, description="Environment variable holding the admin key required by POST/DELETE /v1/adapters.")
+    admin_key_file: str | None = Field(default=None, description="File holding the admin key (first line).")
+    allow_public_without_key: bool = Field(default=False, description="Allow a non-loopback HTTP host with no API key configured (not recommended).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AuthConfig":
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set api_key_env or api_key_file, not both")
+        if self.admin_key_env and self.admin_key_file:
+            raise ValueError("set admin_key_env or admin_key_file, not both")
+        return self
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_env or self.api_key_file)
+
+
 class AppArgs(_Strict):
     base_model: str = Field(description="Path of the base causal LM (from_pretrained); the same on every node.")
     adapter_roots: list[str] = Field(min_length=1, description="Folders holding PEFT adapters; adapter names are paths below them.")
@@ -73,6 +93,9 @@ class AppArgs(_Strict):
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), description="Linear layers wrapped for LoRA.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Expert device; auto picks CUDA when the replica has a GPU.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Expert weights dtype.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (read from env or file at start).")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger request bodies get HTTP 413.")
+    max_adapter_mb: float = Field(default=512.0, gt=0, description="Largest adapter weights file accepted by run-time registration.")
     import_roots: list[str] = Field(default_factory=list, description="Folders POST /v1/adapters may copy adapters from (empty = run-time registration off).")
     ingress_num_cpus: float = Field(default=0.5, ge=0, description="CPUs of the router ingress (it never loads the base model).")
     ingress_replicas: int = Field(default=1, ge=1, description="Router ingress replicas.")

@@ -13,12 +13,15 @@ from ray.serve.exceptions import BackPressureError
 
 from config.app import AppArgs
 from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest
-from experts.errors import AdapterNameError, AdapterValidationError, CapacityError, ConflictError, RequestError, UnknownAdapterError
+from experts.errors import (AdapterNameError, AdapterValidationError, AuthenticationError, CapacityError, ConflictError, PayloadTooLargeError,
+                            PermissionDeniedError, RequestError, UnknownAdapterError)
+from router.access_control import AccessControl
 from router.gateway import Gateway
 
 app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request composition and MoE routing")
 
-STATUS = [(UnknownAdapterError, 404, "not_found_error"), (ConflictError, 409, "conflict_error"), (AdapterNameError, 400, "invalid_request_error"), (AdapterValidationError, 422, "invalid_adapter"),
+STATUS = [(AuthenticationError, 401, "authentication_error"), (PermissionDeniedError, 403, "permission_error"), (PayloadTooLargeError, 413, "invalid_request_error"),
+          (UnknownAdapterError, 404, "not_found_error"), (ConflictError, 409, "conflict_error"), (AdapterNameError, 400, "invalid_request_error"), (AdapterValidationError, 422, "invalid_adapter"),
           (CapacityError, 503, "overloaded_error"), (RequestError, 400, "invalid_request_error")]
 
 
@@ -54,6 +57,7 @@ class RouterIngress:
         from transformers import AutoTokenizer
 
         self.args = AppArgs(**args)
+        self.access = AccessControl(self.args.auth)
         router = None
         if self.args.routing.router_path:
             from router.router import Router
@@ -66,16 +70,24 @@ class RouterIngress:
             from experts.adapter_registry import AdapterRegistry, linear_shapes
 
             shapes = linear_shapes(self.args.base_model, self.args.target_modules)
-            self.registry = AdapterRegistry(self.args.adapter_roots[0], self.args.import_roots, self.args.adapter_roots, shapes, self.args.max_rank, list(self.args.group_of))
+            self.registry = AdapterRegistry(self.args.adapter_roots[0], self.args.import_roots, self.args.adapter_roots, shapes, self.args.max_rank,
+                                            list(self.args.group_of), self.args.max_adapter_mb)
 
     async def _body(self, request: Request, model):
+        raw = await request.body()
+        if len(raw) > self.args.max_body_bytes:
+            raise PayloadTooLargeError(f"request body has {len(raw)} bytes; the limit is {self.args.max_body_bytes}")
         try:
-            return model(**json.loads(await request.body() or b"{}"))
-        except json.JSONDecodeError as e:
+            body = json.loads(raw or b"{}")
+        except ValueError as e:  # bad JSON or invalid UTF-8
             raise RequestError(f"body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise RequestError(f"body must be a JSON object, got {type(body).__name__}")
+        return model(**body)
 
     async def _serve(self, request: Request, model, plan_fn, respond, chat: bool):
         try:
+            self.access.check(request.headers.get("authorization"))
             plan = plan_fn(await self._body(request, model))
             handle = self.experts[plan.group]
             if plan.primary_adapter:
@@ -126,6 +138,7 @@ class RouterIngress:
     @app.post("/v1/route")
     async def route(self, request: Request):
         try:
+            self.access.check(request.headers.get("authorization"))
             return JSONResponse(self.gateway.explain(await self._body(request, RouteRequest)))
         except Exception as e:
             return from_exception(e)
@@ -133,6 +146,7 @@ class RouterIngress:
     @app.post("/v1/adapters")
     async def register_adapter(self, request: Request):
         try:
+            self.access.check_admin(request.headers.get("authorization"))
             if self.registry is None:
                 raise RequestError("run-time adapter registration is off; set import_roots in the app config")
             body = await self._body(request, AdapterRegistration)
@@ -143,8 +157,9 @@ class RouterIngress:
             return from_exception(e)
 
     @app.delete("/v1/adapters/{name:path}")
-    async def remove_adapter(self, name: str):
+    async def remove_adapter(self, name: str, request: Request):
         try:
+            self.access.check_admin(request.headers.get("authorization"))
             if self.registry is None:
                 raise RequestError("run-time adapter registration is off; set import_roots in the app config")
             out = await asyncio.to_thread(self.registry.remove, name)
@@ -154,7 +169,11 @@ class RouterIngress:
             return from_exception(e)
 
     @app.get("/v1/models")
-    async def models(self):
+    async def models(self, request: Request):
+        try:
+            self.access.check(request.headers.get("authorization"))
+        except Exception as e:
+            return from_exception(e)
         return JSONResponse(self.gateway.models())
 
     @app.get("/health")
@@ -162,7 +181,11 @@ class RouterIngress:
         return {"status": "ok", "groups": sorted(self.experts)}
 
     @app.get("/v1/stats")
-    async def stats(self):
+    async def stats(self, request: Request):
+        try:
+            self.access.check(request.headers.get("authorization"))
+        except Exception as e:
+            return from_exception(e)
         out = {}
         for name, h in self.experts.items():
             try:

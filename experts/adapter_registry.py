@@ -20,7 +20,7 @@ from torch import nn
 
 from experts.adapter_loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
 from experts.adapter_store import check_name, find_adapters
-from experts.errors import AdapterNameError, ConflictError, RequestError, UnknownAdapterError
+from experts.errors import AdapterNameError, ConflictError, PayloadTooLargeError, RequestError, UnknownAdapterError
 
 MARKER = ".loraplex-registered.json"  # written into folders this registry created; only those can be removed
 
@@ -40,13 +40,14 @@ def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, t
 
 class AdapterRegistry:
     def __init__(self, managed_root: Path | str, import_roots: Sequence[Path | str], roots: Sequence[Path | str],
-                 module_shapes: Mapping[str, tuple[int, int]], max_rank: int, pinned: Sequence[str] = ()):
+                 module_shapes: Mapping[str, tuple[int, int]], max_rank: int, pinned: Sequence[str] = (), max_adapter_mb: float = 512.0):
         self.managed_root = Path(managed_root).resolve()
         self.import_roots = [Path(r).resolve() for r in import_roots]
         self.roots = list(roots)
         self.module_shapes = dict(module_shapes)
         self.max_rank = max_rank
         self.pinned = set(pinned)
+        self.max_bytes = int(max_adapter_mb * 2**20)
         self._lock = threading.Lock()
 
     def _source(self, source: str) -> Path:
@@ -64,6 +65,9 @@ class AdapterRegistry:
     def register(self, name: str, source: str) -> dict:
         segments = check_name(name)
         src = self._source(source)
+        weights = src / SAFETENSORS_FILE
+        if weights.is_file() and weights.stat().st_size > self.max_bytes:
+            raise PayloadTooLargeError(f"adapter weights are {weights.stat().st_size} bytes; the limit is {self.max_bytes}")
         adapter = load_adapter(name, src, self.module_shapes, self.max_rank, allow_pickle=False)  # raises AdapterValidationError
         with self._lock:
             if name in find_adapters(self.roots):

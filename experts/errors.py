@@ -53,6 +53,18 @@ class AdapterValidationError(LoraplexError):
         super().__init__(f"adapter {name!r} is invalid ({len(self.problems)} problem(s)):\n  - {joined}")
 
 
+class AuthenticationError(LoraplexError):
+    """Missing or wrong API key (HTTP 401)."""
+
+
+class PermissionDeniedError(LoraplexError):
+    """Valid key, but not allowed to do this, e.g. adapter registration without the admin key (HTTP 403)."""
+
+
+class PayloadTooLargeError(RequestError):
+    """Request body or adapter file over the configured size (HTTP 413)."""
+
+
 class CapacityError(LoraplexError):
     """A batch needs more distinct adapters than there are device slots (HTTP 429/503: retry smaller)."""
 

@@ -142,6 +142,8 @@ class Gateway:
                 "stop": list(params.stop), "seed": params.seed, "ignore_eos": params.ignore_eos}
 
     def _check_prompt_chars(self, n: int) -> None:
+        if n == 0:
+            raise RequestError("prompt must not be empty")
         if n > self.args.limits.max_prompt_chars:
             raise RequestError(f"prompt has {n} characters; the limit is {self.args.limits.max_prompt_chars}")
 

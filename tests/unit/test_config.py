@@ -27,7 +27,10 @@ def test_serve_yaml_args_validate_as_app_args(path):
     ServeDeploySchema(**doc)  # Serve's own schema accepts the file
     for app in doc["applications"]:
         assert app["import_path"] == "deployments.app:build_app"
-        AppArgs(**app["args"])
+        args = AppArgs(**app["args"])
+        host = doc.get("http_options", {}).get("host", "127.0.0.1")
+        if host not in ("127.0.0.1", "localhost", "::1"):  # public bind needs a key (docs/security.md)
+            assert args.auth.has_api_key or args.auth.allow_public_without_key, f"{path.name} binds {host} without an API key"
 
 
 BASE = yaml.safe_load((CONFIG_DIR / "serve.yaml").read_text())["applications"][0]["args"]
@@ -72,3 +75,31 @@ def test_every_field_is_documented():
     for model in (AppArgs, GroupConfig, RoutingConfig, LimitsConfig, ReplicaResources, EngineConfig):
         missing = [n for n, f in model.model_fields.items() if not f.description]
         assert not missing, f"{model.__name__} fields without description: {missing}"
+
+
+def test_access_control(tmp_path, monkeypatch):
+    from config.app import AuthConfig
+    from experts.errors import AuthenticationError, ConfigError, PermissionDeniedError
+    from router.access_control import AccessControl
+
+    (tmp_path / "key").write_text("user-secret\n")
+    monkeypatch.setenv("ADMIN_KEY", "admin-secret")
+    ac = AccessControl(AuthConfig(api_key_file=str(tmp_path / "key"), admin_key_env="ADMIN_KEY"))
+    ac.check("Bearer user-secret")
+    ac.check("Bearer admin-secret")
+    ac.check_admin("Bearer admin-secret")
+    cases = [
+        (lambda: ac.check(None), AuthenticationError, "missing API key"),
+        (lambda: ac.check("Bearer nope"), AuthenticationError, "invalid API key"),
+        (lambda: ac.check("Basic user-secret"), AuthenticationError, "missing API key"),
+        (lambda: ac.check_admin("Bearer user-secret"), PermissionDeniedError, "use the admin key"),
+        (lambda: AccessControl(AuthConfig(api_key_env="NOT_SET_ANYWHERE")), ConfigError, "'NOT_SET_ANYWHERE' is not set"),
+        (lambda: AccessControl(AuthConfig(api_key_file=str(tmp_path / "missing"))), ConfigError, "missing or empty"),
+        (lambda: AccessControl(AuthConfig(api_key_env="ADMIN_KEY")).check_admin("Bearer admin-secret"), PermissionDeniedError, "needs an admin key"),
+    ]
+    for fn, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            fn()
+    open_ac = AccessControl(AuthConfig())
+    open_ac.check(None)
+    open_ac.check_admin(None)
