@@ -19,11 +19,33 @@ class ReplicaResources(_Strict):
     memory_gb: float | None = Field(default=None, gt=0, description="Memory reservation per replica in GiB (scheduling hint), or none.")
 
 
+class GroupAutoscaling(_Strict):
+    enabled: bool = Field(default=False, description="Scale this group between min and max replicas from its observed load.")
+    min_replicas: int = Field(default=1, ge=0, description="Floor; 0 lets an idle group scale to zero (the first request waits for a cold start).")
+    max_replicas: int = Field(default=4, ge=1, description="Ceiling.")
+    target_load: float = Field(default=8.0, gt=0, description="Requests in the system (queued at the router + in replicas) per replica when full.")
+    upscale_threshold: float = Field(default=1.0, gt=0, description="Scale up when load per replica exceeds target_load * this.")
+    downscale_threshold: float = Field(default=0.5, ge=0, description="Scale down when load per replica stays below target_load * this.")
+    upscale_delay_s: float = Field(default=0.0, ge=0, description="Load must stay high this long before each step up.")
+    downscale_delay_s: float = Field(default=60.0, ge=0, description="Load must stay low this long before each step down.")
+    scale_to_zero_delay_s: float = Field(default=600.0, ge=0, description="Idle time before scaling to zero (min_replicas 0 only).")
+    look_back_period_s: float = Field(default=10.0, gt=0, description="Window Serve averages metrics over.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GroupAutoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"autoscaling.min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.downscale_threshold >= self.upscale_threshold:
+            raise ValueError(f"autoscaling.downscale_threshold ({self.downscale_threshold}) must be below upscale_threshold ({self.upscale_threshold})")
+        return self
+
+
 class GroupConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$", description="Expert group name; its deployment is `expert_<name>`.")
     adapters: list[str] = Field(min_length=1, description="Adapters pinned to this group (loaded at start, routed here).")
     num_replicas: int = Field(default=1, ge=1, description="Replicas of this group (autoscaling bounds come in a later config).")
     resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Ray resources of each replica.")
+    autoscaling: GroupAutoscaling = Field(default_factory=GroupAutoscaling, description="Load-based scaling of this group (num_replicas is the start count).")
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="Requests gathered into one engine call by @serve.batch.")
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5, description="How long a batch waits to fill before running.")
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica accepts at once (>= max_batch_size).")

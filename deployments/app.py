@@ -22,8 +22,19 @@ def build_app(args: dict) -> Application:
         actor = {"num_cpus": g.resources.num_cpus, "num_gpus": g.resources.num_gpus}
         if g.resources.memory_gb:
             actor["memory"] = int(g.resources.memory_gb * 2**30)
+        scaling = {"num_replicas": g.num_replicas}
+        a = g.autoscaling
+        if a.enabled:
+            kwargs = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas, "target_load": a.target_load, "upscale_threshold": a.upscale_threshold,
+                      "downscale_threshold": a.downscale_threshold, "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+                      "scale_to_zero_delay_s": a.scale_to_zero_delay_s}
+            scaling = {"autoscaling_config": {
+                "min_replicas": a.min_replicas, "max_replicas": a.max_replicas, "initial_replicas": max(a.min_replicas, min(g.num_replicas, a.max_replicas)),
+                "target_ongoing_requests": a.target_load, "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+                "downscale_to_zero_delay_s": a.scale_to_zero_delay_s, "look_back_period_s": a.look_back_period_s,
+                "policy": {"policy_function": "deployments.autoscaling:ExpertGroupPolicy", "policy_kwargs": kwargs}}}
         experts[g.name] = ExpertDeployment.options(
-            name=expert_deployment_name(g.name), num_replicas=g.num_replicas, ray_actor_options=actor,
+            name=expert_deployment_name(g.name), ray_actor_options=actor, **scaling,
             max_ongoing_requests=g.max_ongoing_requests, max_queued_requests=g.max_queued_requests,
         ).bind(engine, list(g.adapters), g.max_batch_size, g.batch_wait_timeout_s)
     return RouterIngress.options(num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(cfg.model_dump(), experts)

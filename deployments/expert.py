@@ -59,6 +59,12 @@ class ExpertDeployment:
     async def _batch(self, payloads: list[dict]) -> list[dict]:
         return await asyncio.to_thread(self.server.run_batch, payloads)
 
+    def record_autoscaling_stats(self) -> dict:
+        """Replica load for the group's autoscaling policy (deployments/autoscaling.py)."""
+        s = self.server.stats()
+        return {"inflight": float(s["inflight"]), "rows": float(s["last_batch_size"]), "tokens": float(s["tokens"]),
+                "cache_misses": float(s["store_device_misses"])}
+
     def stats(self) -> dict:
         return self.server.stats()
 
