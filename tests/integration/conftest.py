@@ -17,6 +17,9 @@ PORT = int(os.environ.get("LORAPLEX_TEST_PORT", "18123"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Short metric intervals so autoscaling reacts within a test (must be set before the cluster starts).
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 
 
 def ensure_demo() -> Path:
@@ -47,7 +50,7 @@ def demo_args(managed: Path, imports: Path) -> dict:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 2**20, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 2**20, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     yield
     ray.shutdown()
 
