@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from ray import serve
 
@@ -45,15 +46,19 @@ class ExpertDeployment:
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        task = asyncio.ensure_future(self._batch({**payload, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
-        while not (task.done() and queue.empty()):
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield getter.result()
-            else:
-                getter.cancel()
-        yield task.result()
+        cancel = threading.Event()
+        task = asyncio.ensure_future(self._batch({**payload, "cancel": cancel, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
+        try:
+            while not (task.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield task.result()
+        finally:
+            cancel.set()  # client gone (generator closed/cancelled): the engine drops the row at its next step
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _batch(self, payloads: list[dict]) -> list[dict]:

@@ -8,6 +8,7 @@ round decodes the current stage of every unfinished request in one mixed batch.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -31,10 +32,12 @@ class Request:
     composition: Composition = field(default_factory=Base)
     params: SamplingParams = field(default_factory=SamplingParams)
     on_token: TokenCallback | None = None
+    cancel: threading.Event | None = None  # set it (e.g. the client went away) to stop this request's decoding
 
     @classmethod
-    def from_json(cls, prompt: str, composition: object = None, on_token: TokenCallback | None = None, **sampling: object) -> "Request":
-        return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token)  # type: ignore[arg-type]
+    def from_json(cls, prompt: str, composition: object = None, on_token: TokenCallback | None = None, cancel: threading.Event | None = None,
+                  **sampling: object) -> "Request":
+        return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token, cancel)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -58,6 +61,18 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, dtype)
+
+
+@dataclass
+class _Step:
+    """One request's work in a round: a whole request, or the current stage of a chain."""
+
+    index: int
+    prompt: str | list[int]
+    comp: Composition
+    on_token: TokenCallback | None
+    params: SamplingParams
+    cancel: threading.Event | None
 
 
 class Engine:
@@ -129,16 +144,16 @@ class Engine:
             except LoraplexError as e:
                 results[i] = e
         while stage:
-            steps: list[tuple[int, str, Composition, TokenCallback | None, SamplingParams]] = []
+            steps: list[_Step] = []
             for i, (n, prev, _) in stage.items():
                 req = requests[i]
                 if isinstance(req.composition, Chain):
                     st = req.composition.stages[n]
                     last = n == len(req.composition.stages) - 1
                     comp: Composition = Single(st.adapter) if st.adapter else Base()
-                    steps.append((i, st.render(req.prompt, prev), comp, req.on_token if last else None, req.params))
+                    steps.append(_Step(i, st.render(req.prompt, prev), comp, req.on_token if last else None, req.params, req.cancel))
                 else:
-                    steps.append((i, req.prompt, req.composition, req.on_token, req.params))
+                    steps.append(_Step(i, req.prompt, req.composition, req.on_token, req.params, req.cancel))
             outputs = self._run_round(steps)
             for i, out in outputs.items():
                 n, _, texts = stage.pop(i)
@@ -147,21 +162,21 @@ class Engine:
                     continue
                 req = requests[i]
                 texts = texts + [out.text]
-                if isinstance(req.composition, Chain) and n + 1 < len(req.composition.stages):
+                if isinstance(req.composition, Chain) and n + 1 < len(req.composition.stages) and out.finish_reason != "cancelled":
                     stage[i] = (n + 1, out.text, texts)
                 else:
                     results[i] = Result(out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens, texts if len(texts) > 1 else [])
         return results  # type: ignore[return-value]
 
-    def _run_round(self, steps) -> dict[int, GenOutput | LoraplexError]:
+    def _run_round(self, steps: list["_Step"]) -> dict[int, GenOutput | LoraplexError]:
         """Decode one step of every request, packed into groups that fit the slots and row budget."""
         outputs: dict[int, GenOutput | LoraplexError] = {}
         groups: list[list] = []
         names: set[str] = set()
         nrows = 0
         for step in steps:
-            rows, _ = weight_rows(step[2])
-            need = set(adapters_of(step[2]))
+            rows, _ = weight_rows(step.comp)
+            need = set(adapters_of(step.comp))
             if groups and len(names | need) <= self.config.max_slots and nrows + len(rows) <= self.config.max_batch_rows:
                 groups[-1].append(step)
                 names |= need
@@ -170,24 +185,25 @@ class Engine:
                 groups.append([step])
                 names, nrows = set(need), len(rows)
         for group in groups:
-            wanted = [n for s in group for n in adapters_of(s[2])]
+            wanted = [n for s in group for n in adapters_of(s.comp)]
             try:
                 slots = self.store.acquire(wanted)
             except LoraplexError as e:  # e.g. an adapter failed validation: fail the requests that use it
                 bad = getattr(e, "name", None)
                 for s in group:
-                    if bad is None or bad in adapters_of(s[2]):
-                        outputs[s[0]] = e
-                group = [s for s in group if s[0] not in outputs]
+                    if bad is None or bad in adapters_of(s.comp):
+                        outputs[s.index] = e
+                group = [s for s in group if s.index not in outputs]
                 if not group:
                     continue
-                slots = self.store.acquire([n for s in group for n in adapters_of(s[2])])
+                slots = self.store.acquire([n for s in group for n in adapters_of(s.comp)])
             items = []
-            for i, prompt, comp, cb, params in group:
-                rows, mix = weight_rows(comp)
-                items.append(GenItem(self._encode(prompt), [{slots[n]: w for n, w in r.items()} for r in rows], mix, params, cb))
-            for (i, *_), out in zip(group, generate(self.wrapped, self.tokenizer, items, self.eos_ids, self.pad_id)):
-                outputs[i] = out
+            for s in group:
+                rows, mix = weight_rows(s.comp)
+                items.append(GenItem(self._encode(s.prompt), [{slots[n]: w for n, w in r.items()} for r in rows], mix, s.params, s.on_token,
+                                     s.cancel.is_set if s.cancel is not None else None))
+            for s, out in zip(group, generate(self.wrapped, self.tokenizer, items, self.eos_ids, self.pad_id)):
+                outputs[s.index] = out
         return outputs
 
     def stats(self) -> dict:

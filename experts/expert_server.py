@@ -15,7 +15,7 @@ from config.engine import EngineConfig
 from experts.engine import Engine, Request
 from experts.errors import LoraplexError
 
-Payload = dict[str, Any]  # {"prompt": str | [int], "composition": spec | None, "sampling": {...}, "on_token": callable?}
+Payload = dict[str, Any]  # {"prompt": str | [int], "composition": spec | None, "sampling": {...}, "on_token": callable?, "cancel": Event?}
 
 
 def error_payload(e: Exception) -> dict:
@@ -39,7 +39,7 @@ class ExpertServer:
         results: list[dict | None] = [None] * len(payloads)
         for i, p in enumerate(payloads):
             try:
-                requests.append(Request.from_json(p["prompt"], p.get("composition"), on_token=p.get("on_token"), **p.get("sampling", {})))
+                requests.append(Request.from_json(p["prompt"], p.get("composition"), on_token=p.get("on_token"), cancel=p.get("cancel"), **p.get("sampling", {})))
             except LoraplexError as e:
                 requests.append(None)
                 results[i] = error_payload(e)

@@ -32,13 +32,14 @@ class GenItem:
     mix: list[float]  # logits = sum_j mix[j] * logits(rows[j])
     params: SamplingParams
     on_token: TokenCallback | None = None
+    cancelled: Callable[[], bool] | None = None  # polled every step: a gone client frees its row at once
 
 
 @dataclass
 class GenOutput:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string) | "length"
+    finish_reason: str  # "stop" (EOS or stop string) | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
 
@@ -128,6 +129,9 @@ def generate(wrapped: WrappedModel, tokenizer, items: list[GenItem], eos_ids: se
             tokens = choose_tokens(logits, [states[i].item.params for i in active], [states[i].generator for i in active])
             for i, t in zip(active, tokens.tolist()):
                 _advance(states[i], t, tokenizer, eos_ids)
+                cancelled = states[i].item.cancelled
+                if states[i].finish is None and cancelled is not None and cancelled():
+                    states[i].finish = "cancelled"
             still = [n for n, i in enumerate(active) if states[i].finish is None]
             if not still:
                 break

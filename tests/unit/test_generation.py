@@ -131,3 +131,25 @@ def test_parse_accepts_every_documented_mode():
                  {"mode": "moe", "top_k": 2, "weights": {"a": 0.9, "b": 0.1}},
                  {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{input}"}, {"adapter": "b", "prompt": "{previous} {{x}}"}]}]:
         parse_composition(spec)
+
+
+def test_cancelled_request_leaves_the_batch_and_others_finish(engine):
+    import threading
+
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_token(delta):
+        seen.append(delta)
+        if len(seen) == 2:
+            cancel.set()
+
+    out = engine.generate([Request.from_json(PROMPTS[0], "a", on_token=on_token, cancel=cancel, max_tokens=20, ignore_eos=True),
+                           _req(PROMPTS[1], "b", max_tokens=8, ignore_eos=True)])
+    assert out[0].finish_reason == "cancelled" and out[0].completion_tokens <= 3
+    assert out[1].completion_tokens == 8
+    chain = {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{input}"}, {"adapter": "b", "prompt": "{previous}"}]}
+    done = threading.Event()
+    done.set()
+    r = engine.generate([Request.from_json(PROMPTS[0], chain, cancel=done, max_tokens=5)])[0]
+    assert r.finish_reason == "cancelled" and r.stages == []  # no further stage after a cancel
