@@ -128,33 +128,52 @@ def test_streaming_matches_non_streaming(server, client):
     assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] >= 1
 
 
+def J(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
 BAD = [
-    ("unknown model", {"model": "nope", "prompt": "x"}, 404, "unknown adapter 'nope'; available adapters: ["),
-    ("unknown adapter in composition", {"model": "base", "prompt": "x", "composition": {"mode": "stack", "adapters": ["intent", "zz"]}}, 404, "unknown adapter 'zz'"),
-    ("bad mode", {"model": "base", "prompt": "x", "composition": {"mode": "mix"}}, 400, "valid modes"),
-    ("negative weight", {"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": -1}}}, 400, "must be a finite number >= 0, got -1"),
-    ("bad template", {"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": [{"adapter": "intent", "prompt": "{nope}"}]}}, 400, "valid placeholders"),
-    ("path traversal", {"model": "../etc", "prompt": "x"}, 400, "invalid adapter name '../etc'"),
-    ("temperature", {"model": "intent", "prompt": "x", "temperature": -2}, 400, "temperature must be in"),
-    ("max_tokens over limit", {"model": "intent", "prompt": "x", "max_tokens": 100000}, 400, "exceeds this server's limit of 256"),
-    ("prompt too long", {"model": "intent", "prompt": "x" * 9000}, 400, "the limit is 8000"),
-    ("n=3", {"model": "intent", "prompt": "x", "n": 3}, 400, "n=3 is not supported"),
-    ("missing prompt", {"model": "intent"}, 400, "prompt: Field required"),
-    ("unknown field", {"model": "intent", "prompt": "x", "best_of": 2}, 400, "best_of: Extra inputs are not permitted"),
+    # name, raw body, status, message fragment
+    ("malformed JSON", b"{not json", 400, "not valid JSON"),
+    ("invalid UTF-8", b'{"model": "intent", "prompt": "\xff\xfe"}', 400, "not valid JSON"),
+    ("body not an object", J([1, 2]), 400, "body must be a JSON object, got list"),
+    ("oversized body", J({"model": "intent", "prompt": "x" * 1_100_000}), 413, "the limit is 1000000"),
+    ("wrong type", J({"model": "intent", "prompt": "x", "max_tokens": "ten"}), 400, "max_tokens"),
+    ("missing prompt", J({"model": "intent"}), 400, "prompt: Field required"),
+    ("missing model", J({"prompt": "x"}), 400, "model: Field required"),
+    ("huge max_tokens", J({"model": "intent", "prompt": "x", "max_tokens": 100000}), 400, "exceeds this server's limit of 256"),
+    ("negative max_tokens", J({"model": "intent", "prompt": "x", "max_tokens": -5}), 400, "max_tokens must be an integer >= 1, got -5"),
+    ("temperature out of range", J({"model": "intent", "prompt": "x", "temperature": -2}), 400, "temperature must be in [0, 100], got -2"),
+    ("top_p out of range", J({"model": "intent", "prompt": "x", "top_p": 1.5}), 400, "top_p must be in (0, 1], got 1.5"),
+    ("empty prompt", J({"model": "intent", "prompt": ""}), 400, "prompt must not be empty"),
+    ("prompt over the limit", J({"model": "intent", "prompt": "x" * 9000}), 400, "the limit is 8000"),
+    ("unknown model", J({"model": "nope", "prompt": "x"}), 404, "unknown adapter 'nope'; available adapters: ["),
+    ("traversal name", J({"model": "../../etc/passwd", "prompt": "x"}), 400, "invalid adapter name '../../etc/passwd'"),
+    ("absolute path name", J({"model": "/etc/passwd", "prompt": "x"}), 400, "no absolute paths"),
+    ("unknown adapter in composition", J({"model": "base", "prompt": "x", "composition": {"mode": "stack", "adapters": ["intent", "zz"]}}), 404, "unknown adapter 'zz'"),
+    ("bad mode", J({"model": "base", "prompt": "x", "composition": {"mode": "mix"}}), 400, "valid modes"),
+    ("empty weights", J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {}}}), 400, "non-empty object of adapter -> weight"),
+    ("negative weight", J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": -1}}}), 400, "must be a finite number >= 0, got -1"),
+    ("NaN weight", b'{"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": NaN}}}', 400, "finite number"),
+    ("chain without stages", J({"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": []}}), 400, "list of 1..8 stages"),
+    ("bad template", J({"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": [{"adapter": "intent", "prompt": "{nope}"}]}}), 400, "valid placeholders"),
+    ("n=3", J({"model": "intent", "prompt": "x", "n": 3}), 400, "n=3 is not supported"),
+    ("unknown field", J({"model": "intent", "prompt": "x", "best_of": 2}), 400, "best_of: Extra inputs are not permitted"),
 ]
 
 
 @pytest.mark.parametrize("name,body,status,message", BAD, ids=[c[0] for c in BAD])
 def test_bad_requests(server, name, body, status, message):
-    r = post(server, "/v1/completions", body)
+    r = httpx.post(f"{server}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["code"] == status and err["type"]
 
 
-def test_invalid_json_body(server):
-    r = httpx.post(f"{server}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+def test_server_keeps_serving_after_bad_input(server):
+    assert httpx.get(f"{server}/health", timeout=30).status_code == 200
+    r = post(server, "/v1/completions", {"model": "intent", "prompt": examples("intent", 1)[0].prompt, "max_tokens": 8})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() in INTENTS
 
 
 def test_concurrent_mixed_requests_are_batched_and_all_succeed(server):
