@@ -9,7 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+RETRIES = 2  # a replica dying mid-request: retry on another replica, then 503
 
 from config.app import AppArgs
 from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest
@@ -37,6 +41,8 @@ def from_exception(e: Exception) -> JSONResponse:
         return error(400, msgs, "invalid_request_error", param)
     if isinstance(e, BackPressureError):
         return error(503, f"server overloaded, retry later ({e})", "overloaded_error", headers={"Retry-After": "1"})
+    if isinstance(e, REPLICA_GONE):
+        return error(503, f"expert replica unavailable, retry later ({type(e).__name__})", "overloaded_error", headers={"Retry-After": "2"})
     for cls, status, type_ in STATUS:
         if isinstance(e, cls):
             return error(status, str(e), type_)
@@ -94,12 +100,23 @@ class RouterIngress:
                 handle = handle.options(multiplexed_model_id=plan.primary_adapter)
             if plan.stream:
                 return await self._stream(handle, plan, chat)
-            result = await handle.generate.remote(plan.payload)
+            result = await self._generate(handle, plan.payload)
         except Exception as e:
             return from_exception(e)
         if "error" in result:
             return from_payload(result["error"])
         return JSONResponse(respond(plan, result))
+
+    @staticmethod
+    async def _generate(handle, payload: dict) -> dict:
+        for attempt in range(RETRIES + 1):
+            try:
+                return await handle.generate.remote(payload)
+            except REPLICA_GONE:
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))  # Serve routes the retry to a live replica
+        raise AssertionError("unreachable")
 
     async def _stream(self, handle, plan, chat: bool):
         gen = handle.options(stream=True).generate_stream.remote(plan.payload)

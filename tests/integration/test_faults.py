@@ -1,0 +1,123 @@
+"""Faults: a replica killed under load, a corrupt adapter, an ingress restart. Nothing lost or hung."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+
+from experts.demo_data import INTENTS, make_examples
+from tests.integration.conftest import DEMO, PORT, demo_args
+
+pytestmark = pytest.mark.integration
+
+
+def running(app: str, dep: str) -> int:
+    from ray import serve
+
+    return serve.status().applications[app].deployments[dep].replica_states.get("RUNNING", 0)
+
+
+def test_killing_an_expert_replica_under_load_loses_nothing(server, roots):
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    args = demo_args(*roots)
+    args["groups"][1]["num_replicas"] = 2
+    serve.run(build_app(args), name="chaos", route_prefix="/chaos")
+    url = f"http://127.0.0.1:{PORT}/chaos/v1/completions"
+    prompts = [e.prompt for e in make_examples("entities", 8, seed=9, split="heldout")]
+    outcomes: list[object] = []
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=90) as c:
+            n = 0
+            while not stop.is_set():
+                try:
+                    outcomes.append(c.post(url, json={"model": "entities", "prompt": prompts[(i + n) % 8], "max_tokens": 24}).status_code)
+                except httpx.HTTPError as e:  # a hang would surface here as a timeout
+                    outcomes.append(repr(e))
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(4)
+        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "chaos" in a["name"] and "expert_extraction" in a["name"])
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+        time.sleep(8)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert outcomes and all(o in (200, 503) for o in outcomes), {str(o): outcomes.count(o) for o in set(map(str, outcomes))}
+    assert outcomes.count(200) >= 0.8 * len(outcomes)
+    deadline = time.time() + 90
+    while time.time() < deadline and running("chaos", "expert_extraction") < 2:
+        time.sleep(1)
+    assert running("chaos", "expert_extraction") == 2  # Serve brought the group back to its target
+    serve.delete("chaos")
+
+
+def test_corrupt_adapters_fail_alone_and_the_replica_keeps_serving(server, roots):
+    managed, _ = roots
+    cases = {
+        "broken/truncated": lambda p: (p / "adapter_model.safetensors").write_bytes((p / "adapter_model.safetensors").read_bytes()[:100]),
+        "broken/badshape": lambda p: (p / "adapter_config.json").write_text((p / "adapter_config.json").read_text()),  # replaced below
+        "broken/nomodule": lambda p: None,
+    }
+    from safetensors.torch import load_file, save_file
+
+    for name, corrupt in cases.items():
+        dest = managed / name
+        shutil.copytree(DEMO / "adapters" / "intent", dest)
+        corrupt(dest)
+    st = load_file(str(managed / "broken/badshape/adapter_model.safetensors"))
+    k = next(k for k in st if "lora_B" in k)
+    st[k] = st[k][:-1]
+    save_file(st, str(managed / "broken/badshape/adapter_model.safetensors"))
+    st = load_file(str(managed / "broken/nomodule/adapter_model.safetensors"))
+    st = {k.replace("q_proj", "zz_proj"): v for k, v in st.items()}
+    save_file(st, str(managed / "broken/nomodule/adapter_model.safetensors"))
+    expected = {"broken/truncated": "cannot read adapter_model.safetensors", "broken/badshape": "do not fit the base layer",
+                "broken/nomodule": "target modules not in the base model"}
+    time.sleep(2.5)  # the ingress rescans adapter roots every 2 s
+    e = make_examples("intent", 1, seed=3, split="heldout")[0]
+    for name, msg in expected.items():
+        r = httpx.post(f"{server}/v1/completions", json={"model": name, "prompt": e.prompt, "max_tokens": 8}, timeout=60)
+        assert r.status_code == 422 and msg in r.json()["error"]["message"], r.text
+    ok = httpx.post(f"{server}/v1/completions", json={"model": "intent", "prompt": e.prompt, "max_tokens": 8}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["text"].strip() in INTENTS
+    for name in expected:
+        shutil.rmtree(managed / name)
+
+
+def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
+    import ray
+
+    _, imports = roots
+    shutil.copytree(DEMO / "adapters" / "entities", imports / "keep")
+    assert httpx.post(f"{server}/v1/adapters", json={"name": "kept/entities", "source": str(imports / "keep")}, timeout=60).status_code == 201
+    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "loraplex" in a["name"] and "RouterIngress" in a["name"])
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    e = make_examples("entities", 1, seed=4, split="heldout")[0]
+    deadline, r = time.time() + 120, None
+    while time.time() < deadline:
+        try:
+            r = httpx.post(f"{server}/v1/completions", json={"model": "kept/entities", "prompt": e.prompt, "max_tokens": 32}, timeout=30)
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    assert r is not None and r.status_code == 200, r and r.text
+    assert r.json()["choices"][0]["text"].strip() == e.answer
+    assert "auto" in [m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]]  # router config back too
+    assert httpx.delete(f"{server}/v1/adapters/kept/entities", timeout=30).status_code == 200
