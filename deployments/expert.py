@@ -8,6 +8,7 @@ import threading
 from ray import serve
 
 from config.engine import EngineConfig
+from deployments.metrics import ExpertMetrics
 from experts.expert_server import ExpertServer, error_payload
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
@@ -17,6 +18,7 @@ MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity
 class ExpertDeployment:
     def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
         self.server = ExpertServer(EngineConfig(**engine_config), pinned)
+        self.metrics = ExpertMetrics()
         self._batch.set_max_batch_size(max_batch_size)
         self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -62,7 +64,9 @@ class ExpertDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _batch(self, payloads: list[dict]) -> list[dict]:
-        return await asyncio.to_thread(self.server.run_batch, payloads)
+        out = await asyncio.to_thread(self.server.run_batch, payloads)
+        self.metrics.observe_batch(len(payloads), self.server.stats())
+        return out
 
     def record_autoscaling_stats(self) -> dict:
         """Replica load for the group's autoscaling policy (deployments/autoscaling.py)."""

@@ -19,6 +19,7 @@ from config.app import AppArgs
 from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest
 from experts.errors import (AdapterNameError, AdapterValidationError, AuthenticationError, CapacityError, ConflictError, PayloadTooLargeError,
                             PermissionDeniedError, RequestError, UnknownAdapterError)
+from deployments.metrics import IngressMetrics
 from router.access_control import AccessControl
 from router.gateway import Gateway
 
@@ -71,6 +72,7 @@ class RouterIngress:
             router = Router.load(self.args.routing.router_path)
         self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
         self.experts = experts  # group name -> DeploymentHandle
+        self.metrics = IngressMetrics()
         self.registry = None
         if self.args.import_roots:
             from experts.adapter_registry import AdapterRegistry, linear_shapes
@@ -92,6 +94,7 @@ class RouterIngress:
         return model(**body)
 
     async def _serve(self, request: Request, model, plan_fn, respond, chat: bool):
+        plan = None
         try:
             self.access.check(request.headers.get("authorization"))
             plan = plan_fn(await self._body(request, model))
@@ -99,13 +102,14 @@ class RouterIngress:
             if plan.primary_adapter:
                 handle = handle.options(multiplexed_model_id=plan.primary_adapter)
             if plan.stream:
-                return await self._stream(handle, plan, chat)
-            result = await self._generate(handle, plan.payload)
+                response = await self._stream(handle, plan, chat)
+            else:
+                result = await self._generate(handle, plan.payload)
+                response = from_payload(result["error"]) if "error" in result else JSONResponse(respond(plan, result))
         except Exception as e:
-            return from_exception(e)
-        if "error" in result:
-            return from_payload(result["error"])
-        return JSONResponse(respond(plan, result))
+            response = from_exception(e)
+        self.metrics.observe(plan.routing if plan else None, plan.primary_adapter if plan else None, response.status_code)
+        return response
 
     @staticmethod
     async def _generate(handle, payload: dict) -> dict:
