@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.serve import Application
 
 from config.app import AppArgs
@@ -13,8 +15,25 @@ def expert_deployment_name(group: str) -> str:
     return f"expert_{group}"
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _absolute(path: str | None) -> str | None:
+    """Relative paths in a Serve YAML mean the launch directory, else the project root; replicas get absolute ones."""
+    if path is None or Path(path).is_absolute():
+        return path
+    for base in (Path.cwd(), PROJECT_ROOT):
+        if (base / path).exists():
+            return str((base / path).resolve())
+    return str((Path.cwd() / path).resolve())
+
+
 def build_app(args: dict) -> Application:
     cfg = AppArgs(**args)  # validates exactly as applications[].args must
+    cfg = cfg.model_copy(update={
+        "base_model": _absolute(cfg.base_model), "adapter_roots": [_absolute(r) for r in cfg.adapter_roots],
+        "import_roots": [_absolute(r) for r in cfg.import_roots],
+        "routing": cfg.routing.model_copy(update={"router_path": _absolute(cfg.routing.router_path)})})
     experts = {}
     for g in cfg.groups:
         engine = {"base_model": cfg.base_model, "adapter_roots": cfg.adapter_roots, "max_slots": g.max_slots, "max_host_adapters": g.max_host_adapters,

@@ -15,8 +15,7 @@ is the same OpenAI-style `{"model", "prompt", "max_tokens", "ignore_eos"}` that 
     # POST /baseline/v1/completions  -H 'serve_multiplexed_model_id: a3'  -d '{"model": "a3", "prompt": [5, 6], "max_tokens": 16}'
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real `Request` annotation through @serve.ingress.
 import asyncio
 import json
 import threading
@@ -57,7 +56,7 @@ def _first_adapter_targets(roots: list[Path]) -> list[str]:
 class _LoadedAdapter:
     """What the multiplexed loader returns; Serve calls `__del__` on LRU eviction (then GC calls it again)."""
 
-    def __init__(self, owner: "MultiplexedPeftBaseline", name: str):
+    def __init__(self, owner, name: str):
         self.owner, self.name, self._deleted = owner, name, False
 
     def __del__(self):
@@ -82,7 +81,7 @@ class MultiplexedPeftBaseline:
         base = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype)).eval()
         # Placeholder adapter on the same layers the real adapters target (so the wrapped layers are the same);
         # default init has lora_B = 0: a no-op even if it were active.
-        self.model = get_peft_model(base, LoraConfig(r=1, target_modules=_first_adapter_targets(self.roots)), adapter_name=PLACEHOLDER).eval()
+        self.model = get_peft_model(base, LoraConfig(r=1, target_modules=_first_adapter_targets(self.roots), task_type="CAUSAL_LM"), adapter_name=PLACEHOLDER).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.model_lock = threading.Lock()  # model state (load/delete/set_adapter/generate) across worker threads
         self.turn = asyncio.Lock()  # one request at a time, FIFO, without parking executor threads on model_lock

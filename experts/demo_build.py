@@ -74,6 +74,7 @@ class DemoConfig:
 
     # tokenizer
     vocab_size: int = 1536
+    split_digits: bool = False
     # model
     hidden_size: int = 192
     num_layers: int = 3
@@ -165,7 +166,7 @@ def load_corpus_text(path: Path = CORPUS_PATH) -> str:
     return generate_corpus_text()
 
 
-def train_tokenizer(corpus_text: str, vocab_size: int = 1536):
+def train_tokenizer(corpus_text: str, vocab_size: int = 1536, split_digits: bool = False):
     """Byte-level BPE (individual digits) wrapped as a ``PreTrainedTokenizerFast``.
 
     Encoding adds ``<s>`` in front (no ``</s>``); padding is on the left.
@@ -174,10 +175,10 @@ def train_tokenizer(corpus_text: str, vocab_size: int = 1536):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    if split_digits:
+        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -267,8 +268,12 @@ def pack_documents(tokenizer, docs: Sequence[str], seq_len: int) -> "torch.Tenso
     return torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
 
 
-def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True) -> dict:
-    """Causal-LM pretraining on the support-domain corpus; returns stats."""
+def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True,
+             on_step=None) -> dict:
+    """Causal-LM pretraining on the support-domain corpus; returns stats.
+
+    ``on_step(step, model)`` (optional) is called after every optimiser step.
+    """
     import torch
 
     docs = demo_data.pretraining_corpus(cfg.pretrain_docs, seed)
@@ -295,6 +300,8 @@ def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(out.loss.item())
+        if on_step is not None:
+            on_step(step, model)
         if step % 10 == 0 or step == cfg.pretrain_steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     model.eval()
@@ -455,7 +462,7 @@ def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool
         # 1. tokenizer
         t0 = time.perf_counter()
         corpus_text = load_corpus_text()
-        tokenizer = train_tokenizer(corpus_text, cfg.vocab_size)
+        tokenizer = train_tokenizer(corpus_text, cfg.vocab_size, cfg.split_digits)
         timings["tokenizer_s"] = time.perf_counter() - t0
 
         # 2. base model

@@ -660,10 +660,20 @@ _FAQ = (
     "Q: How long does delivery take? A: Most orders arrive within three to five business days.",
     "Q: Can I change my email? A: Yes, open account settings and change the email address.",
     "Q: How do refunds work? A: Refunds go back to the original payment method.",
+    "Q: Who handles billing questions? A: Our billing team answers billing questions every weekday.",
+    "Q: Who fixes a technical problem? A: Our technical team looks at every technical report.",
     "Order ids start with ORD followed by five digits, for example ORD-10000.",
     "Keep your order number handy when you contact support.",
     "We answer most messages within one business day.",
-    "Our shop ships to most countries.",
+    "We read all feedback, positive or negative.",
+    "A positive attitude helps, and a negative experience is something we want to fix.",
+    "Our agents stay neutral and polite in every conversation.",
+    "The billing page lists every payment and refund.",
+    "You can update your account details at any time.",
+    "A password reset link is valid for one hour.",
+    "The order status page shows where your package is.",
+    "To cancel an order, open the order and choose cancel.",
+    "Technical issues with the app are usually fixed by an update.",
 )
 _REVIEW_POS = (
     "Great {product}, works perfectly.", "I love this {product}, highly recommended.",
@@ -672,6 +682,21 @@ _REVIEW_POS = (
 _REVIEW_NEG = (
     "The {product} broke after a week, very disappointed.", "Terrible support, never again.",
     "Late delivery and rude service.", "Awful quality, I want my money back.",
+)
+# Notes that naturally repeat ids/emails: they teach the base model to copy.
+_NOTES = (
+    "Order {o} was placed by {e}. Order {o} ships soon. Your order {o} is confirmed.",
+    "Order {o}: status shipped. Tracking for {o} is active. Contact {e} about {o}.",
+    "Account {e} updated. A message was sent to {e}. Login for {e} works again.",
+    "Note: {n} wrote about {o}. Reply sent to {e}. Case {o} closed for {e}.",
+    "Refund for {o} issued to the card of {e}. {o} refund confirmed.",
+    "Your order {o} ships soon. We will email {e} with tracking for order {o}.",
+    "Reminder for {e}: order {o} arrives tomorrow. Thanks, {e}!",
+    "The customer {e} asked about {o}. We replied to {e} and updated {o}.",
+    "Case {o} | customer <{e}> | order {o} | reply to <{e}>",
+    "Hello {n}, your order {o} has shipped. Order {o} will arrive soon. We sent the receipt to \"{e}\".",
+    "{n} ({e}) called about order {o}. Order {o} was found. Email sent to {e}.",
+    "Ticket for {o}: the customer {e} wants an update on {o}. Owner: support. Contact: \"{e}\".",
 )
 
 
@@ -688,38 +713,38 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
             reply.append(rng.choice((
                 "Your order {o} is being processed.", "I looked up order {o} for you.",
                 "Thanks for the order number {o}.", "About {o}: we are on it.",
+                "Order {o} is noted.",
             )).format(o=msg.order_id))
         reply.append(rng.choice(_AGENT_BODIES[msg.intent]).format(
             product=msg.product, email_or_you=msg.email or "your email"))
         if msg.email:
             reply.append(rng.choice((
                 "We will write to {e} when it is done.", "A confirmation was sent to {e}.",
-                "We have {e} on file for you.",
+                "We have {e} on file for you.", "Your email \"{e}\" is verified.",
+                "Contact: <{e}>.",
             )).format(e=msg.email))
         reply.append(rng.choice(_AGENT_CLOSERS))
         return f"Customer: {msg.text}\nAgent: {' '.join(reply)}"
-    if kind < 0.50:
-        # Notes that repeat ids and emails several times.
-        templates = (
-            "Order {o} was placed by {e}. Order {o} ships soon. Your order {o} is confirmed.",
-            "Order {o}: status shipped. Tracking for {o} is active. Contact {e} about {o}.",
-            "Account {e} updated. A message was sent to {e}. Login for {e} works again.",
-            "Note: {n} wrote about {o}. Reply sent to {e}. Case {o} closed for {e}.",
-            "Refund for {o} issued to the card of {e}. {o} refund confirmed.",
-            "Your order {o} ships soon. We will email {e} with tracking for order {o}.",
-            "Reminder for {e}: order {o} arrives tomorrow. Thanks, {e}!",
-            "The customer {e} asked about {o}. We replied to {e} and updated {o}.",
-        )
-        return rng.choice(templates).format(o=oid, e=email, n=name)
-    if kind < 0.58:
+    if kind < 0.55:
+        notes = rng.sample(_NOTES, 2)
+        if rng.random() < 0.5:
+            # two different cases in one document: copy the right one
+            first, last = rng.choice(pools.first), rng.choice(pools.last)
+            o2, e2 = _order_id(rng), _email(rng, first, last, pools)
+            return (notes[0].format(o=oid, e=email, n=name) + "\n"
+                    + notes[1].format(o=o2, e=e2, n=_display(first)))
+        return " ".join(n.format(o=oid, e=email, n=name) for n in notes)
+    if kind < 0.63:
         return " ".join(rng.sample(_FAQ, 3))
-    if kind < 0.66:
+    if kind < 0.70:
         review = rng.choice(_REVIEW_POS if rng.random() < 0.5 else _REVIEW_NEG)
         return f"Review by {name}: {review.format(product=msg.product)}"
-    if kind < 0.80:
-        # Signature repeating the email, message in between.
-        sig = f"{_display(msg.first)} {_display(msg.last)} | {email}"
-        return f"From: {email}\n{msg.text}\n--\n{sig}"
+    if kind < 0.88:
+        # Headers/signatures repeating the email (and order id), message in between.
+        full = f"{_display(msg.first)} {_display(msg.last)}"
+        subject = f"Re: {oid}" if msg.order_id else "Support request"
+        sig = f"{full} | {email}" if rng.random() < 0.5 else f"{full} <{email}>"
+        return f"From: {full} <{email}>\nSubject: {subject}\n{msg.text}\n--\n{sig}"
     return msg.text
 
 
@@ -736,8 +761,8 @@ def tokenizer_glossary() -> list[str]:
         "Intents: " + ", ".join(INTENTS) + ".",
         "Sentiments: " + ", ".join(SENTIMENTS) + ".",
         "Fields: order_id, email, null, true, false.",
-        "Answer: " + " ".join(INTENTS + SENTIMENTS),
     ]
+    lines += ["Message: Answer: " + " ".join(INTENTS + SENTIMENTS)] * 40
     rng = random.Random(99)
     pools = _all_pools()
     for i in range(60):

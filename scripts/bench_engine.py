@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per config (median reported), after one warm-up")
     p.add_argument("--sweep", default="1,8,32,128", help="adapters-in-batch sweep ('' to skip); batch = max(--batch, n)")
+    p.add_argument("--sweep-repeats", type=int, default=2, help="timed runs per config in the sweep")
     p.add_argument("--skip-loop", action="store_true", help="skip the slow per-example loop baseline")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -138,11 +139,11 @@ def main() -> int:
             cfgs["seed_per_example_loop"] = lambda: loop(ids, rows)
         return cfgs
 
-    def measure(cfgs: dict, batch: int, desc: str) -> dict:
+    def measure(cfgs: dict, batch: int, desc: str, repeats: int) -> dict:
         times: dict[str, list[float]] = {k: [] for k in cfgs}
         for fn in cfgs.values():  # warm-up
             fn()
-        for _ in tqdm(range(a.repeats), desc=desc):
+        for _ in tqdm(range(repeats), desc=desc):
             for k, fn in cfgs.items():  # interleaved: drift hits every config alike
                 times[k].append(timed(fn))
         out = {}
@@ -152,13 +153,13 @@ def main() -> int:
             out[k] = {"s": round(s, 4), "tok_per_s": round(batch * a.new_tokens / s, 1), "vs_base": round(base / s, 3), "runs": [round(t, 4) for t in ts]}
         return out
 
-    results = measure(configs(a.batch, min(a.adapters, a.batch), not a.skip_loop), a.batch, "main")
+    results = measure(configs(a.batch, min(a.adapters, a.batch), not a.skip_loop), a.batch, "main", a.repeats)
     sweep_out = []
     for n in sweep:
         batch = max(a.batch, n)
         cfgs = configs(batch, n, False)
         cfgs = {k: cfgs[k] for k in ("base_only", "peft_mixed_batch", "loraplex_distinct", "loraplex_top2_blend")}
-        r = measure(cfgs, batch, f"sweep n={n}")
+        r = measure(cfgs, batch, f"sweep n={n}", a.sweep_repeats)
         sweep_out.append({"adapters_in_batch": n, "batch": batch, **{k: v["vs_base"] for k, v in r.items()}, "tok_per_s": {k: v["tok_per_s"] for k, v in r.items()}})
 
     d = results
