@@ -66,3 +66,25 @@ class RouteRequest(_Body):
 class AdapterRegistration(_Body):
     name: str = Field(description="Adapter name to register (path-like, e.g. 'support/refunds').")
     source: str = Field(description="PEFT adapter folder inside one of the app's import_roots.")
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with `$defs` references inlined, for an OpenAPI `requestBody`."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node and node["$ref"].startswith("#/$defs/"):
+                return resolve(defs[node["$ref"].split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def openapi_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` for a FastAPI route that reads the raw body itself (so errors keep the OpenAI shape)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(model)}}}}

@@ -16,7 +16,7 @@ REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, D
 RETRIES = 2  # a replica dying mid-request: retry on another replica, then 503
 
 from config.app import AppArgs
-from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest
+from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest, openapi_body
 from experts.errors import (AdapterNameError, AdapterValidationError, AuthenticationError, CapacityError, ConflictError, PayloadTooLargeError,
                             PermissionDeniedError, RequestError, UnknownAdapterError)
 from deployments.metrics import IngressMetrics
@@ -148,15 +148,15 @@ class RouterIngress:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(self, request: Request):
         return await self._serve(request, CompletionRequest, self.gateway.plan_completion, self.gateway.completion_response, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
     async def chat(self, request: Request):
         return await self._serve(request, ChatCompletionRequest, self.gateway.plan_chat, self.gateway.chat_response, chat=True)
 
-    @app.post("/v1/route")
+    @app.post("/v1/route", openapi_extra=openapi_body(RouteRequest))
     async def route(self, request: Request):
         try:
             self.access.check(request.headers.get("authorization"))
@@ -164,7 +164,7 @@ class RouterIngress:
         except Exception as e:
             return from_exception(e)
 
-    @app.post("/v1/adapters")
+    @app.post("/v1/adapters", openapi_extra=openapi_body(AdapterRegistration))
     async def register_adapter(self, request: Request):
         try:
             self.access.check_admin(request.headers.get("authorization"))
