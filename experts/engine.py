@@ -73,6 +73,7 @@ class _Step:
     on_token: TokenCallback | None
     params: SamplingParams
     cancel: threading.Event | None
+    ids: list[int] | None = None  # already encoded (first round); later chain stages encode on the fly
 
 
 class Engine:
@@ -97,33 +98,38 @@ class Engine:
         return cls(model, tokenizer, config)
 
     # ---- checks ----------------------------------------------------------------------------
-    def check(self, request: Request) -> None:
-        """Raise the request's first problem (unknown adapter, prompt too long) without touching the model."""
+    def check(self, request: Request) -> list[int]:
+        """Raise the request's first problem (unknown adapter, prompt too long) without touching the model;
+        returns the token ids of its (first) prompt."""
         for name in adapters_of(request.composition):
             self.store.resolve(name)
         if isinstance(request.composition, Chain):
             if not isinstance(request.prompt, str):
                 raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
-            prompts = [s.render(request.prompt, "") for s in request.composition.stages[:1]]
+            prompt: str | list[int] = request.composition.stages[0].render(request.prompt, "")
         else:
-            prompts = [request.prompt]
+            prompt = request.prompt
             rows, _ = weight_rows(request.composition)
             if len(rows) > self.config.max_batch_rows:
                 raise RequestError(f"composition needs {len(rows)} rows; max_batch_rows is {self.config.max_batch_rows}")
             if len(adapters_of(request.composition)) > self.config.max_slots:
                 raise CapacityError(f"composition uses {len(adapters_of(request.composition))} adapters; this replica has {self.config.max_slots} slots")
-        for p in prompts:
-            n = len(self._encode(p))
-            if n + request.params.max_tokens > self.max_positions:
-                raise RequestError(f"prompt ({n} tokens) + max_tokens ({request.params.max_tokens}) exceeds the model's context of {self.max_positions} tokens")
+        return self._encode(prompt, request.params.max_tokens)
 
-    def _encode(self, prompt: str | list[int]) -> list[int]:
+    def _encode(self, prompt: str | list[int], max_tokens: int) -> list[int]:
+        """Token ids of a prompt, checked against the vocabulary and the model's context length."""
         if isinstance(prompt, str):
-            return self.tokenizer(prompt)["input_ids"]
-        vocab = len(self.tokenizer)
-        if not prompt or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
-            raise RequestError(f"prompt token ids must be a non-empty list of integers in [0, {vocab})")
-        return list(prompt)
+            ids = self.tokenizer(prompt)["input_ids"]
+        else:
+            vocab = len(self.tokenizer)
+            if not prompt or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
+                raise RequestError(f"prompt token ids must be a non-empty list of integers in [0, {vocab})")
+            ids = list(prompt)
+        if not ids:
+            raise RequestError("prompt is empty after tokenization")
+        if len(ids) + max_tokens > self.max_positions:
+            raise RequestError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context of {self.max_positions} tokens")
+        return ids
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Result]:
@@ -137,9 +143,10 @@ class Engine:
     def generate_many(self, requests: Sequence[Request]) -> list[Result | LoraplexError]:
         results: list[Result | LoraplexError | None] = [None] * len(requests)
         stage = {}  # request index -> (stage number, previous output, outputs so far)
+        first_ids: dict[int, list[int]] = {}
         for i, req in enumerate(requests):
             try:
-                self.check(req)
+                first_ids[i] = self.check(req)
                 stage[i] = (0, "", [])
             except LoraplexError as e:
                 results[i] = e
@@ -151,9 +158,9 @@ class Engine:
                     st = req.composition.stages[n]
                     last = n == len(req.composition.stages) - 1
                     comp: Composition = Single(st.adapter) if st.adapter else Base()
-                    steps.append(_Step(i, st.render(req.prompt, prev), comp, req.on_token if last else None, req.params, req.cancel))
+                    steps.append(_Step(i, st.render(req.prompt, prev), comp, req.on_token if last else None, req.params, req.cancel, first_ids.pop(i, None)))
                 else:
-                    steps.append(_Step(i, req.prompt, req.composition, req.on_token, req.params, req.cancel))
+                    steps.append(_Step(i, req.prompt, req.composition, req.on_token, req.params, req.cancel, first_ids.pop(i, None)))
             outputs = self._run_round(steps)
             for i, out in outputs.items():
                 n, _, texts = stage.pop(i)
@@ -171,6 +178,13 @@ class Engine:
     def _run_round(self, steps: list["_Step"]) -> dict[int, GenOutput | LoraplexError]:
         """Decode one step of every request, packed into groups that fit the slots and row budget."""
         outputs: dict[int, GenOutput | LoraplexError] = {}
+        for s in steps:
+            if s.ids is None:
+                try:
+                    s.ids = self._encode(s.prompt, s.params.max_tokens)
+                except LoraplexError as e:  # e.g. a chain stage grew past the context: fail that request only
+                    outputs[s.index] = e
+        steps = [s for s in steps if s.index not in outputs]
         groups: list[list] = []
         names: set[str] = set()
         nrows = 0
@@ -200,7 +214,7 @@ class Engine:
             items = []
             for s in group:
                 rows, mix = weight_rows(s.comp)
-                items.append(GenItem(self._encode(s.prompt), [{slots[n]: w for n, w in r.items()} for r in rows], mix, s.params, s.on_token,
+                items.append(GenItem(s.ids, [{slots[n]: w for n, w in r.items()} for r in rows], mix, s.params, s.on_token,
                                      s.cancel.is_set if s.cancel is not None else None))
             for s, out in zip(group, generate(self.wrapped, self.tokenizer, items, self.eos_ids, self.pad_id)):
                 outputs[s.index] = out
