@@ -164,30 +164,32 @@ class RouterIngress:
         except Exception as e:
             return from_exception(e)
 
-    @app.post("/v1/adapters", openapi_extra=openapi_body(AdapterRegistration))
-    async def register_adapter(self, request: Request):
+    async def _admin(self, request: Request, action) -> JSONResponse:
+        """Admin key first, then the registry action (returns (body, status))."""
         try:
             self.access.check_admin(request.headers.get("authorization"))
             if self.registry is None:
                 raise RequestError("run-time adapter registration is off; set import_roots in the app config")
-            body = await self._body(request, AdapterRegistration)
-            out = await asyncio.to_thread(self.registry.register, body.name, body.source)
+            out, status = await action()
             self.gateway.invalidate()
-            return JSONResponse(out, status_code=201)
+            return JSONResponse(out, status_code=status)
         except Exception as e:
             return from_exception(e)
 
+    @app.post("/v1/adapters", openapi_extra=openapi_body(AdapterRegistration))
+    async def register_adapter(self, request: Request):
+        async def action():
+            body = await self._body(request, AdapterRegistration)
+            return await asyncio.to_thread(self.registry.register, body.name, body.source), 201
+
+        return await self._admin(request, action)
+
     @app.delete("/v1/adapters/{name:path}")
     async def remove_adapter(self, name: str, request: Request):
-        try:
-            self.access.check_admin(request.headers.get("authorization"))
-            if self.registry is None:
-                raise RequestError("run-time adapter registration is off; set import_roots in the app config")
-            out = await asyncio.to_thread(self.registry.remove, name)
-            self.gateway.invalidate()
-            return JSONResponse(out)
-        except Exception as e:
-            return from_exception(e)
+        async def action():
+            return await asyncio.to_thread(self.registry.remove, name), 200
+
+        return await self._admin(request, action)
 
     @app.get("/v1/models")
     async def models(self, request: Request):

@@ -45,7 +45,15 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CORPUS_PATH = PROJECT_ROOT / "data" / "corpus.txt"
 CORPUS_SEED = 20240601
-CORPUS_DOCS = 1300
+CORPUS_DOCS = 1200
+
+# GPT-2's pre-tokenizer regex, except that a letter run directly followed by "@", "_",
+# a digit or ".<letter>" (i.e. the start of an email / identifier) does not take the
+# leading space (possessive ++ so the lookahead cannot backtrack into the word).
+PRETOKENIZE_PATTERN = (
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++(?!\.\p{L}|[@_\p{N}])|\p{L}+| ?\p{N}+"
+    r"| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+)
 
 # Renders user/system contents (joined by blank lines); if the conversation ends on a
 # user turn and add_generation_prompt is set, appends the "\n\nAnswer:" cue unless the
@@ -74,7 +82,6 @@ class DemoConfig:
 
     # tokenizer
     vocab_size: int = 1536
-    split_digits: bool = False
     # model
     hidden_size: int = 192
     num_layers: int = 3
@@ -82,6 +89,9 @@ class DemoConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 512
     max_position_embeddings: int = 256
+    rope_theta: float = 1e6
+    init_std: float = 0.01
+    copy_circuit: bool = True
     # pretraining
     pretrain_docs: int = 24000
     pretrain_seq_len: int = 128
@@ -166,19 +176,25 @@ def load_corpus_text(path: Path = CORPUS_PATH) -> str:
     return generate_corpus_text()
 
 
-def train_tokenizer(corpus_text: str, vocab_size: int = 1536, split_digits: bool = False):
-    """Byte-level BPE (individual digits) wrapped as a ``PreTrainedTokenizerFast``.
+def train_tokenizer(corpus_text: str, vocab_size: int = 1536):
+    """Byte-level BPE wrapped as a ``PreTrainedTokenizerFast``.
 
-    Encoding adds ``<s>`` in front (no ``</s>``); padding is on the left.
+    Pre-tokenisation is GPT-2's regex with one change (:data:`PRETOKENIZE_PATTERN`):
+    a letter run that continues an email/identifier (followed by ``@``, ``_``, a digit
+    or ``.letter``) does not absorb the preceding space. So ``" jane.doe@x.com"`` and
+    ``'"jane.doe@x.com'`` yield the same ``jane . doe @ x . com`` tokens, and the
+    digits of ``ORD-48213`` form the same tokens everywhere: copying an entity into
+    the JSON answer is copying tokens. Encoding adds ``<s>`` in front (no ``</s>``);
+    padding is on the left; decoding round-trips exactly (byte level).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    if split_digits:
-        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -226,10 +242,14 @@ def make_base_model(tokenizer, cfg: DemoConfig, seed: int):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         rms_norm_eps=1e-5,
+        initializer_range=cfg.init_std,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    if cfg.copy_circuit:
+        install_copy_circuit(model, seed)
     gc = model.generation_config
     gc.pad_token_id = tokenizer.pad_token_id
     gc.eos_token_id = tokenizer.eos_token_id
@@ -237,6 +257,101 @@ def make_base_model(tokenizer, cfg: DemoConfig, seed: int):
     gc.do_sample = False
     gc.max_new_tokens = 48
     return model
+
+
+@dataclass(frozen=True)
+class CircuitScales:
+    """Magnitudes of the hand-initialised copy circuit (see :func:`install_copy_circuit`)."""
+
+    embed_std: float = 0.05       # std of the token-identity part of the embeddings
+    const: float = 0.2            # value of the constant embedding coordinate
+    prev_qk: float = 2.5          # layer-0 previous-token head: q/k weight on the constant
+    prev_pairs: int = 4           # number of highest-frequency RoPE pairs it uses
+    prev_out: float = 0.045       # layer-0 o_proj gain into the "previous token" subspace
+    ind_q: float = 2.2            # layer-1 induction head: query gain
+    ind_k: float = 2.2            # layer-1 induction head: key gain
+    ind_out: float = 0.25         # layer-1 o_proj gain back into the token subspace
+    max_angle: float = 0.5        # RoPE pairs usable for matching: theta_m * max_pos <= this
+
+
+def _orthonormal_rows(rows: int, cols: int, gen) -> "torch.Tensor":
+    import torch
+
+    q, _ = torch.linalg.qr(torch.randn(cols, rows, generator=gen))
+    return q.T.contiguous()  # rows x cols, orthonormal rows
+
+
+def install_copy_circuit(model, seed: int, scales: CircuitScales = CircuitScales()) -> dict:
+    """Hand-initialise an induction (copy) circuit in a fresh ``LlamaForCausalLM``.
+
+    Why: copying arbitrary ids/emails needs an *induction head* (layer 0 head moves
+    "previous token" into each position, a layer 1 head attends to the position
+    whose previous token equals the current token and copies it). Gradient descent
+    finds that circuit only after far more tokens than a CPU build can afford, so we
+    start from it and let pretraining adapt everything around (and in) it.
+
+    Residual layout (hidden size H, head dim d): ``[0, H-d-1)`` token identity,
+    ``H-d-1`` a constant coordinate (lets a head attend by position only),
+    ``[H-d, H)`` the "previous token" subspace. Layer 0 / q-head 0 + kv-head 0 attend
+    one position back using the highest-frequency RoPE pairs and write a projection
+    of that token into the previous-token subspace; layer 1 / q-head 0 + kv-head 0
+    match the current token against it using only the low-frequency RoPE pairs (so
+    the match barely depends on distance) and write the attended token back into the
+    token subspace, i.e. raise its logit through the tied LM head.
+    """
+    import torch
+
+    cfg = model.config
+    H, d = cfg.hidden_size, cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // cfg.num_attention_heads
+    half = d // 2
+    if cfg.num_hidden_layers < 2 or H - d - 1 < d:
+        raise ValueError("copy circuit needs >= 2 layers and hidden_size >= 2*head_dim + 1")
+    gen = torch.Generator().manual_seed(seed + 4242)
+    tok_dims = torch.arange(0, H - d - 1)
+    const_dim = H - d - 1
+    prev_dims = torch.arange(H - d, H)
+    n_tok = tok_dims.numel()
+    rope = cfg.rope_parameters or {}
+    theta = float(rope.get("rope_theta", 10000.0))
+    freqs = theta ** (-torch.arange(0, half, dtype=torch.float64) * 2.0 / d)
+    match_pairs = [m for m in range(half) if freqs[m] * cfg.max_position_embeddings <= scales.max_angle]
+    if len(match_pairs) < 4:
+        raise ValueError("rope_theta too small for a distance-independent match; raise it")
+    match_dims = torch.tensor(match_pairs + [m + half for m in match_pairs])
+
+    V = _orthonormal_rows(d, n_tok, gen)          # token -> previous-token payload
+    U = _orthonormal_rows(d, n_tok, gen)          # token -> induction value
+    G = _orthonormal_rows(match_dims.numel(), d, gen)  # payload -> match space
+
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb.zero_()
+        emb[:, tok_dims] = torch.randn(emb.shape[0], n_tok, generator=gen) * scales.embed_std
+        emb[:, const_dim] = scales.const
+
+        a0 = model.model.layers[0].self_attn
+        a0.q_proj.weight[:d].zero_()
+        a0.k_proj.weight[:d].zero_()
+        a0.v_proj.weight[:d].zero_()
+        a0.o_proj.weight[:, :d].zero_()
+        for m in range(scales.prev_pairs):
+            ang = float(freqs[m])
+            a0.q_proj.weight[m, const_dim] = scales.prev_qk
+            a0.k_proj.weight[m, const_dim] = scales.prev_qk * math.cos(ang)
+            a0.k_proj.weight[m + half, const_dim] = scales.prev_qk * math.sin(ang)
+        a0.v_proj.weight[:d, tok_dims] = V
+        a0.o_proj.weight[prev_dims, :d] = scales.prev_out * torch.eye(d)
+
+        a1 = model.model.layers[1].self_attn
+        a1.q_proj.weight[:d].zero_()
+        a1.k_proj.weight[:d].zero_()
+        a1.v_proj.weight[:d].zero_()
+        a1.o_proj.weight[:, :d].zero_()
+        a1.q_proj.weight[match_dims[:, None], tok_dims[None, :]] = scales.ind_q * (G @ V)
+        a1.k_proj.weight[match_dims[:, None], prev_dims[None, :]] = scales.ind_k * G
+        a1.v_proj.weight[:d, tok_dims] = U
+        a1.o_proj.weight[tok_dims[:, None], torch.arange(d)[None, :]] = scales.ind_out * U.T
+    return {"match_pairs": len(match_pairs), "scales": asdict(scales)}
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -462,7 +577,7 @@ def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool
         # 1. tokenizer
         t0 = time.perf_counter()
         corpus_text = load_corpus_text()
-        tokenizer = train_tokenizer(corpus_text, cfg.vocab_size, cfg.split_digits)
+        tokenizer = train_tokenizer(corpus_text, cfg.vocab_size)
         timings["tokenizer_s"] = time.perf_counter() - t0
 
         # 2. base model

@@ -762,7 +762,8 @@ def tokenizer_glossary() -> list[str]:
         "Sentiments: " + ", ".join(SENTIMENTS) + ".",
         "Fields: order_id, email, null, true, false.",
     ]
-    lines += ["Message: Answer: " + " ".join(INTENTS + SENTIMENTS)] * 40
+    for _ in range(8):
+        lines += [f"Message: ...\nAnswer: {label}" for label in INTENTS + SENTIMENTS]
     rng = random.Random(99)
     pools = _all_pools()
     for i in range(60):
