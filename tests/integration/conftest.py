@@ -42,6 +42,8 @@ def demo_args(managed: Path, imports: Path) -> dict:
     args["base_model"] = str(DEMO / "base")
     args["adapter_roots"] = [str(managed), str(DEMO / "adapters")]
     args["import_roots"] = [str(imports)]
+    for g in args["groups"]:  # fixed replica counts unless a test turns autoscaling on
+        g["autoscaling"] = {"enabled": False}
     args["routing"]["router_path"] = str(DEMO / "router")
     return args
 
