@@ -46,8 +46,8 @@ class GroupConfig(_Strict):
     num_replicas: int = Field(default=1, ge=1, description="Replicas of this group (autoscaling bounds come in a later config).")
     resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Ray resources of each replica.")
     autoscaling: GroupAutoscaling = Field(default_factory=GroupAutoscaling, description="Load-based scaling of this group (num_replicas is the start count).")
-    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Requests gathered into one engine call by @serve.batch.")
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5, description="How long a batch waits to fill before running.")
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most requests in one engine call (all that queued while the engine was busy, up to this).")
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=5, description="After an idle period, how long a lone request waits for company before running.")
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica accepts at once (>= max_batch_size).")
     max_queued_requests: int = Field(default=256, ge=-1, description="Requests queued per handle before 503 (-1 = unbounded, not recommended).")
     max_slots: int = Field(default=8, ge=1, description="Device adapter slots per replica.")
@@ -121,6 +121,7 @@ class AppArgs(_Strict):
     import_roots: list[str] = Field(default_factory=list, description="Folders POST /v1/adapters may copy adapters from (empty = run-time registration off).")
     ingress_num_cpus: float = Field(default=0.5, ge=0, description="CPUs of the router ingress (it never loads the base model).")
     ingress_replicas: int = Field(default=1, ge=1, description="Router ingress replicas.")
+    ingress_max_ongoing_requests: int = Field(default=512, ge=1, description="Requests one ingress replica handles at once (Serve's default of 5 would cap expert batches).")
 
     @model_validator(mode="after")
     def _check(self) -> "AppArgs":

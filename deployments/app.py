@@ -49,11 +49,14 @@ def build_app(args: dict) -> Application:
                       "scale_to_zero_delay_s": a.scale_to_zero_delay_s}
             scaling = {"autoscaling_config": {
                 "min_replicas": a.min_replicas, "max_replicas": a.max_replicas, "initial_replicas": max(a.min_replicas, min(g.num_replicas, a.max_replicas)),
-                "target_ongoing_requests": a.target_load, "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
-                "downscale_to_zero_delay_s": a.scale_to_zero_delay_s, "look_back_period_s": a.look_back_period_s,
+                # Delays live in the policy (kwargs); Serve's own delays would demand the same answer on every tick
+                # for the whole delay, which a stepwise policy never gives, so they are zero here.
+                "target_ongoing_requests": a.target_load, "upscale_delay_s": 0, "downscale_delay_s": 0,
+                "downscale_to_zero_delay_s": 0, "look_back_period_s": a.look_back_period_s,
                 "policy": {"policy_function": "deployments.autoscaling:ExpertGroupPolicy", "policy_kwargs": kwargs}}}
         experts[g.name] = ExpertDeployment.options(
             name=expert_deployment_name(g.name), ray_actor_options=actor, **scaling,
             max_ongoing_requests=g.max_ongoing_requests, max_queued_requests=g.max_queued_requests,
         ).bind(engine, list(g.adapters), g.max_batch_size, g.batch_wait_timeout_s)
-    return RouterIngress.options(num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(cfg.model_dump(), experts)
+    return RouterIngress.options(num_replicas=cfg.ingress_replicas, max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+                                 ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(cfg.model_dump(), experts)

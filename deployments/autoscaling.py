@@ -36,7 +36,11 @@ class ExpertGroupPolicy:
 
 
 def _cfg_from(ctx) -> ScalingConfig:
+    """The group's knobs: its deployment-level policy kwargs when present (build_app puts them there)."""
     c = ctx.config
+    kwargs = dict(getattr(getattr(c, "policy", None), "policy_kwargs", None) or {})
+    if kwargs:
+        return ScalingConfig(**kwargs)
     return ScalingConfig(min_replicas=c.min_replicas, max_replicas=c.max_replicas, target_load=c.target_ongoing_requests,
                          upscale_delay_s=c.upscale_delay_s, downscale_delay_s=c.downscale_delay_s)
 

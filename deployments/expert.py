@@ -1,4 +1,5 @@
-"""Expert group deployment: the base model plus a group of adapters, one engine call per Serve batch."""
+"""Expert group deployment: the base model plus a group of adapters; pending requests of any adapters and
+compositions run together as one engine call (`experts.batcher.DrainBatcher`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ray import serve
 
 from config.engine import EngineConfig
 from deployments.metrics import ExpertMetrics
+from experts.batcher import DrainBatcher
 from experts.expert_server import ExpertServer, error_payload
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
@@ -19,8 +21,12 @@ class ExpertDeployment:
     def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
         self.server = ExpertServer(EngineConfig(**engine_config), pinned)
         self.metrics = ExpertMetrics()
-        self._batch.set_max_batch_size(max_batch_size)
-        self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batcher = DrainBatcher(self._run, max_batch_size, batch_wait_timeout_s)
+
+    def _run(self, payloads: list[dict]) -> list[dict]:
+        out = self.server.run_batch(payloads)
+        self.metrics.observe_batch(len(payloads), self.server.stats())
+        return out
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MULTIPLEXED)
     async def _affinity(self, adapter: str):
@@ -38,7 +44,7 @@ class ExpertDeployment:
         return None
 
     async def generate(self, payload: dict) -> dict:
-        return await self._warm_for_request() or await self._batch(payload)
+        return await self._warm_for_request() or await self.batcher.submit(payload)
 
     async def generate_stream(self, payload: dict):
         """Yields text deltas (str), then the final result dict."""
@@ -49,7 +55,7 @@ class ExpertDeployment:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
-        task = asyncio.ensure_future(self._batch({**payload, "cancel": cancel, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
+        task = asyncio.ensure_future(self.batcher.submit({**payload, "cancel": cancel, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
         try:
             while not (task.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
@@ -62,16 +68,10 @@ class ExpertDeployment:
         finally:
             cancel.set()  # client gone (generator closed/cancelled): the engine drops the row at its next step
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _batch(self, payloads: list[dict]) -> list[dict]:
-        out = await asyncio.to_thread(self.server.run_batch, payloads)
-        self.metrics.observe_batch(len(payloads), self.server.stats())
-        return out
-
     def record_autoscaling_stats(self) -> dict:
         """Replica load for the group's autoscaling policy (deployments/autoscaling.py)."""
         s = self.server.stats()
-        return {"inflight": float(s["inflight"]), "rows": float(s["last_batch_size"]), "tokens": float(s["tokens"]),
+        return {"inflight": float(s["inflight"] + self.batcher.pending), "rows": float(s["last_batch_size"]), "tokens": float(s["tokens"]),
                 "cache_misses": float(s["store_device_misses"])}
 
     def stats(self) -> dict:

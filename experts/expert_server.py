@@ -28,7 +28,8 @@ class ExpertServer:
         self.pinned = list(pinned)
         if self.pinned:
             self.engine.store.acquire(self.pinned)  # validate + load at start: a broken adapter fails the deploy, loudly
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # counters
+        self._engine_lock = threading.Lock()  # the engine's LoRA context is shared: calls must never overlap
         self.counters = {"requests": 0, "errors": 0, "batches": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
         self.inflight = 0
         self.last_batch_size = 0
@@ -52,7 +53,8 @@ class ExpertServer:
             self.last_batch_size = len(payloads)
         t0 = time.perf_counter()
         try:
-            outs = self.engine.generate_many([requests[i] for i in todo])
+            with self._engine_lock:
+                outs = self.engine.generate_many([requests[i] for i in todo])
         finally:
             with self._lock:
                 self.inflight -= len(payloads)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "models" / "demo"
+DEMO = Path(os.environ.get("LORAPLEX_DEMO_DIR", ROOT / "models" / "demo"))
 PORT = int(os.environ.get("LORAPLEX_TEST_PORT", "18123"))
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

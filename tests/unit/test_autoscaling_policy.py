@@ -90,3 +90,14 @@ def test_serve_wrappers_read_the_context():
     cfg = SimpleNamespace(min_replicas=1, max_replicas=4, target_ongoing_requests=2, upscale_delay_s=0, downscale_delay_s=5)
     wishes, _ = AppBudgetPolicy(replica_budget=4)({"hot": _ctx(1, total=20, cfg=cfg), "cold": _ctx(1, total=1, cfg=cfg)})
     assert wishes == {"hot": 3, "cold": 1}
+
+
+def test_app_policy_uses_each_groups_own_knobs():
+    from types import SimpleNamespace
+
+    from deployments.autoscaling import _cfg_from
+
+    cfg = SimpleNamespace(min_replicas=1, max_replicas=9, target_ongoing_requests=2, upscale_delay_s=0, downscale_delay_s=0,
+                          policy=SimpleNamespace(policy_kwargs={"min_replicas": 0, "max_replicas": 3, "target_load": 5, "downscale_delay_s": 42}))
+    got = _cfg_from(SimpleNamespace(config=cfg))
+    assert (got.min_replicas, got.max_replicas, got.target_load, got.downscale_delay_s) == (0, 3, 5, 42)
