@@ -1,0 +1,101 @@
+"""The autoscaling simulation (experts/autoscaling_sim.py): deterministic, conserves requests, accounts GPU time."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experts.autoscaling_sim import POLICIES, Burst, SimConfig, compare, initial_split, make_trace, serve_delay, simulate
+
+# A small deployment: 8 GPUs, 40 adapters in 4 groups, 12 simulated minutes (a fraction of a second per policy).
+SMALL = SimConfig(hours=0.2, gpus=8, adapters=40, groups=4, rps_per_gpu=1.0, cold_start_s=(20.0, 40.0), shift_every_s=300.0)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {p: simulate(p, SMALL, seed=1) for p in POLICIES}
+
+
+def test_same_seed_same_result_other_seed_other_traffic(runs):
+    again = simulate("loraplex", SMALL, seed=1)
+    assert again.summary() == runs["loraplex"].summary()
+    assert np.array_equal(again.latency, runs["loraplex"].latency) and np.array_equal(again.replicas, runs["loraplex"].replicas)
+    a, b = make_trace(SMALL, seed=1), make_trace(SMALL, seed=2)
+    assert len(a.arrival) != len(b.arrival) or not np.array_equal(a.arrival, b.arrival)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_arrived_request_is_completed_dropped_or_still_in_the_system(runs, policy):
+    r = runs[policy]
+    assert r.n_arrived > 1000
+    assert r.n_completed + r.n_dropped + r.n_in_system_end == r.n_arrived
+    assert r.latency.size == r.n_completed and (r.latency > 0).all()
+
+
+def test_static_replicas_never_change_and_use_the_whole_budget(runs):
+    r = runs["static"]
+    assert (r.replicas == r.replicas[0]).all() and (r.ready == r.replicas).all()
+    assert r.replicas[0].sum() == SMALL.gpus and (r.replicas[0] >= SMALL.min_replicas).all()
+    assert r.replica_starts == 0
+
+
+def test_a_sustained_burst_gets_its_group_more_replicas():
+    cfg = SimConfig(hours=0.15, gpus=16, adapters=40, groups=4, rps_per_gpu=0.8, cold_start_s=(20.0, 40.0),
+                    bursts=(Burst(start_s=60.0, duration_s=3600.0, group=1, multiplier=6.0),))
+    for policy in ("loraplex", "loraplex_fixed"):
+        r = simulate(policy, cfg, seed=0)
+        start = int(r.replicas[0, 1])
+        assert r.replicas[:, 1].max() > start, policy
+        assert r.ready[-1, 1] > start, policy  # and they came up and serve
+        assert r.replicas.sum(axis=1).max() <= cfg.gpus
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_replica_hours_equal_the_integral_of_the_replica_count(runs, policy):
+    r = runs[policy]
+    integral = r.replicas.sum(dtype=np.int64) * SMALL.dt_s / 3600.0  # per-group series, every step
+    assert r.replica_hours == pytest.approx(integral, rel=1e-12)  # counted from the GPU pool
+    assert r.serving_hours <= r.replica_hours
+    assert r.replicas.sum(axis=1).max() <= SMALL.gpus
+
+
+def test_trace_follows_the_configured_rates():
+    t = make_trace(SMALL, seed=0)
+    assert (np.diff(t.arrival) >= 0).all() and t.arrival[-1] < SMALL.horizon_s
+    expected = t.rates.sum() * SMALL.dt_s
+    assert abs(len(t.arrival) - expected) < 5 * np.sqrt(expected)
+    assert (t.group == t.group_of[t.adapter]).all()  # every request's adapter belongs to its group
+
+
+def test_initial_split_is_proportional_with_a_floor():
+    assert initial_split([8, 1, 1], 10, 1) == [8, 1, 1]
+    assert initial_split([1, 1, 1, 1], 6, 1) == [2, 2, 1, 1]
+    assert initial_split([100, 1, 1, 1], 8, 1) == [5, 1, 1, 1]
+    assert sum(initial_split([0.7, 0.2, 0.1, 0.0], 64, 1)) == 64
+
+
+def test_serve_delay_matches_rays_delay_logic():
+    """The mirror in the simulation against Ray 2.60's own `_apply_delay_logic` on a random decision sequence."""
+    ap = pytest.importorskip("ray.serve.autoscaling_policy")
+    from ray.serve.config import AutoscalingConfig
+
+    cfg = AutoscalingConfig(min_replicas=1, max_replicas=10, upscale_delay_s=3, downscale_delay_s=7)
+    rng = np.random.default_rng(0)
+    ours, theirs, target_a, target_b = {}, {}, 3, 3
+    for i in range(400):
+        now = 1000.0 + i * 0.5
+        wish = int(rng.integers(1, 8))
+        desired_a = wish if i % 40 < 20 else target_a  # phases of changing wishes, then calm
+        desired_b = wish if i % 40 < 20 else target_b
+        target_a = serve_delay(desired_a, target_a, 3, 7, ours, now)
+        target_b, theirs = ap._apply_delay_logic(desired_b, target_b, cfg, theirs, _now=now)
+        assert target_a == target_b, i
+
+
+def test_compare_is_json_able_and_has_every_policy():
+    out = compare(SimConfig(hours=0.05, gpus=8, adapters=40, groups=4), seed=0)
+    assert set(out["policies"]) == set(POLICIES)
+    assert set(out["targets"]) == {"loraplex", "loraplex_fixed"}
+    json.dumps(out)

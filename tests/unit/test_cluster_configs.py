@@ -1,0 +1,137 @@
+"""config/cluster/*.yaml: the KubeRay RayService (with its embedded Serve config) and the Ray cluster launcher config."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config.app import AppArgs
+
+CLUSTER = Path(__file__).resolve().parents[2] / "config" / "cluster"
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict]:
+    return [d for d in yaml.safe_load_all((CLUSTER / "rayservice.yaml").read_text()) if d]
+
+
+@pytest.fixture(scope="module")
+def rayservice(manifests) -> dict:
+    (rs,) = [d for d in manifests if d.get("kind") == "RayService"]
+    return rs
+
+
+@pytest.fixture(scope="module")
+def serve_config(rayservice) -> dict:
+    text = rayservice["spec"]["serveConfigV2"]
+    assert isinstance(text, str), "serveConfigV2 must be a YAML string"
+    return yaml.safe_load(text)
+
+
+def _containers(template: dict) -> list[dict]:
+    return template["spec"]["containers"]
+
+
+def _gpus(container: dict) -> int:
+    limits = container.get("resources", {}).get("limits", {})
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+def _gpu_groups(rayservice) -> list[dict]:
+    groups = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return [g for g in groups if any(_gpus(c) for c in _containers(g["template"]))]
+
+
+def test_rayservice_shape(rayservice):
+    assert rayservice["apiVersion"] == "ray.io/v1"
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["rayVersion"] == version("ray")  # the image must run the Ray this project pins
+    head = cluster["headGroupSpec"]
+    assert all(_gpus(c) == 0 for c in _containers(head["template"])), "the head group is CPU only"
+    for c in _containers(head["template"]) + [c for g in cluster["workerGroupSpecs"] for c in _containers(g["template"])]:
+        assert c["image"] == "loraplex:latest"
+
+
+def test_every_application_args_validate_as_app_args(serve_config):
+    apps = serve_config["applications"]
+    assert apps
+    for app in apps:
+        assert app["import_path"] == "deployments.app:build_app"
+        AppArgs(**app["args"])
+
+
+def test_the_serve_config_passes_rays_own_schema(serve_config):
+    schema = pytest.importorskip("ray.serve.schema")
+    from ray.serve.config import AutoscalingPolicy
+
+    schema.ServeDeploySchema(**serve_config)
+    for app in serve_config["applications"]:
+        if app.get("autoscaling_policy"):
+            AutoscalingPolicy(**app["autoscaling_policy"])  # what Serve builds from it (application_state.py)
+
+
+def test_gpu_worker_groups_request_gpus_within_bounds(rayservice):
+    gpu_groups = _gpu_groups(rayservice)
+    assert gpu_groups, "no worker group requests nvidia.com/gpu"
+    for g in gpu_groups:
+        assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        for c in _containers(g["template"]):
+            assert _gpus(c) >= 1
+            assert int(c["resources"]["requests"]["nvidia.com/gpu"]) == _gpus(c)
+
+
+def test_every_expert_group_needs_a_gpu_and_autoscales_inside_the_budget(rayservice, serve_config):
+    from deployments.autoscaling import AppBudgetPolicy
+
+    max_gpus = sum(g["maxReplicas"] * max(_gpus(c) for c in _containers(g["template"])) for g in _gpu_groups(rayservice))
+    for app in serve_config["applications"]:
+        args = AppArgs(**app["args"])
+        for g in args.groups:
+            assert g.resources.num_gpus > 0, g.name
+            assert g.autoscaling.enabled, g.name
+        policy = app["autoscaling_policy"]
+        assert policy["policy_function"] == "deployments.autoscaling:AppBudgetPolicy"
+        budget = AppBudgetPolicy(**policy.get("policy_kwargs", {})).budget
+        assert sum(g.autoscaling.min_replicas for g in args.groups) <= budget <= max_gpus
+
+
+def test_shared_volume_is_mounted_at_mnt_in_every_pod(manifests, rayservice):
+    claims = {d["metadata"]["name"] for d in manifests if d.get("kind") == "PersistentVolumeClaim"}
+    assert claims
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    for spec in [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]:
+        pod = spec["template"]["spec"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        for c in pod["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert "/mnt" in mounts
+            assert vols[mounts["/mnt"]]["persistentVolumeClaim"]["claimName"] in claims
+        assert "ReadWriteMany" in next(d for d in manifests if d.get("kind") == "PersistentVolumeClaim")["spec"]["accessModes"]
+
+
+def test_serve_paths_live_on_the_shared_volume(serve_config):
+    for app in serve_config["applications"]:
+        args = AppArgs(**app["args"])
+        paths = [args.base_model, *args.adapter_roots, *args.import_roots] + ([args.routing.router_path] if args.routing.router_path else [])
+        assert all(p.startswith("/mnt/") for p in paths), paths
+
+
+def test_cluster_launcher_config():
+    c = yaml.safe_load((CLUSTER / "cluster.yaml").read_text())
+    assert c["provider"]["type"] == "aws" and c["provider"]["region"]
+    types = c["available_node_types"]
+    assert c["head_node_type"] in types
+    assert not types[c["head_node_type"]].get("resources", {}).get("GPU"), "the head is CPU only"
+    gpu_types = [t for t in types.values() if t.get("resources", {}).get("GPU", 0) >= 1]
+    assert gpu_types, "no worker node type offers a GPU"
+    for t in gpu_types:
+        assert 0 <= t["min_workers"] <= t["max_workers"]
+    workers = [t for n, t in types.items() if n != c["head_node_type"]]
+    assert sum(t["max_workers"] for t in workers) <= c["max_workers"]
+    setup = " ; ".join(c["setup_commands"])
+    assert "pip install -r requirements.txt && pip install -e ." in setup
+    assert "/mnt" in setup  # the shared filesystem
