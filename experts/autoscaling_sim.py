@@ -22,12 +22,11 @@ What is simulated (defaults in `SimConfig`; docs/autoscaling.md explains the num
   `metrics_push_interval_s` (Serve's default 10 s) and averaged over the policy's look-back window.
 - Policies, decided every `control_interval_s`:
   * `loraplex`: `experts.autoscaling_policy.desired_replicas` per group, then `share_budget` over the
-    GPU budget (what `deployments.autoscaling.AppBudgetPolicy` does), then Serve's delay logic and
-    min/max bounds (what Serve's `_apply_app_level_autoscaling_config` wraps around it).
-  * `loraplex_fixed`: the same with Serve's own delays at 0, so only the policy's hysteresis acts. As
-    wired today the policy asks for each scale-down on a single tick, which Serve's delay logic (the
-    same downscale delay) resets on the next: groups shrink only when the budget cuts them
-    (docs/autoscaling.md, "Known issue").
+    GPU budget (what `deployments.autoscaling.AppBudgetPolicy` does), then Serve's min/max bounds with
+    Serve's own delays at 0 (as deployments/app.py configures it): only the policy's hysteresis acts.
+  * `loraplex_double_delay`: the earlier wiring, Serve's delays set to the policy's delays as well. The
+    policy asks for each scale-down on a single tick, which Serve's delay logic resets on the next:
+    groups shrink only when the budget cuts them (docs/autoscaling.md, "Fixed: double delay").
   * `ray_default`: Ray's `replica_queue_length_autoscaling_policy` per group
     (ceil(ongoing / target_ongoing_requests)) with Serve's delay logic (upscale 30 s, downscale 600 s,
     look-back 30 s) and no budget but the hard GPU cap.
@@ -49,7 +48,7 @@ import numpy as np
 from experts.autoscaling_policy import PolicyState, ScalingConfig, desired_replicas, share_budget
 from experts.errors import ConfigError
 
-POLICIES = ("loraplex", "loraplex_fixed", "ray_default", "static")
+POLICIES = ("loraplex", "loraplex_double_delay", "ray_default", "static")
 
 # Request status codes.
 _QUEUED, _DONE, _DROP_FULL, _DROP_TIMEOUT = 0, 1, 2, 3
@@ -422,9 +421,9 @@ def simulate(policy: str, cfg: SimConfig | None = None, seed: int = 0, *, trace:
     push_every = max(1, int(round(cfg.metrics_push_interval_s / cfg.control_interval_s)))
     lorap = policy.startswith("loraplex")
     look_back_s = cfg.loraplex_look_back_s if lorap else cfg.ray_look_back_s
-    # Serve's own delay logic around the loraplex policy: as deployments/app.py configures it (the same
-    # delays as the policy's), or switched off (`loraplex_fixed`: only the policy's hysteresis acts).
-    serve_up, serve_down = (cfg.loraplex_upscale_delay_s, cfg.loraplex_downscale_delay_s) if policy == "loraplex" else (0.0, 0.0)
+    # Serve's own delay logic around the loraplex policy: off as deployments/app.py configures it, or set to
+    # the policy's delays too (`loraplex_double_delay`, the earlier wiring).
+    serve_up, serve_down = (cfg.loraplex_upscale_delay_s, cfg.loraplex_downscale_delay_s) if policy == "loraplex_double_delay" else (0.0, 0.0)
     look_back = max(1, int(round(look_back_s / cfg.control_interval_s)))
     t0, t1 = cfg.step_fixed_s, cfg.step_per_seq_s
 
@@ -717,7 +716,7 @@ def compare(cfg: SimConfig | None = None, seed: int = 0, policies: Sequence[str]
                      "rates_every_s": every_s, "group_rps": _downsample(trace.rates, cfg.dt_s, every_s)},
            "policies": {p: r.to_dict(every_s=every_s) for p, r in results.items()}}
     if "ray_default" in results:
-        out["targets"] = {p: evaluate_target(results[p], results["ray_default"]) for p in ("loraplex", "loraplex_fixed") if p in results}
+        out["targets"] = {p: evaluate_target(results[p], results["ray_default"]) for p in ("loraplex", "loraplex_double_delay") if p in results}
     return out
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Compare expert-group autoscaling policies in a seeded simulation of a large multi-LoRA deployment.
 
-Policies: `loraplex` (experts/autoscaling_policy.py's desired_replicas + share_budget behind Serve's
-delay logic, as deployments/app.py configures it), `loraplex_fixed` (the same functions with Serve's own
-delays off, so only the policy's hysteresis acts), `ray_default` (Ray Serve's ongoing-requests policy,
+Policies: `loraplex` (experts/autoscaling_policy.py's desired_replicas + share_budget, Serve's own delays
+off as deployments/app.py configures it, so only the policy's hysteresis acts), `loraplex_double_delay`
+(the earlier wiring: Serve's delay logic on top of the policy's), `ray_default` (Ray Serve's ongoing-requests policy,
 upscale 30 s / downscale 600 s, FCFS on the GPU cap) and `static` (GPUs split once by initial demand).
 No Ray is started: see experts/autoscaling_sim.py for the model and docs/autoscaling.md for results.
 
@@ -71,7 +71,7 @@ def plot(result: dict, path: Path) -> None:
     import numpy as np
 
     pols = result["policies"]
-    colors = {"loraplex": "tab:blue", "loraplex_fixed": "tab:cyan", "ray_default": "tab:orange", "static": "tab:gray"}
+    colors = {"loraplex": "tab:blue", "loraplex_double_delay": "tab:cyan", "ray_default": "tab:orange", "static": "tab:gray"}
     hot = result["trace"]["hot_group"]
     fig, ax = plt.subplots(2, 3, figsize=(17, 9))
     for name, r in pols.items():

@@ -44,7 +44,7 @@ def test_static_replicas_never_change_and_use_the_whole_budget(runs):
 def test_a_sustained_burst_gets_its_group_more_replicas():
     cfg = SimConfig(hours=0.15, gpus=16, adapters=40, groups=4, rps_per_gpu=0.8, cold_start_s=(20.0, 40.0),
                     bursts=(Burst(start_s=60.0, duration_s=3600.0, group=1, multiplier=6.0),))
-    for policy in ("loraplex", "loraplex_fixed"):
+    for policy in ("loraplex", "loraplex_double_delay"):
         r = simulate(policy, cfg, seed=0)
         start = int(r.replicas[0, 1])
         assert r.replicas[:, 1].max() > start, policy
@@ -97,5 +97,5 @@ def test_serve_delay_matches_rays_delay_logic():
 def test_compare_is_json_able_and_has_every_policy():
     out = compare(SimConfig(hours=0.05, gpus=8, adapters=40, groups=4), seed=0)
     assert set(out["policies"]) == set(POLICIES)
-    assert set(out["targets"]) == {"loraplex", "loraplex_fixed"}
+    assert set(out["targets"]) == {"loraplex", "loraplex_double_delay"}
     json.dumps(out)
