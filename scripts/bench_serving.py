@@ -6,14 +6,13 @@ one local Ray cluster, deploys both apps side by side with the same replica coun
 per model replica:
 
   loraplex   deployments.app:build_app, one expert group holding every adapter (max_slots = max_host_adapters = N),
-             POST /loraplex/v1/completions  (designed as: one @serve.batch = one mixed-adapter engine call)
+             POST /loraplex/v1/completions  (drain-when-free batching: every pending request, any adapter, in one engine call)
   baseline   deployments.baseline_multiplexed, @serve.multiplexed PEFT adapters, one request at a time,
              POST /baseline/v1/completions + `serve_multiplexed_model_id` header
 
-plus, unless --systems drops it, a diagnostic third app `loraplex_drain`: the same loraplex app (ingress,
-engine, config) except that the expert batches with a drain-when-free queue instead of `@serve.batch`
-(see `drain_expert_class` for the two Ray 2.60 `@serve.batch` behaviours it avoids). A consistency check
-(the same 16 (adapter, prompt) pairs sequentially, then concurrently) counts wrong outputs per system.
+Optionally (`--systems loraplex,baseline,loraplex_drain`) a third app with the bench's own drain class,
+kept as a cross-check of the shipped batcher. A consistency check (the same 16 (adapter, prompt) pairs
+sequentially, then concurrently) counts wrong outputs per system.
 
 Then it offers open-loop Poisson load (arrivals from a seeded exponential generator, never waiting for
 responses; latency counted from the scheduled arrival) with Zipf adapter popularity, sweeping a geometric
@@ -70,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("deployment (same for both systems unless noted)")
     g.add_argument("--port", type=int, default=18230, help="Serve HTTP port on 127.0.0.1")
     g.add_argument("--ray-cpus", type=float, default=2.0, help="num_cpus of the local Ray cluster")
-    g.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"systems to deploy and load, from {','.join(ALL_SYSTEMS)} (baseline is required)")
+    g.add_argument("--systems", default="loraplex,baseline", help=f"systems to deploy and load, from {','.join(ALL_SYSTEMS)} (baseline is required)")
     g.add_argument("--replica-cpus", type=float, default=0.5, help="num_cpus of the model replica of each system (Ray gives < 2 CPUs 1 torch thread)")
     g.add_argument("--ingress-cpus", type=float, default=0.1, help="loraplex router ingress num_cpus (the baseline has no separate ingress)")
     g.add_argument("--ingress-max-ongoing", type=int, default=256,
