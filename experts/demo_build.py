@@ -96,17 +96,17 @@ class DemoConfig:
     pretrain_docs: int = 24000
     pretrain_seq_len: int = 128
     pretrain_batch: int = 32
-    pretrain_steps: int = 300
+    pretrain_steps: int = 250
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 30
     # adapters
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_lr: float = 2e-3
+    lora_lr: float = 3e-3
     lora_batch: int = 32
     lora_warmup: int = 10
     lora_steps: dict[str, int] = field(
-        default_factory=lambda: {"intent": 80, "sentiment": 80, "entities": 200}
+        default_factory=lambda: {"intent": 100, "sentiment": 120, "entities": 150}
     )
     train_examples: dict[str, int] = field(
         default_factory=lambda: {"intent": 3000, "sentiment": 3000, "entities": 6000}
@@ -457,6 +457,22 @@ def collate_supervised(items: Sequence[tuple[list[int], int]], pad_id: int):
     return input_ids, attention, labels
 
 
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
+                            bucket: int = 16) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort each window of ``bucket`` batches by length
+    (less padding), cut into batches, shuffle the batches. Deterministic given ``rng``."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start: start + window], key=lambda i: lengths[i])
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size] or batches
+    rng.shuffle(batches)
+    return batches
+
+
 def lora_config(cfg: DemoConfig, base_path: str | None = None):
     from peft import LoraConfig
 
@@ -489,16 +505,14 @@ def train_adapter(base_model, tokenizer, task: str, cfg: DemoConfig, seed: int,
     steps = cfg.lora_steps[task]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.lora_warmup, steps))
     rng = random.Random(task_seed)
-    order: list[int] = []
+    batches: list[list[int]] = []
     losses: list[float] = []
     model.train()
     bar = _progress(range(steps), steps, f"adapter {task}", progress)
     for step in bar:
-        if len(order) < cfg.lora_batch:
-            fresh = list(range(len(data)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        idx, order = order[: cfg.lora_batch], order[cfg.lora_batch:]
+        if not batches:
+            batches = length_bucketed_batches([len(ids) for ids, _ in data], cfg.lora_batch, rng)
+        idx = batches.pop()
         input_ids, attention, labels = collate_supervised([data[i] for i in idx], tokenizer.pad_token_id)
         out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
         out.loss.backward()
@@ -596,7 +610,11 @@ def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool
             t0 = time.perf_counter()
             peft_model, stats = train_adapter(model, tokenizer, task, cfg, seed,
                                               base_path=str(base_path), progress=progress)
+            for pcfg in peft_model.peft_config.values():
+                pcfg.base_model_name_or_path = str(base_path)
             peft_model.save_pretrained(adapter_dir(tmp_dir, task))
+            # PEFT's boilerplate model card embeds the build path: drop it (determinism).
+            (adapter_dir(tmp_dir, task) / "README.md").unlink(missing_ok=True)
             model = peft_model.unload()  # drop the LoRA layers: pristine base again
             timings[f"adapter_{task}_s"] = time.perf_counter() - t0
             stats["heldout_examples"] = cfg.heldout_examples

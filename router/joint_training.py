@@ -230,6 +230,16 @@ def gate_weights(logits: torch.Tensor, top_k: int, renormalize: bool = True) -> 
     return torch.zeros_like(probs).scatter(-1, idx, vals)
 
 
+def answer_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The causal-LM loss of ``model(..., labels=labels).loss`` (mean CE over the non ``-100`` labels,
+    shifted by one), but the LM head only runs on the answer positions instead of the whole sequence."""
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # [answer tokens, vocab]
+    return F.cross_entropy(logits.float(), target[keep])
+
+
 def prompt_features(featurizer: HiddenStateFeaturizer, mixer: LoraMixer, prompts: Sequence[str]) -> torch.Tensor:
     """Router input: mean-pooled last hidden state of the prompt with every adapter disabled."""
     with mixer.use(None):
@@ -344,7 +354,7 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
         logits = net(feats)  # [batch, n]
         w = gate_weights(logits, cfg.top_k, cfg.renormalize)
         with mixer.use(w):
-            ce = base_model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            ce = answer_loss(base_model, input_ids, attention, labels)
         bal = load_balancing_loss(logits)
         zl = z_loss(logits)
         rce = soft_cross_entropy(logits, F.one_hot(tasks, n).float())

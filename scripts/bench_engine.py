@@ -39,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per config (median reported), after one warm-up")
     p.add_argument("--sweep", default="1,8,32,128", help="adapters-in-batch sweep ('' to skip); batch = max(--batch, n)")
     p.add_argument("--sweep-repeats", type=int, default=2, help="timed runs per config in the sweep")
+    p.add_argument("--sweep-configs", default="base_only,peft_mixed_batch,loraplex_distinct,loraplex_top2_blend", help="configs measured in the sweep (base_only required)")
     p.add_argument("--skip-loop", action="store_true", help="skip the slow per-example loop baseline")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -158,7 +159,7 @@ def main() -> int:
     for n in sweep:
         batch = max(a.batch, n)
         cfgs = configs(batch, n, False)
-        cfgs = {k: cfgs[k] for k in ("base_only", "peft_mixed_batch", "loraplex_distinct", "loraplex_top2_blend")}
+        cfgs = {k: cfgs[k] for k in a.sweep_configs.split(",")}
         r = measure(cfgs, batch, f"sweep n={n}", a.sweep_repeats)
         sweep_out.append({"adapters_in_batch": n, "batch": batch, **{k: v["vs_base"] for k, v in r.items()}, "tok_per_s": {k: v["tok_per_s"] for k, v in r.items()}})
 
@@ -198,7 +199,8 @@ def plot(report: dict, path: Path) -> None:
     if report["sweep"]:
         xs = [r["adapters_in_batch"] for r in report["sweep"]]
         for k in ("peft_mixed_batch", "loraplex_distinct", "loraplex_top2_blend"):
-            ax2.plot(xs, [r[k] for r in report["sweep"]], marker="o", label=k)
+            if k in report["sweep"][0]:
+                ax2.plot(xs, [r[k] for r in report["sweep"]], marker="o", label=k)
         ax2.axhline(1.0, color="#888", ls="--", label="base_only")
         ax2.set_xscale("log", base=2)
         ax2.set_xlabel("distinct adapters in batch (batch = max(32, n))")

@@ -88,6 +88,18 @@ def test_one_hot_mixer_equals_peft_single_adapter(peft_adapters):
         assert (ours - base).abs().max() > 1e-2  # the adapters really change the output
 
 
+def test_answer_loss_equals_hf_causal_lm_loss(peft_adapters):
+    from router.joint_training import answer_loss
+
+    mixer = _mixer(peft_adapters)
+    ids, mask, labels = _batch()
+    labels[:, :3] = -100  # loss on a suffix only, like the answer tokens
+    w = gate_weights(torch.randn(ids.shape[0], 3), 2)
+    with torch.no_grad(), mixer.use(w):
+        want = mixer.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        torch.testing.assert_close(answer_loss(mixer.model, ids, mask, labels), want, atol=1e-5, rtol=0)
+
+
 def test_soft_weights_equal_weighted_sum_of_deltas(peft_adapters):
     mixer = _mixer(peft_adapters)
     x = torch.randn(2, 5, 32)
