@@ -240,6 +240,37 @@ def answer_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, la
     return F.cross_entropy(logits.float(), target[keep])
 
 
+class StandardizedRouter(nn.Module):
+    """``net((x - mean) / std)``: the router sees standardised features during training.
+
+    Mean-pooled hidden states share a large common component (here |mean| ~ 0.9 |x|), so a freshly
+    initialised router gives nearly the same logits to every prompt and routes everything to one
+    expert before any expert has learned anything. Standardising makes the initial routing depend on
+    the input. :meth:`folded` bakes the affine map into the first linear layer, so the saved router is
+    a plain :class:`RouterNet` on raw features (what ``Router``/``HiddenStateFeaturizer`` serve).
+    """
+
+    def __init__(self, net: RouterNet, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    @torch.no_grad()
+    def folded(self) -> RouterNet:
+        """A copy of ``net`` with ``W' = W / std``, ``b' = b - W' mean``: same logits on raw features."""
+        import copy
+
+        net = copy.deepcopy(self.net)
+        first = net.layers[0]
+        first.weight.div_(self.std)
+        first.bias.sub_(first.weight @ self.mean)
+        return net
+
+
 def prompt_features(featurizer: HiddenStateFeaturizer, mixer: LoraMixer, prompts: Sequence[str]) -> torch.Tensor:
     """Router input: mean-pooled last hidden state of the prompt with every adapter disabled."""
     with mixer.use(None):
@@ -267,6 +298,8 @@ class JointConfig:
     balance_coef: float = 0.01
     z_coef: float = 1e-3
     router_ce_coef: float = 0.0  # > 0: also supervise the router with the task label
+    router_noise: float = 0.0  # std of Gaussian noise on the router logits for the gate (training only)
+    standardize_features: bool = True  # see StandardizedRouter
     init: str = "fresh"  # "fresh" (PEFT default init) or "demo" (start from the trained demo adapters)
     experts: tuple[str, ...] = demo_data.TASKS
     # the mixed stream: each task's share of the examples follows the demo's per-task step counts, so
@@ -334,16 +367,22 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
         p.requires_grad_(True)
     featurizer = HiddenStateFeaturizer(base_model, tokenizer, "mean", path=base_path)
     net = RouterNet(featurizer.dim, len(cfg.experts), cfg.router_hidden, cfg.router_dropout)
+    batches = mixed_stream(tokenizer, cfg)
+    if cfg.standardize_features:  # statistics from the first (shuffled, mixed) training prompts
+        calib = [b[1] for batch in batches[:8] for b in batch]
+        x = torch.cat([prompt_features(featurizer, mixer, calib[i: i + 64]) for i in range(0, len(calib), 64)])
+        router: nn.Module = StandardizedRouter(net, x.mean(0), x.std(0).clamp_min(1e-4))
+    else:
+        router = net
     opt = torch.optim.AdamW([
         {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": _DEMO.weight_decay},
         {"params": list(net.parameters()), "lr": cfg.router_lr, "weight_decay": cfg.router_weight_decay},
     ])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.steps))
-    batches = mixed_stream(tokenizer, cfg)
     n = len(cfg.experts)
     history: list[dict] = []
     window: list[dict] = []
-    net.train()
+    router.train()
     bar = _progress(batches, len(batches), "joint router+adapters", progress)
     for step, batch in enumerate(bar):
         items = [b[0] for b in batch]
@@ -351,8 +390,9 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
         tasks = torch.tensor([b[2] for b in batch])
         input_ids, attention, labels = collate_supervised(items, tokenizer.pad_token_id)
         feats = prompt_features(featurizer, mixer, prompts)
-        logits = net(feats)  # [batch, n]
-        w = gate_weights(logits, cfg.top_k, cfg.renormalize)
+        logits = router(feats)  # [batch, n]
+        gate_logits = logits + cfg.router_noise * torch.randn_like(logits) if cfg.router_noise > 0 else logits
+        w = gate_weights(gate_logits, cfg.top_k, cfg.renormalize)
         with mixer.use(w):
             ce = answer_loss(base_model, input_ids, attention, labels)
         bal = load_balancing_loss(logits)
@@ -380,6 +420,8 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
             history.append(entry)
             window = []
             bar.set_postfix(ce=f"{entry['ce']:.4f}", racc=f"{entry['router_acc']:.2f}", bal=f"{entry['balance']:.2f}")
+    router.eval()
+    net = router.folded() if isinstance(router, StandardizedRouter) else net
     net.eval()
     for p in lora_params:
         p.requires_grad_(False)

@@ -100,6 +100,18 @@ def test_answer_loss_equals_hf_causal_lm_loss(peft_adapters):
         torch.testing.assert_close(answer_loss(mixer.model, ids, mask, labels), want, atol=1e-5, rtol=0)
 
 
+def test_standardized_router_folds_into_plain_routernet():
+    from router.joint_training import StandardizedRouter
+    from router.network import RouterNet
+
+    torch.manual_seed(0)
+    x = 3.0 + 0.2 * torch.randn(16, 32)
+    wrapped = StandardizedRouter(RouterNet(32, 3, hidden=8, dropout=0.0), x.mean(0), x.std(0)).eval()
+    folded = wrapped.folded().eval()
+    assert type(folded) is RouterNet and set(folded.state_dict()) == set(wrapped.net.state_dict())
+    torch.testing.assert_close(folded(x), wrapped(x), atol=1e-4, rtol=0)
+
+
 def test_soft_weights_equal_weighted_sum_of_deltas(peft_adapters):
     mixer = _mixer(peft_adapters)
     x = torch.randn(2, 5, 32)
