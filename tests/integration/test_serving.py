@@ -213,3 +213,13 @@ def test_register_use_and_remove_an_adapter_at_run_time(server, roots):
     assert r.status_code == 200, r.text
     r = post(server, "/v1/completions", {"model": "team/mood", "prompt": e.prompt, "max_tokens": 8})
     assert r.status_code == 404
+
+
+def test_concurrent_requests_for_different_adapters_equal_their_sequential_answers(server):
+    """The regression the serving benchmark found: mixed-adapter batches must not mix up rows."""
+    bodies = [{"model": ADAPTERS[i % 3], "prompt": examples(ADAPTERS[(i + 1) % 3], 6)[i % 6].prompt, "max_tokens": 12, "ignore_eos": True}
+              for i in range(18)]
+    sequential = [post(server, "/v1/completions", b).json()["choices"][0]["text"] for b in bodies]
+    with cf.ThreadPoolExecutor(18) as pool:
+        concurrent = list(pool.map(lambda b: post(server, "/v1/completions", b).json()["choices"][0]["text"], bodies))
+    assert concurrent == sequential
