@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from experts.demo_data import INTENTS, SENTIMENTS, make_examples
+from experts.demo_data import SENTIMENTS, make_examples
 
 pytestmark = pytest.mark.integration
 
