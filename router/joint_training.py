@@ -353,7 +353,7 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
     """
     if cfg.init not in ("fresh", "demo"):
         raise ValueError(f"init must be 'fresh' or 'demo', got {cfg.init!r}")
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(cfg.seed * 1000 + 101)
     base_model.eval()  # no dropout in the frozen base; LoRA dropout is 0 as in the demo
     mixer = LoraMixer(base_model, cfg.experts, cfg.lora_r, cfg.lora_alpha)
@@ -427,6 +427,7 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
         p.requires_grad_(False)
     stats = {
         "wall_s": round(time.perf_counter() - t_start, 2),
+        "cpu_s": round(time.process_time() - cpu_start, 2),  # this process's CPU time: less load-dependent than wall
         "steps": cfg.steps,
         "examples_seen": cfg.steps * cfg.batch,
         "trainable_params": {"lora": sum(p.numel() for p in lora_params), "router": sum(p.numel() for p in net.parameters())},

@@ -176,12 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     result.mixer.remove()
 
     # ---- 2. separately trained router (same featurizer kind) over the demo adapters -----------
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     feat = HiddenStateFeaturizer.from_path(base_path, "mean")
     train = routing_data("train", a.sep_n_per_task, a.seed)
     x_train = torch.cat([feat.encode(train.texts[i: i + 64]) for i in range(0, len(train.texts), 64)])
     sep_net, sep_hist = train_router(x_train, train.targets, TrainConfig(epochs=a.sep_epochs, seed=a.seed), progress=progress)
-    sep_router_s = time.perf_counter() - t0
+    sep_router_s, sep_router_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     Router(feat, sep_net, train.experts, PolicyConfig(), {"train": sep_hist[-1]}).save(a.out / "separate_router")
     sep_adapter_s = sum(manifest["timings"][f"adapter_{t}_s"] for t in experts)
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for pipe, root, logits, wall, extra in (
         ("joint", a.out / "adapters", joint_logits, result.stats["wall_s"], {"training": result.stats, "history": result.history}),
         ("separate", adapter_dir(a.models, experts[0]).parent, sep_logits, sep_adapter_s + sep_router_s,
-         {"adapters_wall_s": round(sep_adapter_s, 2), "router_wall_s": round(sep_router_s, 2), "router_train": sep_hist[-1]}),
+         {"adapters_wall_s": round(sep_adapter_s, 2), "router_wall_s": round(sep_router_s, 2), "router_cpu_s": round(sep_router_cpu_s, 2), "router_train": sep_hist[-1]}),
     ):
         engine = Engine.from_config(EngineConfig(base_model=base_path, adapter_roots=[str(root)], max_slots=4, max_host_adapters=8, device="cpu"))
         systems = evaluate_pipeline(engine, logits, examples, experts, a.max_tokens)
