@@ -607,9 +607,24 @@ _AGENT_OPENERS = (
     "Hi {name}, thanks for reaching out.",
     "Hello {name}, thank you for contacting us.",
     "Dear {name}, thanks for your message.",
-    "Hi {name}, sorry for the trouble.",
     "Hello {name}, we're happy to help.",
+    "Hi {name},",
 )
+# The agent's tone mirrors the customer's mood (so the base model learns to track it).
+_AGENT_TONE: dict[str, tuple[str, ...]] = {
+    "positive": (
+        "Thank you for the kind words!", "We're so glad you're happy with us!",
+        "It's great to hear you're enjoying our service!", "Thanks, your feedback made our day!",
+    ),
+    "negative": (
+        "I'm very sorry about the frustration.", "We apologize, this should not have happened.",
+        "I understand you're upset and I'm sorry.", "Sorry for the bad experience, let me fix it.",
+    ),
+    "neutral": (
+        "Here is what I found.", "Let me take a look.", "I checked this for you.",
+        "Here is an update.",
+    ),
+}
 _AGENT_BODIES: dict[str, tuple[str, ...]] = {
     "reset_password": (
         "We have sent a password reset link to {email_or_you}.",
@@ -706,9 +721,10 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
     name = _display(msg.first)
     oid = msg.order_id or _order_id(rng)
     email = msg.email or _email(rng, msg.first, msg.last, pools)
-    if kind < 0.30:
-        # Customer message + agent reply that repeats the ids (copying practice).
-        reply = [rng.choice(_AGENT_OPENERS).format(name=name)]
+    if kind < 0.40:
+        # Customer message + agent reply that repeats the ids (copying practice) and
+        # whose tone and content follow the customer's mood and request.
+        reply = [rng.choice(_AGENT_OPENERS).format(name=name), rng.choice(_AGENT_TONE[msg.sentiment])]
         if msg.order_id:
             reply.append(rng.choice((
                 "Your order {o} is being processed.", "I looked up order {o} for you.",
@@ -725,7 +741,7 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
             )).format(e=msg.email))
         reply.append(rng.choice(_AGENT_CLOSERS))
         return f"Customer: {msg.text}\nAgent: {' '.join(reply)}"
-    if kind < 0.55:
+    if kind < 0.62:
         notes = rng.sample(_NOTES, 2)
         if rng.random() < 0.5:
             # two different cases in one document: copy the right one
@@ -734,12 +750,12 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
             return (notes[0].format(o=oid, e=email, n=name) + "\n"
                     + notes[1].format(o=o2, e=e2, n=_display(first)))
         return " ".join(n.format(o=oid, e=email, n=name) for n in notes)
-    if kind < 0.63:
+    if kind < 0.68:
         return " ".join(rng.sample(_FAQ, 3))
-    if kind < 0.70:
+    if kind < 0.73:
         review = rng.choice(_REVIEW_POS if rng.random() < 0.5 else _REVIEW_NEG)
         return f"Review by {name}: {review.format(product=msg.product)}"
-    if kind < 0.88:
+    if kind < 0.90:
         # Headers/signatures repeating the email (and order id), message in between.
         full = f"{_display(msg.first)} {_display(msg.last)}"
         subject = f"Re: {oid}" if msg.order_id else "Support request"

@@ -10,7 +10,8 @@ stream, with soft routing, in one loop:
   zero ``B``) -- or, with ``init="demo"``, from the trained demo adapters;
 * a :class:`~router.network.RouterNet` over the base model's mean-pooled last hidden state of the
   prompt, computed with every adapter disabled (exactly what
-  :class:`~router.featurizers.HiddenStateFeaturizer` computes at serving time);
+  :class:`~router.featurizers.HiddenStateFeaturizer` computes at serving time), standardised during
+  training (:class:`StandardizedRouter`) and folded back into a plain ``RouterNet`` for saving;
 * soft routing: per example the router's softmax is cut to its top-k (k=2 by default) and
   renormalised, giving gate weights ``w`` (zeros outside the top-k). Every targeted layer returns
   ``base(x) + sum_i w_i * scale_i * B_i A_i x`` -- the same delta blend the engine runs for a
@@ -285,11 +286,11 @@ def prompt_features(featurizer: HiddenStateFeaturizer, mixer: LoraMixer, prompts
 
 @dataclass(frozen=True)
 class JointConfig:
-    steps: int = sum(_DEMO.lora_steps.values())  # 360 = the demo's three adapter runs together
+    steps: int = sum(_DEMO.lora_steps.values())  # the demo's three adapter runs together
     batch: int = _DEMO.lora_batch
     top_k: int = 2
     renormalize: bool = True
-    lora_lr: float = _DEMO.lora_lr
+    lora_lr: float = max(_DEMO.lora_lr.values())  # one optimiser for all experts: the demo's largest per-task LR
     router_lr: float = 2e-3
     router_weight_decay: float = 1e-4
     warmup: int = _DEMO.lora_warmup
@@ -303,7 +304,7 @@ class JointConfig:
     init: str = "fresh"  # "fresh" (PEFT default init) or "demo" (start from the trained demo adapters)
     experts: tuple[str, ...] = demo_data.TASKS
     # the mixed stream: each task's share of the examples follows the demo's per-task step counts, so
-    # at the default 360 steps every task sees as many examples as its separately trained adapter did
+    # at the default step count every task sees as many examples as its separately trained adapter did
     task_mix: dict[str, int] = field(default_factory=lambda: dict(_DEMO.lora_steps))
     train_examples: dict[str, int] = field(default_factory=lambda: dict(_DEMO.train_examples))
     lora_r: int = _DEMO.lora_r
