@@ -159,9 +159,43 @@ def test_hidden_state_featurizer_pools_over_real_tokens_only(tiny):
 def test_sentence_featurizer_loads_the_packaged_minilm_offline():
     from router.featurizers import SentenceFeaturizer
 
-    f = SentenceFeaturizer()
+    f = SentenceFeaturizer(paragraphs=False)
     e = f.encode(["reset my password", "I forgot my password", "the weather is nice today"])
     assert e.shape == (3, 384) and f.pooling == "mean" and f.normalize
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] + 0.3  # paraphrases are closer than unrelated text
+
+
+def test_paragraph_features_are_mean_and_max_of_paragraph_embeddings():
+    from router.featurizers import SentenceFeaturizer
+
+    whole = SentenceFeaturizer(paragraphs=False, dtype="float32")
+    para = SentenceFeaturizer(paragraphs=True, dtype="float32")
+    texts = ["Classify the intent.\n\nMessage: I was charged twice.\n\nAnswer:", "one paragraph only"]
+    got = para.encode(texts)  # [2, 768]
+    assert got.shape == (2, 2 * 384) and para.dim == 768 and para.spec()["paragraphs"] is True
+    parts = whole.encode(["Classify the intent.", "Message: I was charged twice.", "Answer:"])  # [3, 384]
+    torch.testing.assert_close(got[0], torch.cat([parts.mean(0), parts.max(0).values]), atol=1e-5, rtol=0)
+    single = whole.encode(["one paragraph only"])[0]
+    torch.testing.assert_close(got[1], torch.cat([single, single]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "auto"])
+def test_reduced_precision_sentence_features_match_float32(dtype):
+    """The fast path (bf16 on CPU) must give the router the same features it was trained on."""
+    from router.featurizers import SentenceFeaturizer, make_featurizer
+
+    texts = ["What is the intent?\n\nMessage: I was charged twice for ORD-12345.\n\nAnswer:", "hi"]
+    ref = SentenceFeaturizer(dtype="float32").encode(texts)  # paragraph features: mean and max parts
+    fast = make_featurizer({"kind": "sentence", "path": "default", "dtype": dtype, "paragraphs": True})
+    got = fast.encode(texts)
+    assert got.dtype == torch.float32 and fast.spec()["dtype"] == dtype
+    assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.999
+
+
+def test_unknown_featurizer_dtype_names_the_choices():
+    from router.featurizers import SentenceFeaturizer
+
+    with pytest.raises(ConfigError, match=r"unknown featurizer dtype 'int4'; valid: \['auto', 'float32', 'bfloat16', 'float16'\]"):
+        SentenceFeaturizer(dtype="int4")
