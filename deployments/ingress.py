@@ -130,21 +130,28 @@ class RouterIngress:
         g = self.gateway
 
         async def events():
-            yield g.stream_chunk(plan, chat, "", first=True)
-            item = first
-            while True:
-                if isinstance(item, dict):
-                    if "error" in item:
-                        yield f"data: {json.dumps({'error': item['error']})}\n\n"
-                    else:
-                        yield g.stream_chunk(plan, chat, None, finish=item["finish_reason"])
-                        if plan.include_usage:
-                            yield g.stream_chunk(plan, chat, None, usage=g.usage(item))
-                    break
-                if item:
-                    yield g.stream_chunk(plan, chat, item)
-                item = await gen.__anext__()
-            yield "data: [DONE]\n\n"
+            finished = False
+            try:
+                yield g.stream_chunk(plan, chat, "", first=True)
+                item = first
+                while True:
+                    if isinstance(item, dict):
+                        if "error" in item:
+                            yield f"data: {json.dumps({'error': item['error']})}\n\n"
+                        else:
+                            yield g.stream_chunk(plan, chat, None, finish=item["finish_reason"])
+                            if plan.include_usage:
+                                yield g.stream_chunk(plan, chat, None, usage=g.usage(item))
+                        break
+                    if item:
+                        yield g.stream_chunk(plan, chat, item)
+                    item = await gen.__anext__()
+                yield "data: [DONE]\n\n"
+                finished = True
+            finally:
+                if not finished:
+                    gen.cancel()  # client gone mid-stream: the expert's generator closes and frees the batch row
+
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

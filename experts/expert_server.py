@@ -30,7 +30,7 @@ class ExpertServer:
             self.engine.store.acquire(self.pinned)  # validate + load at start: a broken adapter fails the deploy, loudly
         self._lock = threading.Lock()  # counters
         self._engine_lock = threading.Lock()  # the engine's LoRA context is shared: calls must never overlap
-        self.counters = {"requests": 0, "errors": 0, "batches": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
+        self.counters = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
         self.inflight = 0
         self.last_batch_size = 0
 
@@ -68,6 +68,7 @@ class ExpertServer:
             c = self.counters
             c["requests"] += len(payloads)
             c["errors"] += sum("error" in r for r in results)
+            c["cancelled"] += sum(r.get("finish_reason") == "cancelled" for r in results)
             c["batches"] += 1
             c["rows"] += len(todo)
             c["tokens"] += sum(r.get("completion_tokens", 0) for r in results)

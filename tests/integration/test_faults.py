@@ -121,3 +121,30 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
     assert r.json()["routing"]["weights"] == {"kept/entities": 1.0}
     assert "auto" in [m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]]  # router config back too
     assert httpx.delete(f"{server}/v1/adapters/kept/entities", timeout=30).status_code == 200
+
+
+def test_client_disconnect_mid_stream_cancels_the_generation_and_frees_its_row(server):
+    """A client that goes away mid-stream must not keep a batch row decoding to max_tokens."""
+    stats = lambda: httpx.get(f"{server}/v1/stats", timeout=30).json()["extraction"]  # noqa: E731
+    before = stats()
+    e = make_examples("entities", 1, seed=5, split="heldout")[0]
+    budget = 120
+    body = {"model": "entities", "prompt": e.prompt, "max_tokens": budget, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        received = 0
+        for line in r.iter_lines():
+            received += line.startswith("data: ")
+            if received == 3:  # role chunk + two tokens, then hang up
+                break
+    deadline, after = time.time() + 30, before
+    while time.time() < deadline:
+        after = stats()
+        if after["cancelled"] > before["cancelled"] and after["inflight"] == 0:
+            break
+        time.sleep(0.2)
+    assert after["cancelled"] == before["cancelled"] + 1, (before, after)
+    assert after["inflight"] == 0
+    assert after["tokens"] - before["tokens"] < budget  # decoding stopped early: the row was freed
+    ok = httpx.post(f"{server}/v1/completions", json={"model": "entities", "prompt": e.prompt, "max_tokens": 16}, timeout=60)
+    assert ok.status_code == 200

@@ -38,8 +38,8 @@ def test_models_list(client):
 
 @pytest.mark.parametrize("task", ADAPTERS)
 def test_completion_per_adapter_answers_the_task(client, task):
-    """Served adapters do their task on held-out phrasings far better than the base model (the demo's
-    accuracy table is in docs/demo.md; the exact figure depends on the demo build, not on serving)."""
+    """Served adapters do their task on held-out phrasings; the base model does not (docs/demo.md:
+    100/100/96 % on 200 held-out examples per task, 0 % for the base model; the build is seeded)."""
     ex = examples(task, 12)
     ok = base_ok = 0
     for e in ex:
@@ -49,7 +49,7 @@ def test_completion_per_adapter_answers_the_task(client, task):
         assert r.model_extra["routing"]["group"] == ("extraction" if task == "entities" else "support")
         ok += text == e.answer.strip()
         base_ok += client.completions.create(model="base", prompt=e.prompt, max_tokens=40).choices[0].text.strip() == e.answer.strip()
-    assert ok >= 2 and ok >= base_ok + 2, f"{task}: adapter {ok}/12 exact, base {base_ok}/12"
+    assert ok >= 10 and base_ok <= 1, f"{task}: adapter {ok}/12 exact, base {base_ok}/12"
 
 
 def test_greedy_completion_equals_peft_generate(server, client):
