@@ -146,7 +146,7 @@ class SentenceFeaturizer:
         return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
 
     def spec(self) -> dict:
-        return {"kind": "sentence", "path": self.path, "dtype": self.dtype, "paragraphs": self.paragraphs}
+        return {"kind": "sentence", "path": self.path, "dtype": self.dtype, "paragraphs": self.paragraphs, "max_length": self.max_length}
 
 
 class HiddenStateFeaturizer:
@@ -180,7 +180,7 @@ def make_featurizer(spec: dict, base_model: str | None = None) -> Featurizer:
     kind = spec.get("kind")
     if kind == "sentence":
         return SentenceFeaturizer(spec.get("path", DEFAULT_SENTENCE_MODEL), dtype=spec.get("dtype", "auto"),
-                                  paragraphs=bool(spec.get("paragraphs", False)))
+                                  paragraphs=bool(spec.get("paragraphs", False)), max_length=spec.get("max_length"))
     if kind == "hidden_state":
         path = base_model or spec.get("path")
         if not path:
