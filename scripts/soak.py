@@ -87,7 +87,10 @@ def main() -> int:
     first, last = (rss[len(rss) // 10][1], rss[-1][1]) if rss else (0, 0)
     report = {"setup": vars(a) | {"json": str(a.json), "plot": str(a.plot), "config": str(a.config)}, "windows": windows,
               "rss_total_mb": rss, "summary": {"sent": len(results), "ok": sum(c == 200 for _, c, _ in results), "lost": sum(c == -1 for _, c, _ in results),
-                                               "rss_growth_mb": round(last - first, 1)}}
+                                               "rss_growth_mb": round(last - first, 1),
+                                               "rss_growth_second_half_mb": round(last - rss[len(rss) // 2][1], 1) if rss else 0.0},
+              # per process at 10 % of the run and at the end: which one grows, if any
+              "rss_by_process_mb": {"at_10pct": samples[len(samples) // 10][1], "last": samples[-1][1]} if samples else {}}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
     if a.plot:
