@@ -140,9 +140,9 @@ def plot_frontier(result: dict, path: Path) -> None:
             ax.axvline(h, color="k", lw=0.6, ls=":")
             for name, per_ref in result["gaps"].get(seed, {}).items():
                 g = next((x for x in per_ref if x["ref_target_load"] == result["reference_target"]), None)
-                for at in (g or {}).get("at_ref_p99"), (g or {}).get("at_ref_hours"):
-                    if at:
-                        ax.plot([at.get("replica_hours", h)], [at.get("p99_s", p)], "D", ms=6, mfc="none", color=colors.get(name))
+                at = [x for x in ((g or {}).get("at_ref_p99"), (g or {}).get("at_ref_hours")) if x]
+                ax.plot([x.get("replica_hours", h) for x in at], [x.get("p99_s", p) for x in at], "D", ms=6, mfc="none", ls="none",
+                        color=colors.get(name), label=f"{name} at that p99 / GPU-h (interpolated)")
         ax.set(xlabel="GPU-hours (replica-hours)", ylabel="p99 latency s", title=f"seed {seed}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from experts.autoscaling_sim import POLICIES, Burst, SimConfig, compare, initial_split, make_trace, serve_delay, simulate
+from experts.autoscaling_sim import (POLICIES, Burst, SimConfig, compare, frontier, frontier_gap, initial_split, make_trace, serve_delay,
+                                     simulate)
 
 # A small deployment: 8 GPUs, 40 adapters in 4 groups, 12 simulated minutes (a fraction of a second per policy).
 SMALL = SimConfig(hours=0.2, gpus=8, adapters=40, groups=4, rps_per_gpu=1.0, cold_start_s=(20.0, 40.0), shift_every_s=300.0)
@@ -99,3 +100,29 @@ def test_compare_is_json_able_and_has_every_policy():
     assert set(out["policies"]) == set(POLICIES)
     assert set(out["targets"]) == {"loraplex", "loraplex_double_delay"}
     json.dumps(out)
+
+
+def test_frontier_has_one_point_per_target_and_a_higher_target_holds_fewer_gpus():
+    cfg = SimConfig(hours=0.2, gpus=16, adapters=40, groups=4, rps_per_gpu=0.3, cold_start_s=(20.0, 40.0), shift_every_s=300.0)
+    out = frontier(cfg, seeds=(1,), targets=(4.0, 16.0, 64.0))
+    json.dumps(out)
+    for policy, points in out["points"]["1"].items():
+        assert [r["target_load"] for r in points] == [4.0, 16.0, 64.0]
+        hours = [r["replica_hours"] for r in points]
+        assert hours == sorted(hours, reverse=True) and hours[0] > hours[-1], policy
+    assert len(out["gaps"]["1"]["loraplex"]) == 3  # one per ray_default point
+
+
+def test_frontier_gap_interpolates_between_targets_and_counts_drops():
+    pts = [{"target_load": 16.0, "p99_s": 30.0, "replica_hours": 160.0, "drop_rate": 0.0},
+           {"target_load": 32.0, "p99_s": 40.0, "replica_hours": 120.0, "drop_rate": 0.01},
+           {"target_load": 64.0, "p99_s": 60.0, "replica_hours": 100.0, "drop_rate": 0.03}]
+    ref = {"target_load": 32.0, "p99_s": 50.0, "replica_hours": 150.0, "drop_rate": 0.02}
+    g = frontier_gap(pts, ref)
+    assert g["at_ref_p99"] == {"replica_hours": 110.0, "drop_rate": 0.02, "target_load": 48.0}
+    assert g["hours_saved"] == pytest.approx(1 - 110 / 150, abs=1e-3)
+    assert g["at_ref_hours"]["p99_s"] == 32.5 and g["p99_ratio"] == 0.65
+    assert g["same_p99_30pct_fewer_hours"] is False and not g["met"]  # 26.7 % saved
+    assert frontier_gap(pts, {**ref, "replica_hours": 165.0})["at_ref_hours"] is None  # outside the sweep
+    worse_drops = frontier_gap(pts, {**ref, "replica_hours": 200.0, "p99_s": 55.0, "drop_rate": 0.0})
+    assert worse_drops["hours_saved"] >= 0.30 and not worse_drops["same_p99_30pct_fewer_hours"]
