@@ -22,6 +22,7 @@ from experts.errors import (AdapterNameError, AdapterValidationError, Authentica
 from deployments.metrics import IngressMetrics
 from router.access_control import AccessControl
 from router.gateway import Gateway
+from router.routing_stage import RoutingStage
 
 app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request composition and MoE routing")
 
@@ -71,6 +72,7 @@ class RouterIngress:
 
             router = Router.load(self.args.routing.router_path)
         self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
+        self.routing = RoutingStage(self.args.limits.max_routing_queue)
         self.experts = experts  # group name -> DeploymentHandle
         self.metrics = IngressMetrics()
         self.registry = None
@@ -97,7 +99,9 @@ class RouterIngress:
         plan = None
         try:
             self.access.check(request.headers.get("authorization"))
-            plan = plan_fn(await self._body(request, model))
+            body = await self._body(request, model)
+            # model "auto" runs the router's encoder: off the event loop, behind a bounded line
+            plan = await self.routing.run(plan_fn, body) if body.model == "auto" and body.composition is None else plan_fn(body)
             handle = self.experts[plan.group]
             if plan.primary_adapter:
                 handle = handle.options(multiplexed_model_id=plan.primary_adapter)
@@ -167,7 +171,7 @@ class RouterIngress:
     async def route(self, request: Request):
         try:
             self.access.check(request.headers.get("authorization"))
-            return JSONResponse(self.gateway.explain(await self._body(request, RouteRequest)))
+            return JSONResponse(await self.routing.run(self.gateway.explain, await self._body(request, RouteRequest)))
         except Exception as e:
             return from_exception(e)
 

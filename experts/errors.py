@@ -66,7 +66,7 @@ class PayloadTooLargeError(RequestError):
 
 
 class CapacityError(LoraplexError):
-    """A batch needs more distinct adapters than there are device slots (HTTP 429/503: retry smaller)."""
+    """Not enough capacity now: more distinct adapters than device slots, or a full bounded queue (HTTP 503 + Retry-After)."""
 
 
 class ConfigError(LoraplexError, ValueError):
