@@ -149,6 +149,12 @@ def plot_frontier(result: dict, path: Path) -> None:
     cfg = result["config"]
     fig.suptitle(f"p99 vs replica-hours over the per-replica target (labels: target / drop %); {cfg['gpus']} GPUs, "
                  f"{cfg['adapters']} adapters in {cfg['groups']} groups, {cfg['hours']} h")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -208,10 +214,7 @@ def plot(result: dict, path: Path) -> None:
         a.legend(fontsize=8)
     fig.suptitle(f"Autoscaling simulation: {cfg['gpus']} GPUs, {cfg['adapters']} adapters in {cfg['groups']} groups, "
                  f"{cfg['hours']} h, seed {result['seed']}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def main(argv=None) -> int:
