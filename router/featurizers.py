@@ -73,7 +73,7 @@ class SentenceFeaturizer:
     """
 
     def __init__(self, path: str = DEFAULT_SENTENCE_MODEL, device: str = "cpu", max_length: int | None = None,
-                 dtype: str = "auto", paragraphs: bool = True):
+                 dtype: str = "auto", paragraphs: bool = True, num_layers: int | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         self.path = path
@@ -93,6 +93,12 @@ class SentenceFeaturizer:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.dtype = dtype
         self.model = AutoModel.from_pretrained(folder).to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+        self.num_layers = num_layers
+        if num_layers is not None:  # keep the first N transformer layers: routing needs the gist, not the last layers' polish
+            layers = self.model.encoder.layer
+            if not 1 <= num_layers <= len(layers):
+                raise ConfigError([f"num_layers must be in [1, {len(layers)}] for {str(folder)!r}, got {num_layers}"])
+            self.model.encoder.layer = layers[:num_layers]
         self.device = device
         self.paragraphs = paragraphs
         self.dim = int(self.model.config.hidden_size) * (2 if paragraphs else 1)
@@ -146,7 +152,8 @@ class SentenceFeaturizer:
         return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
 
     def spec(self) -> dict:
-        return {"kind": "sentence", "path": self.path, "dtype": self.dtype, "paragraphs": self.paragraphs, "max_length": self.max_length}
+        return {"kind": "sentence", "path": self.path, "dtype": self.dtype, "paragraphs": self.paragraphs, "max_length": self.max_length,
+                "num_layers": self.num_layers}
 
 
 class HiddenStateFeaturizer:
@@ -180,7 +187,8 @@ def make_featurizer(spec: dict, base_model: str | None = None) -> Featurizer:
     kind = spec.get("kind")
     if kind == "sentence":
         return SentenceFeaturizer(spec.get("path", DEFAULT_SENTENCE_MODEL), dtype=spec.get("dtype", "auto"),
-                                  paragraphs=bool(spec.get("paragraphs", False)), max_length=spec.get("max_length"))
+                                  paragraphs=bool(spec.get("paragraphs", False)), max_length=spec.get("max_length"),
+                                  num_layers=spec.get("num_layers"))
     if kind == "hidden_state":
         path = base_model or spec.get("path")
         if not path:

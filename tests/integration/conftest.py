@@ -32,7 +32,7 @@ def ensure_demo() -> Path:
         from router.featurizers import SentenceFeaturizer
         from router.training import train_demo_router
 
-        train_demo_router(DEMO / "router", SentenceFeaturizer(), progress=False)
+        train_demo_router(DEMO / "router", SentenceFeaturizer(num_layers=4), progress=False)  # as scripts/train_router.py
     return DEMO
 
 

@@ -199,3 +199,16 @@ def test_unknown_featurizer_dtype_names_the_choices():
 
     with pytest.raises(ConfigError, match=r"unknown featurizer dtype 'int4'; valid: \['auto', 'float32', 'bfloat16', 'float16'\]"):
         SentenceFeaturizer(dtype="int4")
+
+
+def test_truncated_encoder_keeps_its_first_layers_and_round_trips_through_the_spec():
+    from router.featurizers import SentenceFeaturizer, make_featurizer
+
+    f = SentenceFeaturizer(num_layers=2, dtype="float32")
+    assert len(f.model.encoder.layer) == 2 and f.spec()["num_layers"] == 2
+    again = make_featurizer(f.spec())
+    texts = ["Classify the intent.\n\nMessage: my card was charged twice"]
+    torch.testing.assert_close(again.encode(texts), f.encode(texts))
+    assert not torch.allclose(f.encode(texts), SentenceFeaturizer(dtype="float32").encode(texts), atol=1e-3)
+    with pytest.raises(ConfigError, match=r"num_layers must be in \[1, 6\]"):
+        SentenceFeaturizer(num_layers=7)
