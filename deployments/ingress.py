@@ -101,7 +101,7 @@ class RouterIngress:
             self.access.check(request.headers.get("authorization"))
             body = await self._body(request, model)
             # model "auto" runs the router's encoder: off the event loop, behind a bounded line
-            plan = await self.routing.run(plan_fn, body) if body.model == "auto" and body.composition is None else plan_fn(body)
+            plan = await self.routing.run(plan_fn, body) if self.gateway.uses_router(body.model, body.composition) else plan_fn(body)
             handle = self.experts[plan.group]
             if plan.primary_adapter:
                 handle = handle.options(multiplexed_model_id=plan.primary_adapter)

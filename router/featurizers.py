@@ -137,11 +137,8 @@ class SentenceFeaturizer:
         out = []
         for row in range(len(texts)):
             n_parts = int(segment[row].max()) + 1
-            onehot = (segment[row].unsqueeze(0) == torch.arange(n_parts).unsqueeze(1)).float()  # [paragraphs, tokens]
-            if self.pooling == "mean":
-                emb = onehot @ hidden[row] / onehot.sum(1, keepdim=True)  # [paragraphs, hidden]
-            else:
-                emb = hidden[row][onehot.argmax(1)]  # first token of each paragraph
+            own = segment[row].unsqueeze(0) == torch.arange(n_parts).unsqueeze(1)  # [paragraphs, tokens]
+            emb = _pool(hidden[row].expand(n_parts, -1, -1), own, self.pooling)  # [paragraphs, hidden]
             out.append(torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb)
         return out
 

@@ -75,6 +75,11 @@ class Gateway:
             raise UnknownAdapterError(name, self.model_ids())
 
     # ---- resolution --------------------------------------------------------------------------
+    @staticmethod
+    def uses_router(model: str, composition: Any) -> bool:
+        """Whether `resolve` runs the MoE router (the CPU-heavy step the ingress keeps off its event loop)."""
+        return model == "auto" and composition is None
+
     def resolve(self, model: str, composition: Any, text: str) -> tuple[Any, dict]:
         """(composition spec for the expert, routing info) for a model name and/or composition object."""
         if composition is not None:
@@ -150,7 +155,7 @@ class Gateway:
     def plan_completion(self, req: CompletionRequest) -> Plan:
         text = req.prompt if isinstance(req.prompt, str) else ""
         self._check_prompt_chars(len(text) if text else len(req.prompt))
-        if isinstance(req.prompt, list) and req.model == "auto" and req.composition is None:
+        if isinstance(req.prompt, list) and self.uses_router(req.model, req.composition):
             raise RequestError("model 'auto' routes on text; send the prompt as a string")
         sampling = self._sampling(req)
         spec, routing = self.resolve(req.model, req.composition, text)

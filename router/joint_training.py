@@ -284,13 +284,18 @@ def prompt_features(featurizer: HiddenStateFeaturizer, mixer: LoraMixer, prompts
 # --------------------------------------------------------------------------- #
 
 
+def joint_lora_lr(recorded: float | dict[str, float]) -> float:
+    """One optimiser trains every expert: the largest of the demo's per-task LoRA LRs (older manifests record one LR)."""
+    return max(recorded.values()) if isinstance(recorded, dict) else float(recorded)
+
+
 @dataclass(frozen=True)
 class JointConfig:
     steps: int = sum(_DEMO.lora_steps.values())  # the demo's three adapter runs together
     batch: int = _DEMO.lora_batch
     top_k: int = 2
     renormalize: bool = True
-    lora_lr: float = max(_DEMO.lora_lr.values())  # one optimiser for all experts: the demo's largest per-task LR
+    lora_lr: float = joint_lora_lr(_DEMO.lora_lr)
     router_lr: float = 2e-3
     router_weight_decay: float = 1e-4
     warmup: int = _DEMO.lora_warmup

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from experts.demo_build import DemoConfig
+    from router.joint_training import joint_lora_lr
 
     demo = DemoConfig()
     default_steps = sum(demo.lora_steps.values())
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router-ce", type=float, default=0.0, help="weight of an extra router CE on the task label (0 = off: the router learns from the LM loss only)")
     p.add_argument("--balance-coef", type=float, default=0.01, help="weight of the Switch load-balancing loss")
     p.add_argument("--z-coef", type=float, default=1e-3, help="weight of the router z-loss")
-    p.add_argument("--lr", type=float, default=None, help=f"LoRA learning rate (default: the largest of the demo's per-task lora_lr, {max(demo.lora_lr.values())})")
+    p.add_argument("--lr", type=float, default=None, help=f"LoRA learning rate (default: the largest of the demo's per-task lora_lr, {joint_lora_lr(demo.lora_lr)})")
     p.add_argument("--router-lr", type=float, default=2e-3, help="router learning rate")
     p.add_argument("--init", choices=["fresh", "demo"], default="fresh", help="fresh PEFT init (fair comparison) or start from the demo adapters")
     p.add_argument("--n", type=int, default=100, help="held-out examples per task for the evaluation")
@@ -132,11 +133,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _max_lr(recorded: float | dict[str, float]) -> float:
-    """The manifest records one LoRA LR (older builds) or one per task; joint training has one optimiser."""
-    return max(recorded.values()) if isinstance(recorded, dict) else float(recorded)
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     import torch
@@ -149,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from experts.engine import Engine
     from router.dataset import routing_data
     from router.featurizers import HiddenStateFeaturizer
-    from router.joint_training import JointConfig, save_joint, train_joint
+    from router.joint_training import JointConfig, joint_lora_lr, save_joint, train_joint
     from router.router import Router
     from router.routing_policy import PolicyConfig
     from router.training import TrainConfig, train_router
@@ -169,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     # LoRA shape, data and per-task mix follow the demo's own recorded config (the separate pipeline's)
     dc = manifest["config"]
     cfg = JointConfig(steps=a.steps or sum(dc["lora_steps"][t] for t in experts), batch=a.batch or dc["lora_batch"], top_k=a.top_k,
-                      lora_lr=a.lr or _max_lr(dc["lora_lr"]), warmup=dc["lora_warmup"], router_lr=a.router_lr, balance_coef=a.balance_coef,
+                      lora_lr=a.lr or joint_lora_lr(dc["lora_lr"]), warmup=dc["lora_warmup"], router_lr=a.router_lr, balance_coef=a.balance_coef,
                       z_coef=a.z_coef, router_ce_coef=a.router_ce, init=a.init, experts=tuple(experts),
                       task_mix={t: dc["lora_steps"][t] for t in experts}, train_examples={t: dc["train_examples"][t] for t in experts},
                       lora_r=dc["lora_r"], lora_alpha=dc["lora_alpha"], seed=a.seed)
