@@ -154,13 +154,17 @@ class AdapterStore:
             return adapter
 
     # ---- device tier -------------------------------------------------------------------------
-    def acquire(self, names: Iterable[str]) -> dict[str, int]:
-        """Slots for all `names` at once (one batch); evicts least-recently-used slots not in `names`."""
+    def acquire(self, names: Iterable[str], keep: Iterable[str] = ()) -> dict[str, int]:
+        """Slots for all `names` at once; evicts least-recently-used slots in neither `names` nor `keep`.
+
+        `keep` are the leases of a running batch: adapters whose slots rows still read mid-decode.
+        """
         wanted = list(dict.fromkeys(names))
+        keep = set(keep)
         with self._lock:
-            if len(wanted) > self.backend.num_slots:
+            if len(set(wanted) | keep) > self.backend.num_slots:
                 raise CapacityError(
-                    f"a batch needs {len(wanted)} distinct adapters but the replica has {self.backend.num_slots} slots"
+                    f"a batch needs {len(set(wanted) | keep)} distinct adapters but the replica has {self.backend.num_slots} slots"
                 )
             adapters = {n: self.get(n) for n in wanted if n not in self._slots}  # validate before evicting
             result: dict[str, int] = {}
@@ -174,7 +178,7 @@ class AdapterStore:
                 used = set(self._slots.values())
                 free = next((s for s in range(self.backend.num_slots) if s not in used), None)
                 if free is None:
-                    victim = next(v for v in self._slots if v not in wanted)
+                    victim = next(v for v in self._slots if v not in wanted and v not in keep)
                     free = self._slots.pop(victim)
                     self.stats.evictions_device += 1
                 self.backend.write_slot(free, adapter.modules, n)

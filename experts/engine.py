@@ -1,8 +1,8 @@
 """The engine: one base model, many adapters, mixed-composition batches in one decode loop.
 
-`Engine.generate_many` is what an expert replica calls for each Serve batch. Each request is checked
-on its own first, so one bad request fails alone; the rest run together. Chains run as rounds: every
-round decodes the current stage of every unfinished request in one mixed batch.
+Each request is checked on its own first (`Engine.check`), so one bad request fails alone; the rest
+decode together. Replicas drive `experts.scheduler.Scheduler` (continuous batching) directly;
+`Engine.generate_many` runs a fixed list of requests through the same scheduler.
 """
 
 from __future__ import annotations
@@ -61,19 +61,6 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, dtype)
-
-
-@dataclass
-class _Step:
-    """One request's work in a round: a whole request, or the current stage of a chain."""
-
-    index: int
-    prompt: str | list[int]
-    comp: Composition
-    on_token: TokenCallback | None
-    params: SamplingParams
-    cancel: threading.Event | None
-    ids: list[int] | None = None  # already encoded (first round); later chain stages encode on the fly
 
 
 class Engine:
@@ -141,84 +128,16 @@ class Engine:
         return results  # type: ignore[return-value]
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result | LoraplexError]:
-        results: list[Result | LoraplexError | None] = [None] * len(requests)
-        stage = {}  # request index -> (stage number, previous output, outputs so far)
-        first_ids: dict[int, list[int]] = {}
-        for i, req in enumerate(requests):
-            try:
-                first_ids[i] = self.check(req)
-                stage[i] = (0, "", [])
-            except LoraplexError as e:
-                results[i] = e
-        while stage:
-            steps: list[_Step] = []
-            for i, (n, prev, _) in stage.items():
-                req = requests[i]
-                if isinstance(req.composition, Chain):
-                    st = req.composition.stages[n]
-                    last = n == len(req.composition.stages) - 1
-                    comp: Composition = Single(st.adapter) if st.adapter else Base()
-                    steps.append(_Step(i, st.render(req.prompt, prev), comp, req.on_token if last else None, req.params, req.cancel, first_ids.pop(i, None)))
-                else:
-                    steps.append(_Step(i, req.prompt, req.composition, req.on_token, req.params, req.cancel, first_ids.pop(i, None)))
-            outputs = self._run_round(steps)
-            for i, out in outputs.items():
-                n, _, texts = stage.pop(i)
-                if isinstance(out, LoraplexError):
-                    results[i] = out
-                    continue
-                req = requests[i]
-                texts = texts + [out.text]
-                if isinstance(req.composition, Chain) and n + 1 < len(req.composition.stages) and out.finish_reason != "cancelled":
-                    stage[i] = (n + 1, out.text, texts)
-                else:
-                    results[i] = Result(out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens, texts if len(texts) > 1 else [])
-        return results  # type: ignore[return-value]
+        """Run `requests` to completion through the continuous-batching scheduler; one result or error each."""
+        from experts.scheduler import Scheduler
 
-    def _run_round(self, steps: list["_Step"]) -> dict[int, GenOutput | LoraplexError]:
-        """Decode one step of every request, packed into groups that fit the slots and row budget."""
-        outputs: dict[int, GenOutput | LoraplexError] = {}
-        for s in steps:
-            if s.ids is None:
-                try:
-                    s.ids = self._encode(s.prompt, s.params.max_tokens)
-                except LoraplexError as e:  # e.g. a chain stage grew past the context: fail that request only
-                    outputs[s.index] = e
-        steps = [s for s in steps if s.index not in outputs]
-        groups: list[list] = []
-        names: set[str] = set()
-        nrows = 0
-        for step in steps:
-            rows, _ = weight_rows(step.comp)
-            need = set(adapters_of(step.comp))
-            if groups and len(names | need) <= self.config.max_slots and nrows + len(rows) <= self.config.max_batch_rows:
-                groups[-1].append(step)
-                names |= need
-                nrows += len(rows)
-            else:
-                groups.append([step])
-                names, nrows = set(need), len(rows)
-        for group in groups:
-            wanted = [n for s in group for n in adapters_of(s.comp)]
-            try:
-                slots = self.store.acquire(wanted)
-            except LoraplexError as e:  # e.g. an adapter failed validation: fail the requests that use it
-                bad = getattr(e, "name", None)
-                for s in group:
-                    if bad is None or bad in adapters_of(s.comp):
-                        outputs[s.index] = e
-                group = [s for s in group if s.index not in outputs]
-                if not group:
-                    continue
-                slots = self.store.acquire([n for s in group for n in adapters_of(s.comp)])
-            items = []
-            for s in group:
-                rows, mix = weight_rows(s.comp)
-                items.append(GenItem(s.ids, [{slots[n]: w for n, w in r.items()} for r in rows], mix, s.params, s.on_token,
-                                     s.cancel.is_set if s.cancel is not None else None))
-            for s, out in zip(group, generate(self.wrapped, self.tokenizer, items, self.eos_ids, self.pad_id)):
-                outputs[s.index] = out
-        return outputs
+        results: list[Result | LoraplexError | None] = [None] * len(requests)
+        scheduler = Scheduler(self, max_requests=max(1, len(requests)))
+        for i, req in enumerate(requests):
+            scheduler.add(req, lambda res, i=i: results.__setitem__(i, res))
+        while scheduler.busy:
+            scheduler.step()
+        return results  # type: ignore[return-value]
 
     def stats(self) -> dict:
         return {**self.store.stats.as_dict(), "resident": list(self.store.resident()), "cached": self.store.cached()}

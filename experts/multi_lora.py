@@ -199,21 +199,26 @@ class WrappedModel:
     def clear_slot(self, slot: int) -> None:
         self.write_slot(slot, {}, None)
 
-    @contextlib.contextmanager
-    def batch(self, rows: Sequence[Mapping[int, float]] | None) -> Iterator[LoraBatch | None]:
-        """Route a forward (or a whole decode) through per-row slot weights; restores on exit."""
+    def lora_batch(self, rows: Sequence[Mapping[int, float]] | None) -> LoraBatch | None:
+        """Per-row slot weights packed for the layers (None: no adapter in any row)."""
         device = next(self.model.parameters()).device
+        return None if rows is None else build_lora_batch(rows, self.context.next_version(), device)
+
+    @contextlib.contextmanager
+    def active(self, batch: LoraBatch | None) -> Iterator[LoraBatch | None]:
+        """Route the forwards inside through `batch`; restores the previous batch on exit."""
         previous = self.context.batch
-        self.context.batch = None if rows is None else build_lora_batch(rows, self.context.next_version(), device)
+        self.context.batch = batch
         try:
-            yield self.context.batch
+            yield batch
         finally:
             self.context.batch = previous
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` of the current batch (rows that finished decoding leave the batch)."""
-        if self.context.batch is not None:
-            self.context.batch = self.context.batch.select(rows, self.context.next_version())
+    @contextlib.contextmanager
+    def batch(self, rows: Sequence[Mapping[int, float]] | None) -> Iterator[LoraBatch | None]:
+        """Route a forward (or a whole HF `generate`) through per-row slot weights."""
+        with self.active(self.lora_batch(rows)) as b:
+            yield b
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
