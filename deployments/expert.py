@@ -1,5 +1,5 @@
-"""Expert group deployment: the base model plus a group of adapters; pending requests of any adapters and
-compositions run together as one engine call (`experts.batcher.DrainBatcher`)."""
+"""Expert group deployment: the base model plus a group of adapters. Requests of any adapters and compositions
+join one running batch between decode steps (continuous batching, `experts.expert_server.ExpertServer`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from ray import serve
 
 from config.engine import EngineConfig
 from deployments.metrics import ExpertMetrics
-from experts.batcher import DrainBatcher
 from experts.expert_server import ExpertServer, error_payload
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
@@ -19,14 +18,8 @@ MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity
 @serve.deployment
 class ExpertDeployment:
     def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
-        self.server = ExpertServer(EngineConfig(**engine_config), pinned)
+        self.server = ExpertServer(EngineConfig(**engine_config), pinned, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s)
         self.metrics = ExpertMetrics()
-        self.batcher = DrainBatcher(self._run, max_batch_size, batch_wait_timeout_s)
-
-    def _run(self, payloads: list[dict]) -> list[dict]:
-        out = self.server.run_batch(payloads)
-        self.metrics.observe_batch(len(payloads), self.server.stats())
-        return out
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MULTIPLEXED)
     async def _affinity(self, adapter: str):
@@ -44,7 +37,15 @@ class ExpertDeployment:
         return None
 
     async def generate(self, payload: dict) -> dict:
-        return await self._warm_for_request() or await self.batcher.submit(payload)
+        err = await self._warm_for_request()
+        if err:
+            return err
+        cancel = threading.Event()
+        try:
+            return await asyncio.wrap_future(self.server.submit({**payload, "cancel": cancel}))
+        finally:
+            cancel.set()  # caller gone (cancelled): the engine drops the row at its next step; a no-op once answered
+            self.metrics.observe(self.server.stats())
 
     async def generate_stream(self, payload: dict):
         """Yields text deltas (str), then the final result dict."""
@@ -55,7 +56,7 @@ class ExpertDeployment:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
-        task = asyncio.ensure_future(self.batcher.submit({**payload, "cancel": cancel, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
+        task = asyncio.wrap_future(self.server.submit({**payload, "cancel": cancel, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
         try:
             while not (task.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
@@ -67,11 +68,12 @@ class ExpertDeployment:
             yield task.result()
         finally:
             cancel.set()  # client gone (generator closed/cancelled): the engine drops the row at its next step
+            self.metrics.observe(self.server.stats())
 
     def record_autoscaling_stats(self) -> dict:
         """Replica load for the group's autoscaling policy (deployments/autoscaling.py)."""
         s = self.server.stats()
-        return {"inflight": float(s["inflight"] + self.batcher.pending), "rows": float(s["last_batch_size"]), "tokens": float(s["tokens"]),
+        return {"inflight": float(s["inflight"]), "rows": float(s["last_batch_size"]), "tokens": float(s["tokens"]),
                 "cache_misses": float(s["store_device_misses"])}
 
     def stats(self) -> dict:

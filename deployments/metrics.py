@@ -27,15 +27,16 @@ class IngressMetrics:
 
 class ExpertMetrics:
     def __init__(self) -> None:
-        self.batch_size = Histogram("loraplex_batch_size", description="Requests per engine call.", boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+        self.batch_size = Histogram("loraplex_batch_size", description="Requests decoding together (the running batch, sampled as each request ends).",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
         self.tokens = Counter("loraplex_generated_tokens", description="Generated tokens (rate = tokens/s).")
-        self.inflight = Gauge("loraplex_inflight", description="Requests inside this replica's engine call.")
+        self.inflight = Gauge("loraplex_inflight", description="Requests accepted by this replica and not answered yet (queued or decoding).")
         self.cache = Counter("loraplex_adapter_cache", description="Adapter store lookups by tier and result.", tag_keys=("tier", "result"))
         self.load_seconds = Counter("loraplex_adapter_load_seconds", description="Time spent loading+validating adapters from disk.")
         self._last: dict[str, float] = {}
 
-    def observe_batch(self, n: int, stats: dict) -> None:
-        self.batch_size.observe(n)
+    def observe(self, stats: dict) -> None:
+        self.batch_size.observe(stats["last_batch_size"])
         self.inflight.set(stats["inflight"])
         for key, tier, result in (("store_host_hits", "host", "hit"), ("store_host_misses", "host", "miss"),
                                   ("store_device_hits", "device", "hit"), ("store_device_misses", "device", "miss")):

@@ -119,6 +119,7 @@ class Decoder:
         self.wrapped, self.tokenizer, self.eos_ids, self.pad_id = wrapped, tokenizer, eos_ids, pad_id
         self.device = next(wrapped.model.parameters()).device
         self.can_join = True  # False once a cache layer type is seen that cannot be left-padded (then: static batches)
+        self.last_size = 0  # items that got a token in the last step
         self._reset()
 
     def _reset(self) -> None:
@@ -147,6 +148,7 @@ class Decoder:
         with torch.inference_mode():
             if joining:
                 self._join(list(joining))
+            self.last_size = len(self._states)
             if not self._states:
                 return []
             logits = self._logits.float()  # [vrows, vocab]

@@ -61,10 +61,11 @@ class Scheduler:
             return
         self._waiting.append(_Work(request, done, ids))
 
-    def step(self) -> None:
-        """Admit what fits, then one decode step of the running batch."""
+    def step(self) -> int:
+        """Admit what fits, then one decode step of the running batch; returns how many requests it decoded."""
         for item, out in self.decoder.step(self._admit()):
             self._finish(item, out)
+        return self.decoder.last_size
 
     def fail_all(self, error: Exception) -> None:
         """The model call itself failed: every queued and running request gets `error`, the batch starts empty."""

@@ -6,19 +6,18 @@ one local Ray cluster, deploys both apps side by side with the same replica coun
 per model replica:
 
   loraplex   deployments.app:build_app, one expert group holding every adapter (max_slots = max_host_adapters = N),
-             POST /loraplex/v1/completions  (drain-when-free batching: every pending request, any adapter, in one engine call)
+             POST /loraplex/v1/completions  (continuous batching: requests of any adapter join the running batch between decode steps)
   baseline   deployments.baseline_multiplexed, @serve.multiplexed PEFT adapters, one request at a time,
              POST /baseline/v1/completions + `serve_multiplexed_model_id` header
 
-Optionally (`--systems loraplex,baseline,loraplex_drain`) a third app with the bench's own drain class,
-kept as a cross-check of the shipped batcher. A consistency check (the same 16 (adapter, prompt) pairs
-sequentially, then concurrently) counts wrong outputs per system.
+A consistency check (the same 16 (adapter, prompt) pairs sequentially, then concurrently) counts wrong
+outputs per system.
 
 Then it offers open-loop Poisson load (arrivals from a seeded exponential generator, never waiting for
 responses; latency counted from the scheduled arrival) with Zipf adapter popularity, sweeping a geometric
 ladder of offered rates. Every system gets the identical request sequence at each rate, run back to back
 (order rotating per step) so machine noise hits all of them. Per step: completed req/s and tokens/s, latency
-p50/p90/p99, errors and timeouts, mean engine batch size (loraplex).
+p50/p90/p99, errors and timeouts, mean running batch per decode step (loraplex).
 
 Sustainable throughput = the highest offered rate with p99 <= SLO, errors < 1% and achieved >= 90% of
 offered. SLO default: 4x the baseline's p50 at the lowest rate (printed). Writes JSON and a PNG.
@@ -45,10 +44,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_SYSTEMS = ("loraplex", "baseline", "loraplex_drain")
-SYSTEMS: tuple[str, ...] = ALL_SYSTEMS  # set from --systems in main()
-LABELS = {"loraplex": "loraplex (as shipped)", "baseline": "@serve.multiplexed PEFT baseline",
-          "loraplex_drain": "loraplex engine, drain-when-free batcher (diagnostic)"}
+ALL_SYSTEMS = ("loraplex", "baseline")
+SYSTEMS: tuple[str, ...] = ALL_SYSTEMS
+LABELS = {"loraplex": "loraplex (as shipped)", "baseline": "@serve.multiplexed PEFT baseline"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,13 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("deployment (same for both systems unless noted)")
     g.add_argument("--port", type=int, default=18230, help="Serve HTTP port on 127.0.0.1")
     g.add_argument("--ray-cpus", type=float, default=2.0, help="num_cpus of the local Ray cluster")
-    g.add_argument("--systems", default="loraplex,baseline", help=f"systems to deploy and load, from {','.join(ALL_SYSTEMS)} (baseline is required)")
     g.add_argument("--replica-cpus", type=float, default=0.5, help="num_cpus of the model replica of each system (Ray gives < 2 CPUs 1 torch thread)")
     g.add_argument("--ingress-cpus", type=float, default=0.1, help="loraplex router ingress num_cpus (the baseline has no separate ingress)")
-    g.add_argument("--ingress-max-ongoing", type=int, default=256,
-                   help="max_ongoing_requests of loraplex's ingress; build_app leaves Ray's default (5), which caps engine batches at 5. 0 = keep build_app's")
-    g.add_argument("--max-batch-size", type=int, default=32, help="loraplex @serve.batch max_batch_size")
-    g.add_argument("--batch-wait-s", type=float, default=0.01, help="loraplex @serve.batch batch_wait_timeout_s")
+    g.add_argument("--ingress-max-ongoing", type=int, default=256, help="loraplex ingress_max_ongoing_requests (0 = the config default)")
+    g.add_argument("--max-batch-size", type=int, default=32, help="loraplex group max_batch_size (requests decoding together)")
+    g.add_argument("--batch-wait-s", type=float, default=0.01, help="loraplex group batch_wait_timeout_s (first request after idle waits this long for company)")
     g.add_argument("--max-ongoing", type=int, default=64, help="max_ongoing_requests of each model replica (loraplex expert, baseline)")
     g.add_argument("--max-queued", type=int, default=256, help="max_queued_requests of each model deployment")
     g.add_argument("--baseline-max-models", type=int, default=None, help="baseline max_num_models_per_replica (none: --adapters, so nothing is evicted)")
@@ -336,7 +332,7 @@ def port_free(port: int) -> bool:
             return False
 
 
-def loraplex_app(a: argparse.Namespace, base_dir: Path, ad_dir: Path, names: list[str], drain: bool = False):
+def loraplex_app(a: argparse.Namespace, base_dir: Path, ad_dir: Path, names: list[str]):
     from deployments.app import build_app
 
     args = {
@@ -347,79 +343,9 @@ def loraplex_app(a: argparse.Namespace, base_dir: Path, ad_dir: Path, names: lis
                     "max_batch_size": a.max_batch_size, "batch_wait_timeout_s": a.batch_wait_s, "max_ongoing_requests": max(a.max_ongoing, a.max_batch_size),
                     "max_queued_requests": a.max_queued, "max_slots": len(names), "max_host_adapters": len(names)}],
     }
-    app = build_app(args)
-    if a.ingress_max_ongoing or drain:
-        # build_app sets no max_ongoing_requests on the ingress, so Ray's default (5) would cap concurrent requests,
-        # hence engine batches, at 5. Re-bind the same ingress with a larger limit (private Application attribute).
-        d = app._bound_deployment
-        app_args, experts = d.init_args
-        if drain:
-            cls = drain_expert_class()
-            experts = {g: e._bound_deployment.options(func_or_class=cls).bind(*e._bound_deployment.init_args) for g, e in experts.items()}
-        app = (d.options(max_ongoing_requests=a.ingress_max_ongoing) if a.ingress_max_ongoing else d).bind(app_args, experts)
-    return app, args
-
-
-def drain_expert_class():
-    """The shipped expert with `generate` batching through a drain-when-free queue instead of `@serve.batch`.
-
-    Two Ray 2.60 `@serve.batch` behaviours (ray/serve/batching.py) keep the shipped expert from batching:
-    1. `_split_batch_by_model_id`: a batch is split by the requests' multiplexed model id and the sub-batches run
-       concurrently (one `asyncio.to_thread(run_batch)` each). The ingress sets the id (the primary adapter) for
-       replica affinity, so engine calls hold one adapter each and several run at once on one engine.
-    2. `_process_batches` forms the next batch as soon as its first request arrives (+ batch_wait_timeout_s),
-       before the running batch finishes, then waits for the max_concurrent_batches semaphore: under spread-out
-       (Poisson) arrivals batches hold ~1 + rate x timeout requests however long the queue behind them grows.
-    Here one worker task takes everything pending (up to max_batch_size) whenever the engine is free; when it
-    was idle it first waits batch_wait_timeout_s, like `@serve.batch`. Routing and affinity are unchanged.
-    Defined in this script (pickled by value): a diagnostic of what the engine can do, not a patch to the project.
-    """
-    import asyncio as aio
-
-    from deployments.expert import ExpertDeployment
-
-    class ExpertDrainBatcher(ExpertDeployment.func_or_class):
-        def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
-            super().__init__(engine_config, pinned, max_batch_size, batch_wait_timeout_s)
-            self._rows, self._wait_s = max_batch_size, batch_wait_timeout_s
-            self._pending: list = []
-            self._wake: aio.Event | None = None
-
-        async def generate(self, payload: dict) -> dict:
-            err = await self._warm_for_request()
-            if err:
-                return err
-            loop = aio.get_running_loop()
-            if self._wake is None:
-                self._wake = aio.Event()
-                self._worker = loop.create_task(self._drain())
-            fut = loop.create_future()
-            self._pending.append((payload, fut))
-            self._wake.set()
-            return await fut
-
-        async def _drain(self) -> None:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                await aio.sleep(self._wait_s)  # engine was idle: let a batch gather, as @serve.batch would
-                while self._pending:
-                    take, self._pending = self._pending[:self._rows], self._pending[self._rows:]
-                    take = [(p, f) for p, f in take if not f.done()]  # drop requests cancelled meanwhile
-                    if not take:
-                        continue
-                    try:
-                        results = await aio.to_thread(self.server.run_batch, [p for p, _ in take])
-                        for (_, f), r in zip(take, results):
-                            if not f.done():
-                                f.set_result(r)
-                    except Exception as e:  # noqa: BLE001 - every waiter gets the failure
-                        for _, f in take:
-                            if not f.done():
-                                f.set_exception(e)
-
-    return ExpertDrainBatcher
-
+    if a.ingress_max_ongoing:
+        args["ingress_max_ongoing_requests"] = a.ingress_max_ongoing
+    return build_app(args), args
 
 
 def wait_healthy(base_url: str, paths: list[str], deadline_s: float = 300) -> None:
@@ -479,12 +405,7 @@ async def sweep(a: argparse.Namespace, base_url: str, names: list[str], setup: d
 
 
 def main(argv=None) -> int:
-    global SYSTEMS
     a = parse_args(argv)
-    SYSTEMS = tuple(s for s in ALL_SYSTEMS if s in a.systems.split(","))
-    if "baseline" not in SYSTEMS or len(SYSTEMS) < 2 or set(a.systems.split(",")) - set(ALL_SYSTEMS):
-        print(f"--systems must name baseline and at least one of loraplex, loraplex_drain; got {a.systems!r}", file=sys.stderr)
-        return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -514,7 +435,7 @@ def main(argv=None) -> int:
         "rates": rate_ladder(a), "step_seconds": a.step_seconds, "min_requests": a.min_requests, "max_step_seconds": a.max_step_seconds,
         "timeout_s": a.timeout, "ray_cpus": a.ray_cpus, "replica_cpus": a.replica_cpus, "num_replicas": 1,
         "systems": list(SYSTEMS), "loraplex": {"max_batch_size": a.max_batch_size, "batch_wait_timeout_s": a.batch_wait_s, "ingress_cpus": a.ingress_cpus,
-                     "ingress_max_ongoing_requests": a.ingress_max_ongoing or "ray default (5)", "max_slots": a.adapters, "max_host_adapters": a.adapters},
+                     "ingress_max_ongoing_requests": a.ingress_max_ongoing or "config default", "max_slots": a.adapters, "max_host_adapters": a.adapters},
         "baseline": {"max_num_models_per_replica": a.baseline_max_models or a.adapters, "one_request_at_a_time": True, "routing": "serve_multiplexed_model_id header"},
         "max_ongoing_requests": a.max_ongoing, "max_queued_requests": a.max_queued,
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
@@ -528,7 +449,7 @@ def main(argv=None) -> int:
         t = time.time()
         for system in SYSTEMS:
             if system != "baseline":
-                lp_app, lp_args = loraplex_app(a, base_dir, ad_dir, names, drain=system == "loraplex_drain")
+                lp_app, lp_args = loraplex_app(a, base_dir, ad_dir, names)
                 setup["loraplex"]["app_args"] = lp_args
                 serve.run(lp_app, name=system, route_prefix=f"/{system}")
         serve.run(build_baseline({"base_model": str(base_dir), "adapter_roots": [str(ad_dir)], "max_models": a.baseline_max_models or a.adapters,
@@ -563,7 +484,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"loraplex": "#2a7", "baseline": "#c44", "loraplex_drain": "#37c"}
+    colors = {"loraplex": "#2a7", "baseline": "#c44"}
     labels = LABELS
     summ = report["summary"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))

@@ -126,7 +126,8 @@ def test_expert_server_batch_mixes_good_and_bad(tiny, engine):
     assert out[2]["error"]["type"] == "CompositionError"
     assert "bogus" in out[3]["error"]["message"]
     s = server.stats()
-    assert s["requests"] == 5 and s["errors"] == 3 and s["batches"] == 1 and s["inflight"] == 0
+    assert s["requests"] == 5 and s["errors"] == 3 and s["inflight"] == 0 and s["pending"] == 0
+    assert s["batches"] >= 3 and s["tokens"] == 5  # decode steps: the longest request took 3
 
 
 def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
