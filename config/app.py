@@ -29,7 +29,9 @@ class GroupAutoscaling(_Strict):
     upscale_delay_s: float = Field(default=0.0, ge=0, description="Load must stay high this long before each step up.")
     downscale_delay_s: float = Field(default=60.0, ge=0, description="Load must stay low this long before each step down.")
     scale_to_zero_delay_s: float = Field(default=600.0, ge=0, description="Idle time before scaling to zero (min_replicas 0 only).")
-    look_back_period_s: float = Field(default=10.0, gt=0, description="Window Serve averages metrics over.")
+    look_back_period_s: float = Field(default=11.0, gt=0, description="Window Serve averages metrics over. Ray 2.60 warns when it is not above "
+                                      "metrics_interval_s (10 s), so the default is 11; shorter windows need faster metric pushes "
+                                      "(RAY_SERVE_{REPLICA,HANDLE}_AUTOSCALING_METRIC_PUSH_INTERVAL_S).")
 
     @model_validator(mode="after")
     def _check(self) -> "GroupAutoscaling":

@@ -1,8 +1,9 @@
 """Batched multi-LoRA layers: one forward pass, every row its own adapter or mix of adapters.
 
 Each targeted `nn.Linear` of a Hugging Face causal LM is replaced by `MultiLoraLinear`, which keeps
-the adapters of all device slots stacked in two buffers (`A: [slots, rank, in]`,
-`B: [slots, out, rank]`). A `LoraBatch` says, per row, which slots contribute and with what weight;
+the adapters of all device slots stacked in two buffers, stored transposed (`A: [slots, in, rank]`,
+`B: [slots, rank, out]`) so that gathering the rows' adapters is one indexing op with no copy to
+re-layout. A `LoraBatch` says, per row, which slots contribute and with what weight;
 the layer then adds `sum_s w[row, s] * scale_s * B_s(A_s x)` with two batched matmuls over the
 slots actually in use, never a Python loop over rows (the per-example loop of the reference article
 and PEFT's per-adapter sub-batch loop are what this replaces).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
@@ -40,6 +42,13 @@ class LoraBatch:
     coeff: torch.Tensor  # [batch, k] float
     uniform: bool
     version: int
+    parent: int = -1  # version this batch was selected from (rows left a decoding batch), -1 if built fresh
+    kept: torch.Tensor | None = None  # [batch] rows of the parent that this batch keeps
+
+    @functools.cached_property
+    def used(self) -> list[int]:
+        """Distinct slots the batch reads (computed once per batch, not once per layer)."""
+        return sorted(set(self.slot_idx.flatten().tolist()))
 
     @property
     def size(self) -> int:
@@ -51,7 +60,7 @@ class LoraBatch:
 
     def select(self, rows: torch.Tensor, version: int) -> "LoraBatch":
         """The same batch restricted to `rows` (finished rows leave a decoding batch)."""
-        return LoraBatch(self.slot_idx[rows], self.coeff[rows], self.uniform, version)
+        return LoraBatch(self.slot_idx[rows], self.coeff[rows], self.uniform, version, self.version, rows)
 
 
 def build_lora_batch(rows: Sequence[Mapping[int, float]], version: int, device: torch.device) -> LoraBatch | None:
@@ -92,9 +101,10 @@ class MultiLoraLinear(nn.Module):
         self.context = context
         w = base.weight
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.register_buffer("lora_A", torch.zeros(num_slots, max_rank, self.in_features, dtype=w.dtype, device=w.device), persistent=False)
-        self.register_buffer("lora_B", torch.zeros(num_slots, self.out_features, max_rank, dtype=w.dtype, device=w.device), persistent=False)
+        self.register_buffer("lora_A", torch.zeros(num_slots, self.in_features, max_rank, dtype=w.dtype, device=w.device), persistent=False)  # A^T per slot
+        self.register_buffer("lora_B", torch.zeros(num_slots, max_rank, self.out_features, dtype=w.dtype, device=w.device), persistent=False)  # B^T per slot
         self.register_buffer("scale", torch.zeros(num_slots, dtype=torch.float32, device=w.device), persistent=False)
+        self.max_rank = max_rank
         self.slot_ranks: list[int] = [0] * num_slots  # rank written in each slot (0 = empty)
         self._cache_version = -1
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -108,7 +118,7 @@ class MultiLoraLinear(nn.Module):
         return self.base.bias
 
     def write_slot(self, slot: int, A: torch.Tensor | None, B: torch.Tensor | None, scale: float) -> None:
-        """Copy one adapter's matrices (`A: [r, in]`, `B: [out, r]`) into a slot; None clears it."""
+        """Copy one adapter's matrices (PEFT layout `A: [r, in]`, `B: [out, r]`) into a slot; None clears it."""
         self.lora_A[slot].zero_()
         self.lora_B[slot].zero_()
         if A is None or B is None:
@@ -116,34 +126,42 @@ class MultiLoraLinear(nn.Module):
             self.slot_ranks[slot] = 0
         else:
             r = A.shape[0]
-            self.lora_A[slot, :r].copy_(A)
-            self.lora_B[slot, :, :r].copy_(B)
+            self.lora_A[slot, :, :r].copy_(A.t())
+            self.lora_B[slot, :r].copy_(B.t())
             self.scale[slot] = float(scale)
             self.slot_ranks[slot] = r
         self._cache_version = -1
 
     def _gathered(self, batch: LoraBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-row `A: [batch, in, k*r]`, `B: [batch, k*r, out]` (weights and scales folded into B), once per batch."""
         if self._cache_version == batch.version:
             return self._cache
+        if batch.parent == self._cache_version >= 0:  # rows left the batch: keep theirs, no re-gather
+            self._cache_version = batch.version
+            if self._cache is not None and not batch.uniform:
+                A, B = self._cache
+                self._cache = (A.index_select(0, batch.kept), B.index_select(0, batch.kept))
+            return self._cache
         self._cache_version = batch.version
-        used = sorted(set(batch.slot_idx.flatten().tolist()))
-        rank = max(self.slot_ranks[s] for s in used)
+        rank = max(self.slot_ranks[s] for s in batch.used)
         if rank == 0:  # none of the batch's adapters targets this layer
             self._cache = None
             return None
         coeff = (batch.coeff * self.scale[batch.slot_idx]).to(self.lora_B.dtype)  # [batch, k]
+        A_all = self.lora_A if rank == self.max_rank else self.lora_A[:, :, :rank]
+        B_all = self.lora_B if rank == self.max_rank else self.lora_B[:, :rank]
+        # index_select, not fancy indexing: 4x faster on CPU, and this runs per layer whenever the batch changes
         if batch.uniform:
             idx, c = batch.slot_idx[0], coeff[0]
-            A = self.lora_A[idx, :rank].reshape(-1, self.in_features).t()  # [in, k*r]
-            B = (self.lora_B[idx, :, :rank] * c[:, None, None]).permute(0, 2, 1).reshape(-1, self.out_features)  # [k*r, out]
-            self._cache = (A.contiguous(), B.contiguous())
+            A = A_all.index_select(0, idx).permute(1, 0, 2).reshape(self.in_features, -1)  # [in, k*r]
+            B = (B_all.index_select(0, idx) * c[:, None, None]).reshape(-1, self.out_features)  # [k*r, out]
         else:
             b, k = batch.slot_idx.shape
-            A = self.lora_A[batch.slot_idx, :rank]  # [batch, k, r, in]
-            A = A.reshape(b, k * rank, self.in_features).transpose(1, 2)  # [batch, in, k*r]
-            B = self.lora_B[batch.slot_idx, :, :rank] * coeff[:, :, None, None]  # [batch, k, out, r]
-            B = B.permute(0, 1, 3, 2).reshape(b, k * rank, self.out_features)  # [batch, k*r, out]
-            self._cache = (A.contiguous(), B.contiguous())
+            A = A_all.index_select(0, batch.slot_idx.flatten())  # [batch*k, in, r]
+            A = A.view(b, self.in_features, rank) if k == 1 else A.view(b, k, self.in_features, rank).permute(0, 2, 1, 3).reshape(b, self.in_features, k * rank)
+            B = B_all.index_select(0, batch.slot_idx.flatten()).view(b, k, rank, self.out_features) * coeff[:, :, None, None]  # [batch, k, r, out]
+            B = B.reshape(b, k * rank, self.out_features)  # [batch, k*r, out]
+        self._cache = (A.contiguous(), B.contiguous())
         return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
