@@ -48,7 +48,8 @@ class GroupConfig(_Strict):
     num_replicas: int = Field(default=1, ge=1, description="Replicas of this group (autoscaling bounds come in a later config).")
     resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Ray resources of each replica.")
     autoscaling: GroupAutoscaling = Field(default_factory=GroupAutoscaling, description="Load-based scaling of this group (num_replicas is the start count).")
-    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most requests in one engine call (all that queued while the engine was busy, up to this).")
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most requests decoding together in a replica's running batch (continuous batching: "
+                                "requests join between decode steps; beyond this they wait in FIFO order).")
     batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=5, description="After an idle period, how long a lone request waits for company before running.")
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica accepts at once (>= max_batch_size).")
     max_queued_requests: int = Field(default=256, ge=-1, description="Requests queued per handle before 503 (-1 = unbounded, not recommended).")

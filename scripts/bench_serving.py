@@ -23,7 +23,7 @@ Sustainable throughput = the highest offered rate with p99 <= SLO, errors < 1% a
 offered. SLO default: 4x the baseline's p50 at the lowest rate (printed). Writes JSON and a PNG.
 Not a test: nothing here asserts speed. Only 127.0.0.1 is contacted.
 
-    python scripts/bench_serving.py --json docs/bench_serving.json            # full default run (~10 min on 2 cores)
+    python scripts/bench_serving.py --json docs/bench_serving.json            # full default run (~15 min on 2 cores)
     python scripts/bench_serving.py --json /tmp/s.json --hidden 128 --layers 2 --vocab 1000 --rates 2,8 --step-seconds 4 --min-requests 0  # smoke
 """
 
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, required=True, help="where to write the results JSON")
     p.add_argument("--plot", type=Path, default=None, help="PNG plot path (none: the JSON path with .png)")
     g = p.add_argument_group("bench model and adapters (random weights, built into a temp dir)")
-    g.add_argument("--hidden", type=int, default=512, help="hidden size (bench_engine uses 1024; smaller keeps the run ~10 min on 2 cores)")
+    g.add_argument("--hidden", type=int, default=512, help="hidden size (bench_engine uses 1024; smaller keeps the run ~15 min on 2 cores)")
     g.add_argument("--layers", type=int, default=4, help="decoder layers")
     g.add_argument("--vocab", type=int, default=8000, help="vocabulary size (word-level tokenizer t3..tN)")
     g.add_argument("--adapters", type=int, default=32, help="adapters on disk, all served by both systems")
@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rates", default="", help="comma list of offered rates in req/s (overrides --rate-min/--rate-max/--rate-factor)")
     g.add_argument("--rate-min", type=float, default=1.0, help="lowest offered rate of the ladder (req/s)")
     g.add_argument("--rate-max", type=float, default=45.0, help="highest offered rate of the ladder (req/s)")
-    g.add_argument("--rate-factor", type=float, default=math.sqrt(2), help="geometric ladder step")
+    g.add_argument("--rate-factor", type=float, default=2 ** 0.25,
+                   help="geometric ladder step (x1.19: a x1.41 ladder can only report ratios that are powers of 1.41, too coarse for a 3x target)")
     g.add_argument("--step-seconds", type=float, default=20.0, help="arrival window per rate step (at least)")
     g.add_argument("--min-requests", type=int, default=40, help="a step lasts long enough for this many arrivals (capped by --max-step-seconds)")
     g.add_argument("--max-step-seconds", type=float, default=40.0, help="longest arrival window per step")

@@ -143,3 +143,16 @@ def test_fail_all_answers_everyone_and_the_next_batch_starts_clean(engine):
     s.add(_req(PROMPTS[2], "c", max_tokens=4), got(2))
     _drain(s)
     assert got.results[2].text == _solo(engine, _req(PROMPTS[2], "c", max_tokens=4)).text
+
+
+def test_a_cache_that_cannot_take_rows_mid_batch_falls_back_to_static_batches(engine):
+    got = Collect()
+    s = Scheduler(engine, max_requests=8)
+    s.add(_req(PROMPTS[0], "a", max_tokens=5), got("first"))
+    s.step()
+    s.decoder.can_join = False  # as for a sliding-window cache layer
+    s.add(_req(PROMPTS[1], "b", max_tokens=3), got("second"))
+    s.step()
+    assert (s.running, s.waiting) == (1, 1)
+    _drain(s)
+    assert got.results["second"].text == _solo(engine, _req(PROMPTS[1], "b", max_tokens=3)).text
