@@ -111,8 +111,8 @@ class Decoder:
 
     `step(joining)` prefills the joining items, samples one token for every active item, drops the
     finished ones and runs the decode forward for the rest; it returns the items that finished. The
-    caller owns admission (slots, row budget): rows hold slot indices, so a slot must not be rewritten
-    while `slots_in_use()` names it.
+    caller owns admission (slots, row budget): rows hold slot indices, so the slots of running rows
+    must not be rewritten (`experts.scheduler.Scheduler` leases them).
     """
 
     def __init__(self, wrapped: WrappedModel, tokenizer, eos_ids: set[int], pad_id: int):
@@ -140,9 +140,6 @@ class Decoder:
     @property
     def num_rows(self) -> int:
         return len(self._rows)
-
-    def slots_in_use(self) -> set[int]:
-        return {s for r in self._rows for s in r}
 
     def step(self, joining: list[GenItem] | tuple = ()) -> list[tuple[GenItem, GenOutput]]:
         with torch.inference_mode():
