@@ -182,7 +182,7 @@ class Decoder:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [new vrows, width]
         cache = DynamicCache()
         with self.wrapped.active(self.wrapped.lora_batch(rows)):
-            out = self.wrapped.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            out = self.wrapped.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                                      use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :]  # [new vrows, vocab]
         self.can_join = self.can_join and all(type(layer) is DynamicLayer for layer in cache.layers)
@@ -244,7 +244,7 @@ class Decoder:
         self._last_pos = self._last_pos + 1
         with self.wrapped.active(self._lora):
             out = self.wrapped.model(input_ids=next_ids, attention_mask=self._mask, position_ids=self._last_pos[:, None],
-                                     past_key_values=self._cache, use_cache=True)
+                                     cache=self._cache, use_cache=True)
         self._logits = out.logits[:, -1, :]
 
 
