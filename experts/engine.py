@@ -7,7 +7,6 @@ decode together. Replicas drive `experts.scheduler.Scheduler` (continuous batchi
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,13 +16,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from config.engine import EngineConfig
 from experts.adapter_store import AdapterStore
-from experts.composition import Base, Chain, Composition, Single, adapters_of, parse_composition, weight_rows
+from experts.composition import Base, Chain, Composition, adapters_of, parse_composition, weight_rows
 from experts.errors import CapacityError, LoraplexError, RequestError
-from experts.generation import GenItem, GenOutput, TokenCallback, generate
+from experts.generation import TokenCallback
 from experts.multi_lora import WrappedModel, wrap_model
 from experts.sampling import SamplingParams
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
+from experts.engine import Engine, Request, Result
 from experts.errors import LoraplexError
 from experts.generation import Decoder, GenItem, GenOutput, TokenCallback
 
-if TYPE_CHECKING:
-    from experts.engine import Engine, Request, Result
-
-Done = Callable[["Result | LoraplexError"], None]
+Done = Callable[[Result | LoraplexError], None]
 
 
 @dataclass
 class _Work:
-    request: "Request"
+    request: Request
     done: Done
     ids: list[int] | None  # token ids of the current stage's prompt (None: encode at admission)
     stage: int = 0
@@ -33,7 +31,7 @@ class _Work:
 
 
 class Scheduler:
-    def __init__(self, engine: "Engine", max_requests: int):
+    def __init__(self, engine: Engine, max_requests: int):
         self.engine = engine
         self.max_requests = max_requests  # requests decoding at once (the group's max_batch_size)
         self.decoder = Decoder(engine.wrapped, engine.tokenizer, engine.eos_ids, engine.pad_id)
@@ -52,7 +50,7 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self._waiting or self._running)
 
-    def add(self, request: "Request", done: Done) -> None:
+    def add(self, request: Request, done: Done) -> None:
         """Queue a request; `done` gets its `Result` or `LoraplexError` (at once, if the request is invalid)."""
         try:
             ids = self.engine.check(request)
@@ -89,8 +87,6 @@ class Scheduler:
     def _admit(self) -> list[GenItem]:
         if self._running and not self.decoder.can_join:
             return []
-        from experts.engine import Result
-
         cfg = self.engine.config
         leased = {n for _, names in self._running.values() for n in names}
         rows = self.decoder.num_rows
@@ -124,8 +120,6 @@ class Scheduler:
         return items
 
     def _finish(self, item: GenItem, out: GenOutput) -> None:
-        from experts.engine import Result
-
         w, _ = self._running.pop(id(item))
         w.texts.append(out.text)
         comp = w.request.composition
