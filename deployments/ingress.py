@@ -156,7 +156,6 @@ class RouterIngress:
                 if not finished:
                     gen.cancel()  # client gone mid-stream: the expert's generator closes and frees the batch row
 
-
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))

@@ -120,9 +120,10 @@ class Decoder:
         self.device = next(wrapped.model.parameters()).device
         self.can_join = True  # False once a cache layer type is seen that cannot be left-padded (then: static batches)
         self.last_size = 0  # items that got a token in the last step
-        self._reset()
+        self.clear()
 
-    def _reset(self) -> None:
+    def clear(self) -> None:
+        """Forget the running batch (its rows, cache and logits)."""
         self._states: list[_State] = []  # active items, in batch order
         self._rows: list[dict[int, float]] = []  # per virtual row: {slot: weight}
         self._owner: list[int] = []  # virtual row -> index in _states
@@ -207,7 +208,7 @@ class Decoder:
     def _keep(self, keep: list[int]) -> None:
         """Keep only the items at `keep` (indices into the active items); the rest left the batch."""
         if not keep:
-            self._reset()
+            self.clear()
             return
         kept = set(keep)
         vkeep = [v for v, n in enumerate(self._owner) if n in kept]
@@ -247,15 +248,3 @@ class Decoder:
                                      cache=self._cache, use_cache=True)
         self._logits = out.logits[:, -1, :]
 
-
-def generate(wrapped: WrappedModel, tokenizer, items: list[GenItem], eos_ids: set[int], pad_id: int) -> list[GenOutput]:
-    """Decode `items` as one batch (nobody joins later); one `GenOutput` per item, in order."""
-    decoder = Decoder(wrapped, tokenizer, eos_ids, pad_id)
-    outputs: dict[int, GenOutput] = {}
-    finished = decoder.step(items) if items else []
-    while True:
-        outputs.update((id(it), out) for it, out in finished)
-        if not len(decoder):
-            break
-        finished = decoder.step()
-    return [outputs[id(it)] for it in items]

@@ -70,7 +70,7 @@ class Scheduler:
         works = [w for w, _ in self._running.values()] + list(self._waiting)
         self._running.clear()
         self._waiting.clear()
-        self.decoder = Decoder(self.engine.wrapped, self.engine.tokenizer, self.engine.eos_ids, self.engine.pad_id)
+        self.decoder.clear()
         for w in works:
             w.done(error)  # type: ignore[arg-type]
 

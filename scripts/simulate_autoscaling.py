@@ -56,15 +56,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
+def _markdown(rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table with aligned columns; the first row is the header."""
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     rows = [("policy", "p50 s", "p99 s", "dropped", "drop %", "GPU-h", "serving GPU-h", "mean GPUs", "peak", "starts")]
     for name, r in result["policies"].items():
         rows.append((name, f"{r['p50_s']:.2f}", f"{r['p99_s']:.2f}", str(r["dropped"]), f"{100 * r['drop_rate']:.2f}",
                      f"{r['replica_hours']:.1f}", f"{r['serving_hours']:.1f}", f"{r['mean_gpus']:.1f}", str(r["peak_gpus"]), str(r["replica_starts"])))
-    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
-    return "\n".join(lines)
+    return _markdown(rows)
 
 
 def target_lines(result: dict) -> list[str]:
@@ -82,10 +87,7 @@ def sweep_table(result: dict) -> str:
             for r in points:
                 rows.append((seed, name, f"{r['target_load']:g}", f"{r['p50_s']:.2f}", f"{r['p99_s']:.2f}", f"{100 * r['drop_rate']:.2f}",
                              f"{r['replica_hours']:.1f}", str(r["peak_gpus"]), str(r["replica_starts"]), "yes" if r["dominated"] else ""))
-    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
-    return "\n".join(lines)
+    return _markdown(rows)
 
 
 def gap_table(result: dict) -> str:
@@ -103,10 +105,7 @@ def gap_table(result: dict) -> str:
                              "not bracketed" if a is None else f"{a['replica_hours']:.1f} ({100 * g['hours_saved']:+.1f} %, {100 * a['drop_rate']:.2f})",
                              "not bracketed" if b is None else f"{b['p99_s']:.1f} (x{g['p99_ratio']:.2f}, {100 * b['drop_rate']:.2f})",
                              "MET" if g["met"] else "not met"))
-    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
-    return "\n".join(lines)
+    return _markdown(rows)
 
 
 def plot_frontier(result: dict, path: Path) -> None:
@@ -217,6 +216,16 @@ def plot(result: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def _with_progress(a: argparse.Namespace, total: int, desc: str, run):
+    """`run(progress)` with a tqdm bar on stderr, or `run(None)` under --no-progress."""
+    if a.no_progress:
+        return run(None)
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="step", desc=desc, file=sys.stderr, mininterval=1.0) as bar:
+        return run(bar.update)
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     extra = {"shift_ramp_s": 0.0} if a.instant_shifts else {}
@@ -225,13 +234,7 @@ def main(argv=None) -> int:
     start = time.process_time()
     if a.sweep:
         return sweep(a, cfg, policies, start, argv)
-    if a.no_progress:
-        result = compare(cfg, a.seed, policies)
-    else:
-        from tqdm import tqdm
-
-        with tqdm(total=total_steps(cfg, policies), unit="step", desc="simulating", file=sys.stderr, mininterval=1.0) as bar:
-            result = compare(cfg, a.seed, policies, progress=bar.update)
+    result = _with_progress(a, total_steps(cfg, policies), "simulating", lambda progress: compare(cfg, a.seed, policies, progress=progress))
     result["cpu_s"] = round(time.process_time() - start, 1)
     result["command"] = "python scripts/simulate_autoscaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{cfg.hours} h, {cfg.gpus} GPUs, {cfg.adapters} adapters / {cfg.groups} groups, seed {a.seed}: "
@@ -253,13 +256,8 @@ def main(argv=None) -> int:
 def sweep(a: argparse.Namespace, cfg: SimConfig, policies: list[str], start: float, argv=None) -> int:
     targets = [float(x) for x in a.sweep.split(",")]
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed]
-    if a.no_progress:
-        result = frontier(cfg, seeds, policies, targets)
-    else:
-        from tqdm import tqdm
-
-        with tqdm(total=total_steps(cfg, policies) * len(targets) * len(seeds), unit="step", desc="sweeping", file=sys.stderr, mininterval=1.0) as bar:
-            result = frontier(cfg, seeds, policies, targets, progress=bar.update)
+    result = _with_progress(a, total_steps(cfg, policies) * len(targets) * len(seeds), "sweeping",
+                            lambda progress: frontier(cfg, seeds, policies, targets, progress=progress))
     result["cpu_s"] = round(time.process_time() - start, 1)
     result["command"] = "python scripts/simulate_autoscaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{cfg.hours} h, {cfg.gpus} GPUs, {cfg.adapters} adapters / {cfg.groups} groups, seeds {seeds}, targets {targets}: {result['cpu_s']} s CPU")

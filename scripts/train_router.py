@@ -15,6 +15,8 @@ from pathlib import Path
 
 
 def parse_args() -> argparse.Namespace:
+    from router.featurizers import DTYPES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("models/demo/router"), help="output folder")
     p.add_argument("--featurizer", choices=["sentence", "hidden_state"], default="sentence")
@@ -25,7 +27,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-layers", type=int, default=4,
                    help="sentence featurizer: keep only the encoder's first N layers; 0 = all. Default 4 of MiniLM's 6: "
                         "100%% held-out routing on the demo and ~1.45x faster than all 6 (docs/routing.md)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="sentence encoder dtype (auto: bf16 on CPUs with AVX512-BF16, fp16 on CUDA, else fp32)")
     p.add_argument("--base-model", default="models/demo/base", help="causal LM folder for --featurizer hidden_state")
     p.add_argument("--pooling", choices=["mean", "first"], default="mean", help="hidden_state pooling")
