@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.engine import DEFAULT_TARGET_MODULES
+from loraplex.config.engine import DEFAULT_TARGET_MODULES
 
 
 class _Strict(BaseModel):

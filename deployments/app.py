@@ -1,4 +1,4 @@
-"""`build_app(args)`: the Serve application builder named in config/serve*.yaml (`deployments.app:build_app`)."""
+"""`build_app(args)`: the Serve application builder named in config/serve*.yaml (`loraplex.deployments.app:build_app`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ray.serve import Application
 
-from config.app import AppArgs
-from deployments.expert import ExpertDeployment
-from deployments.ingress import RouterIngress
+from loraplex.config.app import AppArgs
+from loraplex.deployments.expert import ExpertDeployment
+from loraplex.deployments.ingress import RouterIngress
 
 
 def expert_deployment_name(group: str) -> str:
@@ -53,7 +53,7 @@ def build_app(args: dict) -> Application:
                 # for the whole delay, which a stepwise policy never gives, so they are zero here.
                 "target_ongoing_requests": a.target_load, "upscale_delay_s": 0, "downscale_delay_s": 0,
                 "downscale_to_zero_delay_s": 0, "look_back_period_s": a.look_back_period_s,
-                "policy": {"policy_function": "deployments.autoscaling:ExpertGroupPolicy", "policy_kwargs": kwargs}}}
+                "policy": {"policy_function": "loraplex.deployments.autoscaling:ExpertGroupPolicy", "policy_kwargs": kwargs}}}
         experts[g.name] = ExpertDeployment.options(
             name=expert_deployment_name(g.name), ray_actor_options=actor, **scaling,
             max_ongoing_requests=g.max_ongoing_requests, max_queued_requests=g.max_queued_requests,

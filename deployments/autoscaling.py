@@ -1,4 +1,4 @@
-"""Ray Serve autoscaling policies wrapping the pure `experts.autoscaling_policy` functions.
+"""Ray Serve autoscaling policies wrapping the pure `loraplex.autoscaling.policy` functions.
 
 - `ExpertGroupPolicy`: deployment-level (one instance per expert group, knobs via `policy_kwargs`).
 - `AppBudgetPolicy`: application-level (`applications[].autoscaling_policy` in the Serve YAML), the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from experts.autoscaling_policy import PolicyState, ScalingConfig, desired_replicas, share_budget
+from loraplex.autoscaling.policy import PolicyState, ScalingConfig, desired_replicas, share_budget
 
 EXPERT_PREFIX = "expert_"
 

@@ -1,5 +1,5 @@
 """Expert group deployment: the base model plus a group of adapters. Requests of any adapters and compositions
-join one running batch between decode steps (continuous batching, `experts.expert_server.ExpertServer`)."""
+join one running batch between decode steps (continuous batching, `loraplex.experts.replica.ExpertServer`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import threading
 
 from ray import serve
 
-from config.engine import EngineConfig
-from deployments.metrics import ExpertMetrics
-from experts.expert_server import ExpertServer, error_payload
+from loraplex.config.engine import EngineConfig
+from loraplex.deployments.metrics import ExpertMetrics
+from loraplex.experts.replica import ExpertServer, error_payload
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
 

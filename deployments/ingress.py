@@ -1,5 +1,5 @@
 """Router ingress: OpenAI-compatible HTTP over FastAPI. Validation, routing and response shapes live in
-`router.gateway.Gateway`; this file only maps HTTP <-> Gateway <-> expert handles, and errors to statuses."""
+`loraplex.gateway.planner.Gateway`; this file only maps HTTP <-> Gateway <-> expert handles, and errors to statuses."""
 
 
 import asyncio
@@ -15,14 +15,14 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
 RETRIES = 2  # a replica dying mid-request: retry on another replica, then 503
 
-from config.app import AppArgs
-from config.openai_api import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest, openapi_body
-from experts.errors import (AdapterNameError, AdapterValidationError, AuthenticationError, CapacityError, ConflictError, PayloadTooLargeError,
+from loraplex.config.app import AppArgs
+from loraplex.gateway.protocol import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest, openapi_body
+from loraplex.experts.errors import (AdapterNameError, AdapterValidationError, AuthenticationError, CapacityError, ConflictError, PayloadTooLargeError,
                             PermissionDeniedError, RequestError, UnknownAdapterError)
-from deployments.metrics import IngressMetrics
-from router.access_control import AccessControl
-from router.gateway import Gateway
-from router.routing_stage import RoutingStage
+from loraplex.deployments.metrics import IngressMetrics
+from loraplex.gateway.auth import AccessControl
+from loraplex.gateway.planner import Gateway
+from loraplex.gateway.routing_stage import RoutingStage
 
 app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request composition and MoE routing")
 
@@ -68,7 +68,7 @@ class RouterIngress:
         self.access = AccessControl(self.args.auth)
         router = None
         if self.args.routing.router_path:
-            from router.router import Router
+            from loraplex.router.router import Router
 
             router = Router.load(self.args.routing.router_path)
         self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
@@ -77,7 +77,7 @@ class RouterIngress:
         self.metrics = IngressMetrics()
         self.registry = None
         if self.args.import_roots:
-            from experts.adapter_registry import AdapterRegistry, linear_shapes
+            from loraplex.experts.adapters.registry import AdapterRegistry, linear_shapes
 
             shapes = linear_shapes(self.args.base_model, self.args.target_modules)
             self.registry = AdapterRegistry(self.args.adapter_roots[0], self.args.import_roots, self.args.adapter_roots, shapes, self.args.max_rank,

@@ -19,7 +19,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
-from experts.errors import CompositionError
+from loraplex.experts.errors import CompositionError
 
 MODES = ("base", "single", "stack", "blend", "moe", "chain")
 SPACES = ("delta", "logits")

@@ -1,7 +1,7 @@
 """The engine: one base model, many adapters, mixed-composition batches in one decode loop.
 
 Each request is checked on its own first (`Engine.check`), so one bad request fails alone; the rest
-decode together. Replicas drive `experts.scheduler.Scheduler` (continuous batching) directly;
+decode together. Replicas drive `loraplex.experts.scheduler.Scheduler` (continuous batching) directly;
 `Engine.generate_many` runs a fixed list of requests through the same scheduler.
 """
 
@@ -14,13 +14,13 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from config.engine import EngineConfig
-from experts.adapter_store import AdapterStore
-from experts.composition import Base, Chain, Composition, adapters_of, parse_composition, weight_rows
-from experts.errors import CapacityError, LoraplexError, RequestError
-from experts.generation import TokenCallback
-from experts.multi_lora import WrappedModel, wrap_model
-from experts.sampling import SamplingParams
+from loraplex.config.engine import EngineConfig
+from loraplex.experts.adapters.store import AdapterStore
+from loraplex.experts.composition import Base, Chain, Composition, adapters_of, parse_composition, weight_rows
+from loraplex.experts.errors import CapacityError, LoraplexError, RequestError
+from loraplex.experts.decoder import TokenCallback
+from loraplex.experts.lora.layers import WrappedModel, wrap_model
+from loraplex.experts.sampling import SamplingParams
 
 
 @dataclass
@@ -126,7 +126,7 @@ class Engine:
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result | LoraplexError]:
         """Run `requests` to completion through the continuous-batching scheduler; one result or error each."""
-        from experts.scheduler import Scheduler
+        from loraplex.experts.scheduler import Scheduler
 
         results: list[Result | LoraplexError | None] = [None] * len(requests)
         scheduler = Scheduler(self, max_requests=max(1, len(requests)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from experts.errors import SamplingError
+from loraplex.experts.errors import SamplingError
 
 MAX_STOP_STRINGS = 8
 

@@ -13,10 +13,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
-from experts.engine import Engine, Request, Result
-from experts.errors import LoraplexError
-from experts.generation import Decoder, GenItem, GenOutput, TokenCallback
+from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
+from loraplex.experts.engine import Engine, Request, Result
+from loraplex.experts.errors import LoraplexError
+from loraplex.experts.decoder import Decoder, GenItem, GenOutput, TokenCallback
 
 Done = Callable[[Result | LoraplexError], None]
 

@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from experts.errors import ConfigError
+from loraplex.experts.errors import ConfigError
 
 POOLINGS = ("mean", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from experts.errors import ConfigError
-from router.featurizers import Featurizer, make_featurizer
-from router.network import RouterNet
-from router.routing_policy import Decision, PolicyConfig, decide
+from loraplex.experts.errors import ConfigError
+from loraplex.router.featurizers import Featurizer, make_featurizer
+from loraplex.router.network import RouterNet
+from loraplex.router.policy import Decision, PolicyConfig, decide
 
 WEIGHTS_FILE = "router.safetensors"
 CONFIG_FILE = "router.json"

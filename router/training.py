@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
-from router.network import RouterNet
+from loraplex.router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
+from loraplex.router.network import RouterNet
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def train_router(features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig
 
 def train_demo_router(out, featurizer, n_per_task: int = 800, cfg: TrainConfig = TrainConfig(), policy=None, progress: bool = True) -> dict:
     """Train a router over the demo adapters on `featurizer` features, evaluate it on held-out phrasings, save it to `out`."""
-    from router.dataset import routing_data
-    from router.router import Router
-    from router.routing_policy import PolicyConfig
+    from loraplex.demo.routing_data import routing_data
+    from loraplex.router.router import Router
+    from loraplex.router.policy import PolicyConfig
 
     train = routing_data("train", n_per_task, cfg.seed)
     held = routing_data("heldout", max(50, n_per_task // 4), cfg.seed + 100)

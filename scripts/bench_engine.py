@@ -84,10 +84,10 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from config.engine import EngineConfig
-    from experts.composition import Base, Blend, Single
-    from experts.engine import Engine, Request
-    from experts.sampling import SamplingParams
+    from loraplex.config.engine import EngineConfig
+    from loraplex.experts.composition import Base, Blend, Single
+    from loraplex.experts.engine import Engine, Request
+    from loraplex.experts.sampling import SamplingParams
 
     hf_logging.disable_progress_bar()
     sweep = [int(x) for x in a.sweep.split(",") if x]

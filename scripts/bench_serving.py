@@ -5,9 +5,9 @@ Builds a random Llama-shaped bench model with N PEFT adapters (scripts/bench_eng
 one local Ray cluster, deploys both apps side by side with the same replica count (1) and the same CPUs
 per model replica:
 
-  loraplex   deployments.app:build_app, one expert group holding every adapter (max_slots = max_host_adapters = N),
+  loraplex   loraplex.deployments.app:build_app, one expert group holding every adapter (max_slots = max_host_adapters = N),
              POST /loraplex/v1/completions  (continuous batching: requests of any adapter join the running batch between decode steps)
-  baseline   deployments.baseline_multiplexed, @serve.multiplexed PEFT adapters, one request at a time,
+  baseline   loraplex.bench.baseline_multiplexed, @serve.multiplexed PEFT adapters, one request at a time,
              POST /baseline/v1/completions + `serve_multiplexed_model_id` header
 
 A consistency check (the same 16 (adapter, prompt) pairs sequentially, then concurrently) counts wrong
@@ -332,7 +332,7 @@ def port_free(port: int) -> bool:
 
 
 def loraplex_app(a: argparse.Namespace, base_dir: Path, ad_dir: Path, names: list[str]):
-    from deployments.app import build_app
+    from loraplex.deployments.app import build_app
 
     args = {
         "base_model": str(base_dir), "adapter_roots": [str(ad_dir)], "device": "cpu", "dtype": "float32",
@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     from ray import serve
     from transformers.utils import logging as hf_logging
 
-    from deployments.baseline_multiplexed import build_baseline
+    from loraplex.bench.baseline_multiplexed import build_baseline
 
     hf_logging.disable_progress_bar()
     t_start = time.time()

@@ -14,11 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    from experts import demo_build
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from experts import demo_build
+from loraplex.demo import build as demo_build
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,8 +35,8 @@ def main() -> int:
     import ray
     import yaml
 
-    from deployments.local_cluster import start_local_app, stop_local_app
-    from experts.demo_data import TASKS, make_examples
+    from loraplex.bench.cluster import start_local_app, stop_local_app
+    from loraplex.demo.data import TASKS, make_examples
 
     groups = yaml.safe_load(a.config.read_text())["applications"][0]["args"]["groups"]
     for g in groups:

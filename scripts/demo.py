@@ -24,10 +24,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     a = parse_args()
-    from config.engine import EngineConfig
-    from experts.demo_build import build_demo, demo_is_built
-    from experts.demo_data import format_prompt
-    from experts.engine import Engine, Request
+    from loraplex.config.engine import EngineConfig
+    from loraplex.demo.build import build_demo, demo_is_built
+    from loraplex.demo.data import format_prompt
+    from loraplex.experts.engine import Engine, Request
 
     if not demo_is_built(a.models):
         print(f"building the demo into {a.models} (first run only, a few minutes)...", flush=True)

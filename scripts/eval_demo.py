@@ -13,11 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    from experts import demo_build, demo_eval
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from experts import demo_build, demo_eval
+from loraplex.demo import build as demo_build
+from loraplex.demo import evaluation as demo_eval
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

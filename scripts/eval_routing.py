@@ -67,11 +67,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(2)
-    from config.engine import EngineConfig
-    from experts.demo_eval import heldout_examples
-    from experts.engine import Engine
-    from router.evaluation import evaluate_routing, reference_example
-    from router.router import Router
+    from loraplex.config.engine import EngineConfig
+    from loraplex.demo.evaluation import heldout_examples
+    from loraplex.experts.engine import Engine
+    from loraplex.demo.routing_eval import evaluate_routing, reference_example
+    from loraplex.router.router import Router
 
     engine = Engine.from_config(EngineConfig(base_model=str(a.models / "base"), adapter_roots=[str(a.models / "adapters")], max_slots=4, max_host_adapters=8))
     router = Router.load(a.router or a.models / "router")

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Compare expert-group autoscaling policies in a seeded simulation of a large multi-LoRA deployment.
 
-Policies: `loraplex` (experts/autoscaling_policy.py's desired_replicas + share_budget, Serve's own delays
+Policies: `loraplex` (autoscaling/policy.py's desired_replicas + share_budget, Serve's own delays
 off as deployments/app.py configures it, so only the policy's hysteresis acts), `loraplex_double_delay`
 (the earlier wiring: Serve's delay logic on top of the policy's), `ray_default` (Ray Serve's ongoing-requests policy,
 upscale 30 s / downscale 600 s, FCFS on the GPU cap) and `static` (GPUs split once by initial demand).
-No Ray is started: see experts/autoscaling_sim.py for the model and docs/autoscaling.md for results.
+No Ray is started: see autoscaling/simulator.py for the model and docs/autoscaling.md for results.
 
     python scripts/simulate_autoscaling.py --json docs/autoscaling_sim.json --plot docs/autoscaling_sim.png
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experts.autoscaling_sim import POLICIES, SimConfig, compare, frontier, total_steps  # noqa: E402
+from loraplex.autoscaling.simulator import POLICIES, SimConfig, compare, frontier, total_steps  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -33,8 +33,8 @@ def parse_args() -> argparse.Namespace:
 async def run_load(url: str, a: argparse.Namespace, samples: list) -> list[tuple[float, int, float]]:
     import httpx
 
-    from deployments.local_cluster import serve_processes_rss_mb
-    from experts.demo_data import TASKS, make_examples
+    from loraplex.bench.cluster import serve_processes_rss_mb
+    from loraplex.demo.data import TASKS, make_examples
 
     rng = random.Random(a.seed)
     pool = [(t, e.prompt) for t in TASKS for e in make_examples(t, 30, a.seed, "heldout")]
@@ -69,7 +69,7 @@ async def run_load(url: str, a: argparse.Namespace, samples: list) -> list[tuple
 
 def main() -> int:
     a = parse_args()
-    from deployments.local_cluster import start_local_app, stop_local_app
+    from loraplex.bench.cluster import start_local_app, stop_local_app
 
     url = start_local_app(a.config, a.port, {"base_model": "models/demo/base", "adapter_roots": ["models/demo/adapters"]})
     samples: list = []

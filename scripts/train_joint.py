@@ -5,7 +5,7 @@ compare against the separately trained pipeline (demo adapters + a separately tr
 Joint: frozen demo base, three fresh LoRA experts (the demo's LoraConfig) and a RouterNet over the
 base model's mean-pooled last hidden state, trained together with soft top-k routing (gradients reach
 the router and the selected experts). Separate: the demo's per-task adapters + a hidden-state router
-trained with router.training.train_router (same featurizer kind). Both are scored by exact match on
+trained with loraplex.router.training.train_router (same featurizer kind). Both are scored by exact match on
 the held-out split through the real Engine (moe top-1, moe top-2 soft, and the task-label oracle).
 
     python scripts/train_joint.py --models models/demo --out models/joint --json docs/joint_training.json
@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from experts.demo_build import DemoConfig
-    from router.joint_training import joint_lora_lr
+    from loraplex.demo.build import DemoConfig
+    from loraplex.demo.joint_training import joint_lora_lr
 
     demo = DemoConfig()
     default_steps = sum(demo.lora_steps.values())
@@ -93,9 +93,9 @@ def router_metrics(logits, gold, experts: list[str]) -> dict:
 
 def evaluate_pipeline(engine, logits, examples: dict, experts: list[str], max_tokens: int) -> dict:
     """Exact match per task for moe top-1, moe top-2 soft and the task-label oracle through the engine."""
-    from experts.demo_eval import is_match
-    from experts.engine import Request
-    from router.routing_policy import PolicyConfig, decide
+    from loraplex.demo.evaluation import is_match
+    from loraplex.experts.engine import Request
+    from loraplex.router.policy import PolicyConfig, decide
 
     flat = [(t, e) for t in experts for e in examples[t]]
     prompts = [e.prompt for _, e in flat]
@@ -139,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from config.engine import EngineConfig
-    from experts.demo_build import ADAPTER_TASKS, adapter_dir, base_dir, demo_is_built
-    from experts.demo_eval import heldout_examples
-    from experts.engine import Engine
-    from router.dataset import routing_data
-    from router.featurizers import HiddenStateFeaturizer
-    from router.joint_training import JointConfig, joint_lora_lr, save_joint, train_joint
-    from router.router import Router
-    from router.routing_policy import PolicyConfig
-    from router.training import TrainConfig, train_router
+    from loraplex.config.engine import EngineConfig
+    from loraplex.demo.build import ADAPTER_TASKS, adapter_dir, base_dir, demo_is_built
+    from loraplex.demo.evaluation import heldout_examples
+    from loraplex.experts.engine import Engine
+    from loraplex.demo.routing_data import routing_data
+    from loraplex.router.featurizers import HiddenStateFeaturizer
+    from loraplex.demo.joint_training import JointConfig, joint_lora_lr, save_joint, train_joint
+    from loraplex.router.router import Router
+    from loraplex.router.policy import PolicyConfig
+    from loraplex.router.training import TrainConfig, train_router
 
     if not demo_is_built(a.models):
         print(f"no built demo at {a.models}: run `make demo` (scripts/build_demo.py) first", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def parse_args() -> argparse.Namespace:
-    from router.featurizers import DTYPES
+    from loraplex.router.featurizers import DTYPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("models/demo/router"), help="output folder")
@@ -48,9 +48,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
 
-    from router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
-    from router.routing_policy import PolicyConfig
-    from router.training import TrainConfig, train_demo_router
+    from loraplex.router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
+    from loraplex.router.policy import PolicyConfig
+    from loraplex.router.training import TrainConfig, train_demo_router
 
     torch.manual_seed(a.seed)
     feat = SentenceFeaturizer(a.sentence_model, dtype=a.dtype, paragraphs=not a.whole_prompt, max_length=a.max_length, num_layers=a.num_layers or None) if a.featurizer == "sentence" else HiddenStateFeaturizer.from_path(a.base_model, a.pooling)

@@ -24,13 +24,13 @@ os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.
 
 def ensure_demo() -> Path:
     """Build the demo model, adapters and router if missing (the same steps as `make demo`)."""
-    from experts.demo_build import build_demo, demo_is_built
+    from loraplex.demo.build import build_demo, demo_is_built
 
     if not demo_is_built(DEMO):
         build_demo(DEMO, progress=False)
     if not (DEMO / "router" / "router.json").is_file():
-        from router.featurizers import SentenceFeaturizer
-        from router.training import train_demo_router
+        from loraplex.router.featurizers import SentenceFeaturizer
+        from loraplex.router.training import train_demo_router
 
         train_demo_router(DEMO / "router", SentenceFeaturizer(num_layers=4), progress=False)  # as scripts/train_router.py
     return DEMO
@@ -71,7 +71,7 @@ def server(ray_cluster, roots):
     """Base URL of the demo app on a real Serve HTTP proxy."""
     from ray import serve
 
-    from deployments.app import build_app
+    from loraplex.deployments.app import build_app
 
     ensure_demo()
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})

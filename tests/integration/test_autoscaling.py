@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from experts.demo_data import make_examples
+from loraplex.demo.data import make_examples
 from tests.integration.conftest import PORT, demo_args
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def replicas(app: str) -> dict[str, int]:
 def test_hot_group_scales_up_and_back_while_cold_group_stays(server, roots):
     from ray import serve
 
-    from deployments.app import build_app
+    from loraplex.deployments.app import build_app
 
     args = demo_args(*roots)
     for g in args["groups"]:

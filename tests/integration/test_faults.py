@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from experts.demo_data import make_examples
+from loraplex.demo.data import make_examples
 from tests.integration.conftest import DEMO, PORT, demo_args
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ def test_killing_an_expert_replica_under_load_loses_nothing(server, roots):
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from loraplex.deployments.app import build_app
 
     args = demo_args(*roots)
     args["groups"][1]["num_replicas"] = 2

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from experts.demo_data import make_examples
+from loraplex.demo.data import make_examples
 from tests.integration.conftest import PORT, demo_args
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_overload_sheds_with_503_and_recovers(server, roots):
     from ray import serve
 
-    from deployments.app import build_app
+    from loraplex.deployments.app import build_app
 
     args = demo_args(*roots)
     g = args["groups"][1]

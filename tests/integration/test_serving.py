@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from experts.demo_data import make_examples
+from loraplex.demo.data import make_examples
 
 pytestmark = pytest.mark.integration
 

@@ -91,8 +91,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(tiny):
-    from config.engine import EngineConfig
-    from experts.engine import Engine
+    from loraplex.config.engine import EngineConfig
+    from loraplex.experts.engine import Engine
 
     return Engine.from_config(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])], max_slots=4, max_host_adapters=8, max_rank=16))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experts.autoscaling_policy import PolicyState, ScalingConfig, desired_replicas, share_budget
-from experts.errors import ConfigError
+from loraplex.autoscaling.policy import PolicyState, ScalingConfig, desired_replicas, share_budget
+from loraplex.experts.errors import ConfigError
 
 CFG = ScalingConfig(min_replicas=1, max_replicas=4, target_load=4, upscale_threshold=1.0, downscale_threshold=0.5, upscale_delay_s=2, downscale_delay_s=10)
 
@@ -77,7 +77,7 @@ def _ctx(current, total, queued=0.0, inflight=(), state=None, t=0.0, cfg=None):
 def test_serve_wrappers_read_the_context():
     from types import SimpleNamespace
 
-    from deployments.autoscaling import AppBudgetPolicy, ExpertGroupPolicy, group_load
+    from loraplex.deployments.autoscaling import AppBudgetPolicy, ExpertGroupPolicy, group_load
 
     assert group_load(_ctx(1, total=3, queued=2, inflight=[4, 1])) == 7  # handle queue + replica-side rows
     pol = ExpertGroupPolicy(min_replicas=1, max_replicas=3, target_load=2, downscale_delay_s=5)
@@ -95,7 +95,7 @@ def test_serve_wrappers_read_the_context():
 def test_app_policy_uses_each_groups_own_knobs():
     from types import SimpleNamespace
 
-    from deployments.autoscaling import _cfg_from
+    from loraplex.deployments.autoscaling import _cfg_from
 
     cfg = SimpleNamespace(min_replicas=1, max_replicas=9, target_ongoing_requests=2, upscale_delay_s=0, downscale_delay_s=0,
                           policy=SimpleNamespace(policy_kwargs={"min_replicas": 0, "max_replicas": 3, "target_load": 5, "downscale_delay_s": 42}))

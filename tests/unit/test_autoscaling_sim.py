@@ -1,4 +1,4 @@
-"""The autoscaling simulation (experts/autoscaling_sim.py): deterministic, conserves requests, accounts GPU time."""
+"""The autoscaling simulation (autoscaling/simulator.py): deterministic, conserves requests, accounts GPU time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experts.autoscaling_sim import (POLICIES, Burst, SimConfig, compare, frontier, frontier_gap, initial_split, make_trace, serve_delay,
+from loraplex.autoscaling.simulator import (POLICIES, Burst, SimConfig, compare, frontier, frontier_gap, initial_split, make_trace, serve_delay,
                                      simulate)
 
 # A small deployment: 8 GPUs, 40 adapters in 4 groups, 12 simulated minutes (a fraction of a second per policy).

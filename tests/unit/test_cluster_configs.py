@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.app import AppArgs
+from loraplex.config.app import AppArgs
 
 CLUSTER = Path(__file__).resolve().parents[2] / "config" / "cluster"
 
@@ -60,7 +60,7 @@ def test_every_application_args_validate_as_app_args(serve_config):
     apps = serve_config["applications"]
     assert apps
     for app in apps:
-        assert app["import_path"] == "deployments.app:build_app"
+        assert app["import_path"] == "loraplex.deployments.app:build_app"
         AppArgs(**app["args"])
 
 
@@ -85,7 +85,7 @@ def test_gpu_worker_groups_request_gpus_within_bounds(rayservice):
 
 
 def test_every_expert_group_needs_a_gpu_and_autoscales_inside_the_budget(rayservice, serve_config):
-    from deployments.autoscaling import AppBudgetPolicy
+    from loraplex.deployments.autoscaling import AppBudgetPolicy
 
     max_gpus = sum(g["maxReplicas"] * max(_gpus(c) for c in _containers(g["template"])) for g in _gpu_groups(rayservice))
     for app in serve_config["applications"]:
@@ -94,7 +94,7 @@ def test_every_expert_group_needs_a_gpu_and_autoscales_inside_the_budget(rayserv
             assert g.resources.num_gpus > 0, g.name
             assert g.autoscaling.enabled, g.name
         policy = app["autoscaling_policy"]
-        assert policy["policy_function"] == "deployments.autoscaling:AppBudgetPolicy"
+        assert policy["policy_function"] == "loraplex.deployments.autoscaling:AppBudgetPolicy"
         budget = AppBudgetPolicy(**policy.get("policy_kwargs", {})).budget
         assert sum(g.autoscaling.min_replicas for g in args.groups) <= budget <= max_gpus
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from config.app import AppArgs
+from loraplex.config.app import AppArgs
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 YAMLS = sorted(CONFIG_DIR.glob("serve*.yaml"))
@@ -26,7 +26,7 @@ def test_serve_yaml_args_validate_as_app_args(path):
     doc = yaml.safe_load(path.read_text())
     ServeDeploySchema(**doc)  # Serve's own schema accepts the file
     for app in doc["applications"]:
-        assert app["import_path"] == "deployments.app:build_app"
+        assert app["import_path"] == "loraplex.deployments.app:build_app"
         args = AppArgs(**app["args"])
         host = doc.get("http_options", {}).get("host", "127.0.0.1")
         if host not in ("127.0.0.1", "localhost", "::1"):  # public bind needs a key (docs/security.md)
@@ -69,8 +69,8 @@ def test_app_args_errors(name, change, match):
 
 
 def test_every_field_is_documented():
-    from config.app import GroupConfig, LimitsConfig, ReplicaResources, RoutingConfig
-    from config.engine import EngineConfig
+    from loraplex.config.app import GroupConfig, LimitsConfig, ReplicaResources, RoutingConfig
+    from loraplex.config.engine import EngineConfig
 
     for model in (AppArgs, GroupConfig, RoutingConfig, LimitsConfig, ReplicaResources, EngineConfig):
         missing = [n for n, f in model.model_fields.items() if not f.description]
@@ -78,9 +78,9 @@ def test_every_field_is_documented():
 
 
 def test_access_control(tmp_path, monkeypatch):
-    from config.app import AuthConfig
-    from experts.errors import AuthenticationError, ConfigError, PermissionDeniedError
-    from router.access_control import AccessControl
+    from loraplex.config.app import AuthConfig
+    from loraplex.experts.errors import AuthenticationError, ConfigError, PermissionDeniedError
+    from loraplex.gateway.auth import AccessControl
 
     (tmp_path / "key").write_text("user-secret\n")
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from config.engine import EngineConfig
-from experts.adapter_store import AdapterStore
-from experts.composition import parse_composition
-from experts.engine import Engine, Request
-from experts.errors import AdapterNameError, AdapterValidationError, CapacityError, CompositionError, ConfigError, RequestError, SamplingError, UnknownAdapterError
-from experts.sampling import SamplingParams
+from loraplex.config.engine import EngineConfig
+from loraplex.experts.adapters.store import AdapterStore
+from loraplex.experts.composition import parse_composition
+from loraplex.experts.engine import Engine, Request
+from loraplex.experts.errors import AdapterNameError, AdapterValidationError, CapacityError, CompositionError, ConfigError, RequestError, SamplingError, UnknownAdapterError
+from loraplex.experts.sampling import SamplingParams
 
 COMPOSITION_CASES = [
     ("unknown mode", {"mode": "mix"}, r"unknown composition mode 'mix'; valid modes: \['base', 'single', 'stack', 'blend', 'moe', 'chain'\]"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from config.engine import EngineConfig
-from experts.engine import Request
-from experts.expert_server import ExpertServer
+from loraplex.config.engine import EngineConfig
+from loraplex.experts.engine import Request
+from loraplex.experts.replica import ExpertServer
 
 PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice"]
 

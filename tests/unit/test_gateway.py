@@ -6,15 +6,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from config.app import AppArgs
-from config.engine import EngineConfig
-from config.openai_api import ChatCompletionRequest, CompletionRequest, RouteRequest
-from experts.errors import CompositionError, RequestError, SamplingError, UnknownAdapterError
-from experts.expert_server import ExpertServer
-from router.gateway import Gateway
-from router.network import RouterNet
-from router.router import Router
-from router.routing_policy import PolicyConfig
+from loraplex.config.app import AppArgs
+from loraplex.config.engine import EngineConfig
+from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
+from loraplex.experts.errors import CompositionError, RequestError, SamplingError, UnknownAdapterError
+from loraplex.experts.replica import ExpertServer
+from loraplex.gateway.planner import Gateway
+from loraplex.router.network import RouterNet
+from loraplex.router.router import Router
+from loraplex.router.policy import PolicyConfig
 
 
 class _KeywordFeat:
@@ -133,8 +133,8 @@ def test_expert_server_batch_mixes_good_and_bad(tiny, engine):
 def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
     import shutil
 
-    from experts.adapter_registry import AdapterRegistry, linear_shapes
-    from experts.errors import AdapterNameError, AdapterValidationError, ConflictError
+    from loraplex.experts.adapters.registry import AdapterRegistry, linear_shapes
+    from loraplex.experts.errors import AdapterNameError, AdapterValidationError, ConflictError
 
     managed, imports = tmp_path / "managed", tmp_path / "imports"
     shutil.copytree(tiny["roots"] / "a", managed / "a")
@@ -159,7 +159,7 @@ def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
             fn()
     assert not (managed / "y").exists()
     # a replica's store sees the registration, then the removal, even with the adapter cached
-    from experts.adapter_store import AdapterStore
+    from loraplex.experts.adapters.store import AdapterStore
 
     class Slots:
         num_slots = 2

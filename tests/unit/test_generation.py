@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from experts.composition import parse_composition
-from experts.engine import Request
+from loraplex.experts.composition import parse_composition
+from loraplex.experts.engine import Request
 from tests.unit.conftest import peft_model
 
 PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from router.joint_training import LoraMixer, gate_weights
+from loraplex.demo.joint_training import LoraMixer, gate_weights
 
 ATOL = 1e-4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -89,7 +89,7 @@ def test_one_hot_mixer_equals_peft_single_adapter(peft_adapters):
 
 
 def test_answer_loss_equals_hf_causal_lm_loss(peft_adapters):
-    from router.joint_training import answer_loss
+    from loraplex.demo.joint_training import answer_loss
 
     mixer = _mixer(peft_adapters)
     ids, mask, labels = _batch()
@@ -101,8 +101,8 @@ def test_answer_loss_equals_hf_causal_lm_loss(peft_adapters):
 
 
 def test_standardized_router_folds_into_plain_routernet():
-    from router.joint_training import StandardizedRouter
-    from router.network import RouterNet
+    from loraplex.demo.joint_training import StandardizedRouter
+    from loraplex.router.network import RouterNet
 
     torch.manual_seed(0)
     x = 3.0 + 0.2 * torch.randn(16, 32)
@@ -136,7 +136,7 @@ def test_gate_weights_topk_renormalised():
 
 @pytest.mark.parametrize("top_k,renormalize,selected", [(2, True, (0, 1)), (1, False, (0,))])
 def test_gradients_reach_router_and_selected_adapters_only(peft_adapters, top_k, renormalize, selected):
-    from router.network import RouterNet
+    from loraplex.router.network import RouterNet
 
     mixer = _mixer(peft_adapters)
     for p in mixer.parameters():
@@ -166,7 +166,7 @@ def test_gradients_reach_router_and_selected_adapters_only(peft_adapters, top_k,
 def test_saved_adapters_reload_in_peft_and_adapter_store(peft_adapters, tmp_path):
     from peft import PeftModel
 
-    from experts.adapter_loader import load_adapter
+    from loraplex.experts.adapters.loader import load_adapter
 
     mixer = _mixer(peft_adapters)
     with torch.no_grad():  # make the weights differ from what was loaded: a fresh state to save
@@ -196,8 +196,8 @@ def test_train_joint_end_to_end_tiny(tmp_path):
     from tests.unit.conftest import _tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from router.joint_training import JointConfig, save_joint, train_joint
-    from router.router import Router
+    from loraplex.demo.joint_training import JointConfig, save_joint, train_joint
+    from loraplex.router.router import Router
 
     tok = _tokenizer()
     torch.manual_seed(0)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from experts.errors import ConfigError
-from router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
-from router.network import RouterNet
-from router.router import Router
-from router.routing_policy import PolicyConfig, decide, top_k_renormalised
-from router.training import TrainConfig, train_router
+from loraplex.experts.errors import ConfigError
+from loraplex.router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
+from loraplex.router.network import RouterNet
+from loraplex.router.router import Router
+from loraplex.router.policy import PolicyConfig, decide, top_k_renormalised
+from loraplex.router.training import TrainConfig, train_router
 
 EXPERTS = ["intent", "sentiment", "entities"]
 
@@ -143,7 +143,7 @@ def test_router_load_errors(tmp_path):
 def test_hidden_state_featurizer_pools_over_real_tokens_only(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from router.featurizers import HiddenStateFeaturizer
+    from loraplex.router.featurizers import HiddenStateFeaturizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny["base"]).eval()
     tok = AutoTokenizer.from_pretrained(tiny["base"])
@@ -157,7 +157,7 @@ def test_hidden_state_featurizer_pools_over_real_tokens_only(tiny):
 
 
 def test_sentence_featurizer_loads_the_packaged_minilm_offline():
-    from router.featurizers import SentenceFeaturizer
+    from loraplex.router.featurizers import SentenceFeaturizer
 
     f = SentenceFeaturizer(paragraphs=False)
     e = f.encode(["reset my password", "I forgot my password", "the weather is nice today"])
@@ -168,7 +168,7 @@ def test_sentence_featurizer_loads_the_packaged_minilm_offline():
 
 
 def test_paragraph_features_are_mean_and_max_of_paragraph_embeddings():
-    from router.featurizers import SentenceFeaturizer
+    from loraplex.router.featurizers import SentenceFeaturizer
 
     whole = SentenceFeaturizer(paragraphs=False, dtype="float32")
     para = SentenceFeaturizer(paragraphs=True, dtype="float32")
@@ -184,7 +184,7 @@ def test_paragraph_features_are_mean_and_max_of_paragraph_embeddings():
 @pytest.mark.parametrize("dtype", ["bfloat16", "auto"])
 def test_reduced_precision_sentence_features_match_float32(dtype):
     """The fast path (bf16 on CPU) must give the router the same features it was trained on."""
-    from router.featurizers import SentenceFeaturizer, make_featurizer
+    from loraplex.router.featurizers import SentenceFeaturizer, make_featurizer
 
     texts = ["What is the intent?\n\nMessage: I was charged twice for ORD-12345.\n\nAnswer:", "hi"]
     ref = SentenceFeaturizer(dtype="float32").encode(texts)  # paragraph features: mean and max parts
@@ -195,14 +195,14 @@ def test_reduced_precision_sentence_features_match_float32(dtype):
 
 
 def test_unknown_featurizer_dtype_names_the_choices():
-    from router.featurizers import SentenceFeaturizer
+    from loraplex.router.featurizers import SentenceFeaturizer
 
     with pytest.raises(ConfigError, match=r"unknown featurizer dtype 'int4'; valid: \['auto', 'float32', 'bfloat16', 'float16'\]"):
         SentenceFeaturizer(dtype="int4")
 
 
 def test_truncated_encoder_keeps_its_first_layers_and_round_trips_through_the_spec():
-    from router.featurizers import SentenceFeaturizer, make_featurizer
+    from loraplex.router.featurizers import SentenceFeaturizer, make_featurizer
 
     f = SentenceFeaturizer(num_layers=2, dtype="float32")
     assert len(f.model.encoder.layer) == 2 and f.spec()["num_layers"] == 2

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from experts.errors import CapacityError
-from router.routing_stage import RoutingStage
+from loraplex.experts.errors import CapacityError
+from loraplex.gateway.routing_stage import RoutingStage
 
 
 def test_full_line_is_rejected_at_once_and_frees_up_after():

@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from config.engine import EngineConfig
-from experts.engine import Engine, Request
-from experts.scheduler import Scheduler
+from loraplex.config.engine import EngineConfig
+from loraplex.experts.engine import Engine, Request
+from loraplex.experts.scheduler import Scheduler
 from tests.unit.conftest import peft_model
 
 PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice, refund me"]

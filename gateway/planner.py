@@ -11,13 +11,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.app import AppArgs
-from config.openai_api import ChatCompletionRequest, CompletionRequest, RouteRequest
-from experts.adapter_store import check_name, find_adapters
-from experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
-from experts.errors import RequestError, UnknownAdapterError
-from experts.sampling import SamplingParams
-from router.routing_policy import PolicyConfig
+from loraplex.config.app import AppArgs
+from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
+from loraplex.experts.adapters.store import check_name, find_adapters
+from loraplex.experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
+from loraplex.experts.errors import RequestError, UnknownAdapterError
+from loraplex.experts.sampling import SamplingParams
+from loraplex.router.policy import PolicyConfig
 
 RESERVED_MODELS = ("base", "auto")
 

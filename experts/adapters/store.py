@@ -18,8 +18,8 @@ from typing import Iterable, Mapping, Protocol, Sequence
 
 import torch
 
-from experts.adapter_loader import CONFIG_FILE, LoraAdapter, load_adapter
-from experts.errors import AdapterNameError, CapacityError, ConfigError, UnknownAdapterError
+from loraplex.experts.adapters.loader import CONFIG_FILE, LoraAdapter, load_adapter
+from loraplex.experts.errors import AdapterNameError, CapacityError, ConfigError, UnknownAdapterError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

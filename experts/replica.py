@@ -2,7 +2,7 @@
 
 The Serve deployment (`deployments/expert.py`) only hands payloads to `submit` and awaits the returned
 future; unit tests build this class directly. One worker thread owns the engine (its LoRA context and
-KV cache are shared state) and drives `experts.scheduler.Scheduler`: new requests join the running
+KV cache are shared state) and drives `loraplex.experts.scheduler.Scheduler`: new requests join the running
 batch between decode steps, finished ones answer at once. Errors come back as data
 (`{"error": {...}}`) per request, so one bad request never fails the others.
 """
@@ -16,10 +16,10 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from config.engine import EngineConfig
-from experts.engine import Engine, Request, Result
-from experts.errors import LoraplexError
-from experts.scheduler import Scheduler
+from loraplex.config.engine import EngineConfig
+from loraplex.experts.engine import Engine, Request, Result
+from loraplex.experts.errors import LoraplexError
+from loraplex.experts.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

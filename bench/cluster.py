@@ -15,7 +15,7 @@ def start_local_app(config: Path, port: int, overrides: dict | None = None, app_
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from loraplex.deployments.app import build_app
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,8 +7,8 @@ import hmac
 import os
 from pathlib import Path
 
-from config.app import AuthConfig
-from experts.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from loraplex.config.app import AuthConfig
+from loraplex.experts.errors import AuthenticationError, ConfigError, PermissionDeniedError
 
 
 def _read_key(env: str | None, file: str | None, what: str, problems: list[str]) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experts.demo_data import TASKS, Example
+from loraplex.demo.data import TASKS, Example
 
 BASE_ROW = "base"
 PEFT_BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" inside adapter_names
@@ -165,7 +165,7 @@ def peft_generate_fn(
 
 def heldout_examples(n: int, seed: int = 0, tasks: Sequence[str] = TASKS) -> dict[str, list[Example]]:
     """``n`` held-out examples per task (disjoint seeds and phrasings from training)."""
-    from experts.demo_data import make_examples
+    from loraplex.demo.data import make_examples
 
     return {t: make_examples(t, n, seed, "heldout") for t in tasks}
 

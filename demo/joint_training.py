@@ -1,6 +1,6 @@
 """Joint training of the MoE router and the LoRA experts (plain torch + PEFT-format I/O, no Ray).
 
-The separate pipeline (``experts.demo_build`` + ``router.training``) trains each adapter on its own
+The separate pipeline (``loraplex.demo.build`` + ``loraplex.router.training``) trains each adapter on its own
 task and then a router on frozen features. Here both are trained *together* on the mixed multi-task
 stream, with soft routing, in one loop:
 
@@ -8,9 +8,9 @@ stream, with soft routing, in one loop:
 * ``n`` LoRA experts living side by side in every targeted ``nn.Linear`` (:class:`MixedLoraLinear`),
   initialised exactly like a fresh PEFT adapter with the demo's ``LoraConfig`` (kaiming-uniform ``A``,
   zero ``B``) -- or, with ``init="demo"``, from the trained demo adapters;
-* a :class:`~router.network.RouterNet` over the base model's mean-pooled last hidden state of the
+* a :class:`~loraplex.router.network.RouterNet` over the base model's mean-pooled last hidden state of the
   prompt, computed with every adapter disabled (exactly what
-  :class:`~router.featurizers.HiddenStateFeaturizer` computes at serving time), standardised during
+  :class:`~loraplex.router.featurizers.HiddenStateFeaturizer` computes at serving time), standardised during
   training (:class:`StandardizedRouter`) and folded back into a plain ``RouterNet`` for saving;
 * soft routing: per example the router's softmax is cut to its top-k (k=2 by default) and
   renormalised, giving gate weights ``w`` (zeros outside the top-k). Every targeted layer returns
@@ -28,7 +28,7 @@ is the differentiable alternative for k=1.
 
 Outputs are ordinary artefacts: each expert saves as a PEFT adapter folder (``adapter_config.json`` +
 ``adapter_model.safetensors``, loadable by ``peft.PeftModel.from_pretrained`` and
-``experts.adapter_store``) and the router as a :class:`~router.router.Router` folder.
+``loraplex.experts.adapters.store``) and the router as a :class:`~loraplex.router.router.Router` folder.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experts import demo_data
-from experts.demo_build import (
+from loraplex.demo import data as demo_data
+from loraplex.demo.build import (
     LORA_TARGET_MODULES,
     DemoConfig,
     _lr_lambda,
@@ -55,11 +55,11 @@ from experts.demo_build import (
     encode_supervised,
     lora_config,
 )
-from router.featurizers import HiddenStateFeaturizer
-from router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
-from router.network import RouterNet
-from router.router import Router
-from router.routing_policy import PolicyConfig
+from loraplex.router.featurizers import HiddenStateFeaturizer
+from loraplex.router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
+from loraplex.router.network import RouterNet
+from loraplex.router.router import Router
+from loraplex.router.policy import PolicyConfig
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

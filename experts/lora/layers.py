@@ -25,8 +25,8 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from config.engine import DEFAULT_TARGET_MODULES
-from experts.errors import CapacityError, ConfigError
+from loraplex.config.engine import DEFAULT_TARGET_MODULES
+from loraplex.experts.errors import CapacityError, ConfigError
 
 
 @dataclass(frozen=True)

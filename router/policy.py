@@ -13,7 +13,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from experts.errors import ConfigError
+from loraplex.experts.errors import ConfigError
 
 Fallback = Literal["base", "soft_topk"]
 

@@ -18,11 +18,11 @@ What is simulated (defaults in `SimConfig`; docs/autoscaling.md explains the num
   least-loaded ready replica that already holds its adapter, else the least-loaded one. Requests are
   dropped when the queue exceeds `max_queued_per_replica * ready replicas` or waited `queue_timeout_s`.
 - Metrics as Serve sees them: the group load (queued + running requests, like
-  `deployments.autoscaling.group_load`) is sampled every `control_interval_s`, pushed every
+  `loraplex.deployments.autoscaling.group_load`) is sampled every `control_interval_s`, pushed every
   `metrics_push_interval_s` (Serve's default 10 s) and averaged over the policy's look-back window.
 - Policies, decided every `control_interval_s`:
-  * `loraplex`: `experts.autoscaling_policy.desired_replicas` per group, then `share_budget` over the
-    GPU budget (what `deployments.autoscaling.AppBudgetPolicy` does), then Serve's min/max bounds with
+  * `loraplex`: `loraplex.autoscaling.policy.desired_replicas` per group, then `share_budget` over the
+    GPU budget (what `loraplex.deployments.autoscaling.AppBudgetPolicy` does), then Serve's min/max bounds with
     Serve's own delays at 0 (as deployments/app.py configures it): only the policy's hysteresis acts.
   * `loraplex_double_delay`: the earlier wiring, Serve's delays set to the policy's delays as well. The
     policy asks for each scale-down on a single tick, which Serve's delay logic resets on the next:
@@ -45,8 +45,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from experts.autoscaling_policy import PolicyState, ScalingConfig, desired_replicas, share_budget
-from experts.errors import ConfigError
+from loraplex.autoscaling.policy import PolicyState, ScalingConfig, desired_replicas, share_budget
+from loraplex.experts.errors import ConfigError
 
 POLICIES = ("loraplex", "loraplex_double_delay", "ray_default", "static")
 

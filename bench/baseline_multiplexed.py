@@ -10,7 +10,7 @@ HTTP proxy reads it, `-` or `_` spelling, and routes to a replica holding that m
 `ray/serve/_private/proxy.py`). Requests without the header fall back to the body's `model`, so the body
 is the same OpenAI-style `{"model", "prompt", "max_tokens", "ignore_eos"}` that loraplex takes.
 
-    from deployments.baseline_multiplexed import build_baseline
+    from loraplex.bench.baseline_multiplexed import build_baseline
     serve.run(build_baseline({"base_model": ..., "adapter_roots": [...], "max_models": 32}), name="baseline", route_prefix="/baseline")
     # POST /baseline/v1/completions  -H 'serve_multiplexed_model_id: a3'  -d '{"model": "a3", "prompt": [5, 6], "max_tokens": 16}'
 """

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from experts.errors import ConfigError
+from loraplex.experts.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from typing import Sequence
 
 import torch
 
-from experts.demo_data import TASKS, Example
-from experts.demo_eval import is_match
-from experts.engine import Engine, Request
-from router.router import Router
-from router.routing_policy import PolicyConfig, decide
+from loraplex.demo.data import TASKS, Example
+from loraplex.demo.evaluation import is_match
+from loraplex.experts.engine import Engine, Request
+from loraplex.router.router import Router
+from loraplex.router.policy import PolicyConfig, decide
 
 
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> float:

@@ -12,7 +12,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from experts.errors import CapacityError
+from loraplex.experts.errors import CapacityError
 
 T = TypeVar("T")
 

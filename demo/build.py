@@ -11,12 +11,12 @@ Produces, under ``out_dir`` (default ``models/demo``)::
     manifest.json                 versions, seeds, sizes, timings, data counts
 
 Steps: (1) train a byte-level BPE tokenizer (digits split individually) on the
-shipped ``data/corpus.txt``; (2) initialise a small ``LlamaForCausalLM`` and
-pretrain it briefly (causal LM) on :func:`experts.demo_data.pretraining_corpus`
+shipped ``demo/corpus.txt``; (2) initialise a small ``LlamaForCausalLM`` and
+pretrain it briefly (causal LM) on :func:`loraplex.demo.data.pretraining_corpus`
 (support-domain text, no task answers); (3) train one LoRA adapter per task on
-:func:`experts.demo_data.make_examples` with the loss on the answer tokens + EOS
+:func:`loraplex.demo.data.make_examples` with the loss on the answer tokens + EOS
 only. Everything is seeded; same seed -> same weights. Runs in a few minutes on
-two CPU cores. The prompt contract lives in :mod:`experts.demo_data`.
+two CPU cores. The prompt contract lives in :mod:`loraplex.demo.data`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from experts import demo_data
+from loraplex.demo import data as demo_data
 
 ADAPTER_TASKS = demo_data.TASKS  # adapter name == task name
 BASE_DIRNAME = "base"
@@ -42,8 +42,7 @@ MANIFEST_NAME = "manifest.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CORPUS_PATH = PROJECT_ROOT / "data" / "corpus.txt"
+CORPUS_PATH = Path(__file__).resolve().parent / "corpus.txt"  # shipped as package data
 CORPUS_SEED = 20240601
 CORPUS_DOCS = 1100
 
@@ -157,17 +156,10 @@ def demo_is_built(out_dir: Path) -> bool:
 
 
 def generate_corpus_text(seed: int = CORPUS_SEED, n_docs: int = CORPUS_DOCS) -> str:
-    """The text of ``data/corpus.txt`` (deterministic; regenerate with ``write_corpus``)."""
+    """The text of ``demo/corpus.txt`` (deterministic; the shipped file is this text)."""
     docs = demo_data.pretraining_corpus(n_docs, seed)
     parts = docs + ["\n".join(demo_data.tokenizer_glossary())]
     return "\n\n".join(parts) + "\n"
-
-
-def write_corpus(path: Path = CORPUS_PATH) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(generate_corpus_text(), encoding="utf-8")
-    return path
 
 
 def load_corpus_text(path: Path = CORPUS_PATH) -> str:

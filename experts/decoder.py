@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from experts.multi_lora import LoraBatch, WrappedModel
-from experts.sampling import SamplingParams, choose_tokens
+from loraplex.experts.lora.layers import LoraBatch, WrappedModel
+from loraplex.experts.sampling import SamplingParams, choose_tokens
 
 TokenCallback = Callable[[str], None]
 
@@ -112,7 +112,7 @@ class Decoder:
     `step(joining)` prefills the joining items, samples one token for every active item, drops the
     finished ones and runs the decode forward for the rest; it returns the items that finished. The
     caller owns admission (slots, row budget): rows hold slot indices, so the slots of running rows
-    must not be rewritten (`experts.scheduler.Scheduler` leases them).
+    must not be rewritten (`loraplex.experts.scheduler.Scheduler` leases them).
     """
 
     def __init__(self, wrapped: WrappedModel, tokenizer, eos_ids: set[int], pad_id: int):

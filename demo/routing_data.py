@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experts.demo_data import TASKS, make_examples
+from loraplex.demo.data import TASKS, make_examples
 
 
 @dataclass

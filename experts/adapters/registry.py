@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from experts.adapter_loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
-from experts.adapter_store import check_name, find_adapters
-from experts.errors import AdapterNameError, ConflictError, PayloadTooLargeError, RequestError, UnknownAdapterError
+from loraplex.experts.adapters.loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
+from loraplex.experts.adapters.store import check_name, find_adapters
+from loraplex.experts.errors import AdapterNameError, ConflictError, PayloadTooLargeError, RequestError, UnknownAdapterError
 
 MARKER = ".loraplex-registered.json"  # written into folders this registry created; only those can be removed
 
@@ -29,7 +29,7 @@ def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, t
     """`{module: (in, out)}` of the model's target linears, built on the meta device (no weights loaded)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from experts.multi_lora import _matches
+    from loraplex.experts.lora.layers import _matches
 
     cfg = AutoConfig.from_pretrained(base_model)
     with torch.device("meta"):

@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file
 
-from experts.errors import AdapterValidationError
+from loraplex.experts.errors import AdapterValidationError
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
