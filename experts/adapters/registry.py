@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from torch import nn
 
+from loraplex.experts.lora.targets import target_linears
 from loraplex.experts.adapters.loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
 from loraplex.experts.adapters.store import check_name, find_adapters
 from loraplex.experts.errors import AdapterNameError, ConflictError, PayloadTooLargeError, RequestError, UnknownAdapterError
@@ -29,13 +29,10 @@ def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, t
     """`{module: (in, out)}` of the model's target linears, built on the meta device (no weights loaded)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from loraplex.experts.lora.layers import _matches
-
     cfg = AutoConfig.from_pretrained(base_model)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    return {n: (m.in_features, m.out_features) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not n.endswith("lm_head") and _matches(n, target_modules)}
+    return {n: (m.in_features, m.out_features) for n, m in target_linears(model, target_modules).items()}
 
 
 class AdapterRegistry:

@@ -17,7 +17,6 @@ share one weight vector the layer uses plain matmuls instead (the PEFT single-ad
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from torch import nn
 
 from loraplex.config.engine import DEFAULT_TARGET_MODULES
 from loraplex.experts.errors import CapacityError, ConfigError
+from loraplex.experts.lora.targets import target_linears
 
 
 @dataclass(frozen=True)
@@ -239,11 +239,6 @@ class WrappedModel:
             yield b
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    last = name.rsplit(".", 1)[-1]
-    return any(last == p or fnmatch.fnmatch(name, p) for p in patterns)
-
-
 def wrap_model(model: nn.Module, num_slots: int, max_rank: int, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES) -> WrappedModel:
     """Replace every `nn.Linear` matching `target_modules` (last name component or glob) in place."""
     problems = []
@@ -255,9 +250,7 @@ def wrap_model(model: nn.Module, num_slots: int, max_rank: int, target_modules: 
         raise ConfigError(problems)
     context = LoraContext()
     layers: dict[str, MultiLoraLinear] = {}
-    for name, module in list(model.named_modules()):
-        if name.endswith("lm_head") or not isinstance(module, nn.Linear) or not _matches(name, target_modules):
-            continue
+    for name, module in target_linears(model, target_modules).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         wrapped = MultiLoraLinear(module, num_slots, max_rank, context)
