@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraplex.config.engine import DEFAULT_TARGET_MODULES
+from loraplex.config.engine import DEFAULT_TARGET_MODULES, EngineConfig
 
 
 class _Strict(BaseModel):
@@ -41,6 +41,28 @@ class GroupAutoscaling(_Strict):
             raise ValueError(f"autoscaling.downscale_threshold ({self.downscale_threshold}) must be below upscale_threshold ({self.upscale_threshold})")
         return self
 
+    def serve_autoscaling_config(self, num_replicas: int) -> dict | None:
+        """The deployment's Serve `autoscaling_config` (None when off), starting at `num_replicas` clamped to min/max.
+
+        Every knob the policy reads travels as `policy_kwargs`, so `ExpertGroupPolicy` (and `AppBudgetPolicy`, which
+        reads them back per group) rebuilds this very model; only `enabled` and the Serve-side look-back stay out.
+        """
+        if not self.enabled:
+            return None
+        kwargs = self.model_dump(exclude={"enabled", "look_back_period_s"})
+        return {
+            "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+            "initial_replicas": max(self.min_replicas, min(num_replicas, self.max_replicas)),
+            # Delays live in the policy (kwargs); Serve's own delays would demand the same answer on every tick
+            # for the whole delay, which a stepwise policy never gives, so they are zero here.
+            "target_ongoing_requests": self.target_load, "upscale_delay_s": 0, "downscale_delay_s": 0,
+            "downscale_to_zero_delay_s": 0, "look_back_period_s": self.look_back_period_s,
+            "policy": {"policy_function": "loraplex.deployments.autoscaling:ExpertGroupPolicy", "policy_kwargs": kwargs}}
+
+
+def expert_deployment_name(group: str) -> str:
+    return f"expert_{group}"
+
 
 class GroupConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$", description="Expert group name; its deployment is `expert_<name>`.")
@@ -55,6 +77,28 @@ class GroupConfig(_Strict):
     max_queued_requests: int = Field(default=256, ge=-1, description="Requests queued per handle before 503 (-1 = unbounded, not recommended).")
     max_slots: int = Field(default=8, ge=1, description="Device adapter slots per replica.")
     max_host_adapters: int = Field(default=32, ge=1, description="Validated adapters kept in host memory per replica.")
+    max_batch_rows: int | None = Field(default=None, ge=1, description="Most virtual rows decoded in one forward (a logits blend of k adapters "
+                                       "takes k + 1 rows); none = max(64, 4 * max_batch_size), room for every request to blend a few adapters.")
+
+    @property
+    def batch_rows(self) -> int:
+        return self.max_batch_rows if self.max_batch_rows is not None else max(64, 4 * self.max_batch_size)
+
+    def engine_config(self, app: "AppArgs") -> EngineConfig:
+        """The engine of each replica of this group: the app's model and adapter settings, this group's sizes."""
+        return EngineConfig(base_model=app.base_model, adapter_roots=app.adapter_roots, max_slots=self.max_slots,
+                            max_host_adapters=self.max_host_adapters, max_rank=app.max_rank, target_modules=app.target_modules,
+                            device=app.device, dtype=app.dtype, max_batch_rows=self.batch_rows)
+
+    def serve_options(self) -> dict:
+        """`Deployment.options(...)` of this group: its name, Ray resources, replica count or autoscaling, queue bounds."""
+        actor: dict = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
+        if self.resources.memory_gb:
+            actor["memory"] = int(self.resources.memory_gb * 2**30)
+        autoscaling = self.autoscaling.serve_autoscaling_config(self.num_replicas)
+        scaling = {"autoscaling_config": autoscaling} if autoscaling is not None else {"num_replicas": self.num_replicas}
+        return {"name": expert_deployment_name(self.name), "ray_actor_options": actor, **scaling,
+                "max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests}
 
     @model_validator(mode="after")
     def _check(self) -> "GroupConfig":
@@ -65,6 +109,8 @@ class GroupConfig(_Strict):
             problems.append(f"group {self.name!r}: {len(self.adapters)} pinned adapters exceed max_slots ({self.max_slots})")
         if self.max_host_adapters < self.max_slots:
             problems.append(f"group {self.name!r}: max_host_adapters ({self.max_host_adapters}) must be >= max_slots ({self.max_slots})")
+        if self.batch_rows < self.max_batch_size:
+            problems.append(f"group {self.name!r}: max_batch_rows ({self.batch_rows}) must be >= max_batch_size ({self.max_batch_size})")
         if len(set(self.adapters)) != len(self.adapters):
             problems.append(f"group {self.name!r}: adapters listed twice: {sorted({a for a in self.adapters if self.adapters.count(a) > 1})}")
         if problems:
@@ -72,13 +118,19 @@ class GroupConfig(_Strict):
         return self
 
 
-class RoutingConfig(_Strict):
-    router_path: str | None = Field(default=None, description="Trained router folder (router.json + router.safetensors); none disables model=auto.")
+class PolicyConfig(_Strict):
+    """How router probabilities become a composition (`loraplex.router.policy.decide`). The one source of these
+    defaults: a trained router's saved policy, the demo's and the Serve app's all read this model."""
+
     top_k: int = Field(default=1, ge=1, description="Experts per request when the router is confident (1 = hard routing).")
     temperature: float = Field(default=1.0, gt=0, description="Softmax temperature on router logits.")
     confidence_floor: float = Field(default=0.6, ge=0, le=1, description="Below this max-probability the fallback applies.")
     fallback: Literal["base", "soft_topk"] = Field(default="soft_topk", description="What low-confidence requests get: the base model or a soft top-k blend.")
     fallback_top_k: int = Field(default=2, ge=1, description="k of the soft fallback blend.")
+
+
+class RoutingConfig(PolicyConfig):
+    router_path: str | None = Field(default=None, description="Trained router folder (router.json + router.safetensors); none disables model=auto.")
 
 
 class LimitsConfig(_Strict):

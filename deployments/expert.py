@@ -1,16 +1,20 @@
-"""Expert group deployment: the base model plus a group of adapters. Requests of any adapters and compositions
-join one running batch between decode steps (continuous batching, `loraplex.experts.replica.ExpertServer`)."""
+"""Expert group deployment: the base model plus a group of adapters, behind the engine protocol
+(`experts.protocol.ServingEngine`). Requests of any adapters and compositions join one running batch
+between decode steps (`experts.replica.NativeReplica`). Answers are typed values (`Result` or a
+`LoraplexError`), which Ray pickles back to the ingress unchanged."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from ray import serve
 
 from loraplex.config.engine import EngineConfig
 from loraplex.deployments.metrics import ExpertMetrics
-from loraplex.experts.replica import ExpertServer, error_payload
+from loraplex.experts.errors import LoraplexError
+from loraplex.experts.protocol import GenerationPayload, Outcome
+from loraplex.experts.replica import NativeReplica
+from loraplex.experts.scheduler import as_error
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
 
@@ -18,45 +22,48 @@ MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity
 @serve.deployment
 class ExpertDeployment:
     def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
-        self.server = ExpertServer(EngineConfig(**engine_config), pinned, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s)
+        self.engine = NativeReplica(
+            EngineConfig(**engine_config), pinned, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s
+        )
         self.metrics = ExpertMetrics()
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MULTIPLEXED)
     async def _affinity(self, adapter: str):
         # Multiplexing here is only the affinity signal: Serve prefers replicas whose loaded ids include the
         # request's adapter. Weights live in the engine's own two-tier store.
-        return await asyncio.to_thread(self.server.warm, adapter)
+        await asyncio.to_thread(self.engine.warm, adapter)
+        return adapter
 
-    async def _warm_for_request(self) -> dict | None:
+    async def _warm_for_request(self) -> LoraplexError | None:
         adapter = serve.get_multiplexed_model_id()
         if adapter:
             try:
                 await self._affinity(adapter)
-            except Exception as e:  # unknown/invalid adapter: answer as data, the engine re-checks anyway
-                return error_payload(e)
+            except Exception as e:  # unknown/invalid adapter: answer it as a typed value
+                return as_error(e)
         return None
 
-    async def generate(self, payload: dict) -> dict:
+    async def generate(self, payload: GenerationPayload) -> Outcome:
         err = await self._warm_for_request()
         if err:
             return err
-        cancel = threading.Event()
+        fut = self.engine.submit(payload)
         try:
-            return await asyncio.wrap_future(self.server.submit({**payload, "cancel": cancel}))
+            return await asyncio.wrap_future(fut)
         finally:
-            cancel.set()  # caller gone (cancelled): the engine drops the row at its next step; a no-op once answered
-            self.metrics.observe(self.server.stats())
+            self.engine.cancel(fut)  # caller gone (cancelled): the engine drops the row; a no-op once answered
+            self.metrics.observe(self.engine.stats())
 
-    async def generate_stream(self, payload: dict):
-        """Yields text deltas (str), then the final result dict."""
+    async def generate_stream(self, payload: GenerationPayload):
+        """Yields text deltas (str), then the final `Result` or typed error."""
         err = await self._warm_for_request()
         if err:
             yield err
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        task = asyncio.wrap_future(self.server.submit({**payload, "cancel": cancel, "on_token": lambda d: loop.call_soon_threadsafe(queue.put_nowait, d)}))
+        fut = self.engine.submit(payload, on_token=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
+        task = asyncio.wrap_future(fut)
         try:
             while not (task.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
@@ -67,18 +74,21 @@ class ExpertDeployment:
                     getter.cancel()
             yield task.result()
         finally:
-            cancel.set()  # client gone (generator closed/cancelled): the engine drops the row at its next step
-            self.metrics.observe(self.server.stats())
+            self.engine.cancel(fut)  # client gone (generator closed/cancelled): the engine drops the row
+            self.metrics.observe(self.engine.stats())
 
     def record_autoscaling_stats(self) -> dict:
         """Replica load for the group's autoscaling policy (deployments/autoscaling.py)."""
-        s = self.server.stats()
-        return {"inflight": float(s["inflight"]), "rows": float(s["last_batch_size"]), "tokens": float(s["tokens"]),
-                "cache_misses": float(s["store_device_misses"])}
+        s = self.engine.stats()
+        return {
+            "inflight": float(s["inflight"]),
+            "rows": float(s["last_batch_size"]),
+            "tokens": float(s["tokens"]),
+            "cache_misses": float(s["store_device_misses"]),
+        }
 
     def stats(self) -> dict:
-        return self.server.stats()
+        return self.engine.stats()
 
     def check_health(self) -> None:
-        if not self.server.engine.store.backend.num_slots:
-            raise RuntimeError("engine has no slots")
+        self.engine.check_health()

@@ -1,61 +1,58 @@
-"""Router ingress: OpenAI-compatible HTTP over FastAPI. Validation, routing and response shapes live in
-`loraplex.gateway.planner.Gateway`; this file only maps HTTP <-> Gateway <-> expert handles, and errors to statuses."""
+"""Router ingress: OpenAI-compatible HTTP over FastAPI. Planning, routing, response shapes, body checks and the
+error mapping live in `loraplex.gateway`; this file only maps HTTP <-> gateway <-> expert handles, and turns
+Ray's own exceptions into typed errors."""
 
+from __future__ import annotations
 
 import asyncio
-import json
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from loraplex.config.app import AppArgs
+from loraplex.deployments.metrics import IngressMetrics
+from loraplex.experts.errors import CapacityError, LoraplexError, RequestError, UnavailableError
+from loraplex.experts.protocol import GenerationPayload, Outcome
+from loraplex.experts.request import Result
+from loraplex.gateway import responses
+from loraplex.gateway.auth import AccessControl
+from loraplex.gateway.http_errors import http_error
+from loraplex.gateway.planner import Gateway
+from loraplex.gateway.protocol import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest, openapi_body
+from loraplex.gateway.request_body import parse_body, read_limited
+from loraplex.gateway.routing_stage import RoutingStage
+
 REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
 RETRIES = 2  # a replica dying mid-request: retry on another replica, then 503
 
-from loraplex.config.app import AppArgs
-from loraplex.gateway.protocol import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest, openapi_body
-from loraplex.experts.errors import (AdapterNameError, AdapterValidationError, AuthenticationError, CapacityError, ConflictError, PayloadTooLargeError,
-                            PermissionDeniedError, RequestError, UnknownAdapterError)
-from loraplex.deployments.metrics import IngressMetrics
-from loraplex.gateway.auth import AccessControl
-from loraplex.gateway.planner import Gateway
-from loraplex.gateway.routing_stage import RoutingStage
-
 app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request composition and MoE routing")
 
-STATUS = [(AuthenticationError, 401, "authentication_error"), (PermissionDeniedError, 403, "permission_error"), (PayloadTooLargeError, 413, "invalid_request_error"),
-          (UnknownAdapterError, 404, "not_found_error"), (ConflictError, 409, "conflict_error"), (AdapterNameError, 400, "invalid_request_error"), (AdapterValidationError, 422, "invalid_adapter"),
-          (CapacityError, 503, "overloaded_error"), (RequestError, 400, "invalid_request_error")]
 
-
-def error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status_code=status, headers=headers)
-
-
-def from_exception(e: Exception) -> JSONResponse:
-    if isinstance(e, ValidationError):
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        msgs = "; ".join(f"{'.'.join(str(p) for p in er['loc'])}: {er['msg']}" for er in e.errors())
-        return error(400, msgs, "invalid_request_error", param)
+def typed(e: Exception) -> Exception:
+    """Ray's exceptions as our typed errors (the mapping to HTTP stays in one place, `gateway.http_errors`)."""
     if isinstance(e, BackPressureError):
-        return error(503, f"server overloaded, retry later ({e})", "overloaded_error", headers={"Retry-After": "1"})
+        return CapacityError(f"server overloaded, retry later ({e})")
     if isinstance(e, REPLICA_GONE):
-        return error(503, f"expert replica unavailable, retry later ({type(e).__name__})", "overloaded_error", headers={"Retry-After": "2"})
-    for cls, status, type_ in STATUS:
-        if isinstance(e, cls):
-            return error(status, str(e), type_)
-    return error(500, f"internal error: {type(e).__name__}: {e}", "internal_error")
+        return UnavailableError(f"expert replica unavailable, retry later ({type(e).__name__})")
+    return e
 
 
-def from_payload(err: dict) -> JSONResponse:
-    """An expert's error-as-data back into an HTTP error."""
-    cls = next((c for c, _, _ in STATUS if c.__name__ == err["type"]), None)
-    status, type_ = next(((s, t) for c, s, t in STATUS if c is cls), (500, "internal_error"))
-    return error(status, err["message"], type_)
+def error_response(e: Exception) -> JSONResponse:
+    err = http_error(typed(e))
+    return JSONResponse(err.body, status_code=err.status, headers=err.headers or None)
+
+
+def serve_http_host() -> str | None:
+    """The host Serve's HTTP proxies bind, from the controller's HTTP options (None if it cannot be read)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:
+        return None
 
 
 @serve.deployment
@@ -65,7 +62,7 @@ class RouterIngress:
         from transformers import AutoTokenizer
 
         self.args = AppArgs(**args)
-        self.access = AccessControl(self.args.auth)
+        self.access = AccessControl(self.args.auth, serve_http_host())  # refuses an open public server
         router = None
         if self.args.routing.router_path:
             from loraplex.router.router import Router
@@ -79,21 +76,14 @@ class RouterIngress:
         if self.args.import_roots:
             from loraplex.experts.adapters.registry import AdapterRegistry, linear_shapes
 
-            shapes = linear_shapes(self.args.base_model, self.args.target_modules)
-            self.registry = AdapterRegistry(self.args.adapter_roots[0], self.args.import_roots, self.args.adapter_roots, shapes, self.args.max_rank,
-                                            list(self.args.group_of), self.args.max_adapter_mb)
+            a = self.args
+            shapes = linear_shapes(a.base_model, a.target_modules)
+            self.registry = AdapterRegistry(a.adapter_roots[0], a.import_roots, a.adapter_roots, shapes, a.max_rank,
+                                            list(a.group_of), a.max_adapter_mb)
 
     async def _body(self, request: Request, model):
-        raw = await request.body()
-        if len(raw) > self.args.max_body_bytes:
-            raise PayloadTooLargeError(f"request body has {len(raw)} bytes; the limit is {self.args.max_body_bytes}")
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError as e:  # bad JSON or invalid UTF-8
-            raise RequestError(f"body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise RequestError(f"body must be a JSON object, got {type(body).__name__}")
-        return model(**body)
+        raw = await read_limited(request.stream(), self.args.max_body_bytes, request.headers.get("content-length"))
+        return parse_body(raw, model)
 
     async def _serve(self, request: Request, model, plan_fn, respond, chat: bool):
         plan = None
@@ -101,7 +91,8 @@ class RouterIngress:
             self.access.check(request.headers.get("authorization"))
             body = await self._body(request, model)
             # model "auto" runs the router's encoder: off the event loop, behind a bounded line
-            plan = await self.routing.run(plan_fn, body) if self.gateway.uses_router(body.model, body.composition) else plan_fn(body)
+            uses_router = self.gateway.uses_router(body.model, body.composition)
+            plan = await self.routing.run(plan_fn, body) if uses_router else plan_fn(body)
             handle = self.experts[plan.group]
             if plan.primary_adapter:
                 handle = handle.options(multiplexed_model_id=plan.primary_adapter)
@@ -109,14 +100,14 @@ class RouterIngress:
                 response = await self._stream(handle, plan, chat)
             else:
                 result = await self._generate(handle, plan.payload)
-                response = from_payload(result["error"]) if "error" in result else JSONResponse(respond(plan, result))
+                response = error_response(result) if isinstance(result, LoraplexError) else JSONResponse(respond(plan, result))
         except Exception as e:
-            response = from_exception(e)
+            response = error_response(e)
         self.metrics.observe(plan.routing if plan else None, plan.primary_adapter if plan else None, response.status_code)
         return response
 
     @staticmethod
-    async def _generate(handle, payload: dict) -> dict:
+    async def _generate(handle, payload: GenerationPayload) -> Outcome:
         for attempt in range(RETRIES + 1):
             try:
                 return await handle.generate.remote(payload)
@@ -129,28 +120,27 @@ class RouterIngress:
     async def _stream(self, handle, plan, chat: bool):
         gen = handle.options(stream=True).generate_stream.remote(plan.payload)
         first = await gen.__anext__()  # an expert-side error arrives before any token: answer it with a status
-        if isinstance(first, dict) and "error" in first:
-            return from_payload(first["error"])
-        g = self.gateway
+        if isinstance(first, LoraplexError):
+            return error_response(first)
 
         async def events():
             finished = False
             try:
-                yield g.stream_chunk(plan, chat, "", first=True)
+                yield responses.stream_chunk(plan, chat, "", first=True)
                 item = first
                 while True:
-                    if isinstance(item, dict):
-                        if "error" in item:
-                            yield f"data: {json.dumps({'error': item['error']})}\n\n"
-                        else:
-                            yield g.stream_chunk(plan, chat, None, finish=item["finish_reason"])
-                            if plan.include_usage:
-                                yield g.stream_chunk(plan, chat, None, usage=g.usage(item))
+                    if isinstance(item, LoraplexError):
+                        yield responses.stream_error(http_error(item).body)
+                        break
+                    if isinstance(item, Result):
+                        yield responses.stream_chunk(plan, chat, None, finish=item.finish_reason)
+                        if plan.include_usage:
+                            yield responses.stream_chunk(plan, chat, None, usage=item.usage)
                         break
                     if item:
-                        yield g.stream_chunk(plan, chat, item)
+                        yield responses.stream_chunk(plan, chat, item)
                     item = await gen.__anext__()
-                yield "data: [DONE]\n\n"
+                yield responses.DONE
                 finished = True
             finally:
                 if not finished:
@@ -160,11 +150,11 @@ class RouterIngress:
 
     @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(self, request: Request):
-        return await self._serve(request, CompletionRequest, self.gateway.plan_completion, self.gateway.completion_response, chat=False)
+        return await self._serve(request, CompletionRequest, self.gateway.plan_completion, responses.completion_response, chat=False)
 
     @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
     async def chat(self, request: Request):
-        return await self._serve(request, ChatCompletionRequest, self.gateway.plan_chat, self.gateway.chat_response, chat=True)
+        return await self._serve(request, ChatCompletionRequest, self.gateway.plan_chat, responses.chat_response, chat=True)
 
     @app.post("/v1/route", openapi_extra=openapi_body(RouteRequest))
     async def route(self, request: Request):
@@ -172,7 +162,7 @@ class RouterIngress:
             self.access.check(request.headers.get("authorization"))
             return JSONResponse(await self.routing.run(self.gateway.explain, await self._body(request, RouteRequest)))
         except Exception as e:
-            return from_exception(e)
+            return error_response(e)
 
     async def _admin(self, request: Request, action) -> JSONResponse:
         """Admin key first, then the registry action (returns (body, status))."""
@@ -184,7 +174,7 @@ class RouterIngress:
             self.gateway.invalidate()
             return JSONResponse(out, status_code=status)
         except Exception as e:
-            return from_exception(e)
+            return error_response(e)
 
     @app.post("/v1/adapters", openapi_extra=openapi_body(AdapterRegistration))
     async def register_adapter(self, request: Request):
@@ -206,7 +196,7 @@ class RouterIngress:
         try:
             self.access.check(request.headers.get("authorization"))
         except Exception as e:
-            return from_exception(e)
+            return error_response(e)
         return JSONResponse(self.gateway.models())
 
     @app.get("/health")
@@ -218,7 +208,7 @@ class RouterIngress:
         try:
             self.access.check(request.headers.get("authorization"))
         except Exception as e:
-            return from_exception(e)
+            return error_response(e)
         out = {}
         for name, h in self.experts.items():
             try:

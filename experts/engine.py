@@ -1,49 +1,29 @@
 """The engine: one base model, many adapters, mixed-composition batches in one decode loop.
 
 Each request is checked on its own first (`Engine.check`), so one bad request fails alone; the rest
-decode together. Replicas drive `loraplex.experts.scheduler.Scheduler` (continuous batching) directly;
-`Engine.generate_many` runs a fixed list of requests through the same scheduler.
+decode together. `Engine.generate_many` runs a fixed list of requests through the continuous-batching
+`Scheduler`; replicas (`experts.replica`) drive a `Scheduler` themselves, request by request. The
+scheduler sees the engine only through the public methods below (check, encode, lease, release,
+new_decoder), so it does not import this module.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraplex.config.engine import EngineConfig
-from loraplex.experts.adapters.store import AdapterStore
-from loraplex.experts.composition import Base, Chain, Composition, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import CapacityError, LoraplexError, RequestError
-from loraplex.experts.decoder import TokenCallback
+from loraplex.experts.adapters.store import AdapterStore, Lease
+from loraplex.experts.composition import Chain, adapters_of, weight_rows
+from loraplex.experts.decoder import Decoder
+from loraplex.experts.errors import CompositionError, LoraplexError, RequestError
 from loraplex.experts.lora.layers import WrappedModel, wrap_model
-from loraplex.experts.sampling import SamplingParams
+from loraplex.experts.request import Request, Result
+from loraplex.experts.scheduler import Scheduler
 
-
-@dataclass
-class Request:
-    prompt: str | list[int]  # text, or token ids (OpenAI completions accept both)
-    composition: Composition = field(default_factory=Base)
-    params: SamplingParams = field(default_factory=SamplingParams)
-    on_token: TokenCallback | None = None
-    cancel: threading.Event | None = None  # set it (e.g. the client went away) to stop this request's decoding
-
-    @classmethod
-    def from_json(cls, prompt: str, composition: object = None, on_token: TokenCallback | None = None, cancel: threading.Event | None = None,
-                  **sampling: object) -> "Request":
-        return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token, cancel)  # type: ignore[arg-type]
-
-
-@dataclass
-class Result:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    stages: list[str] = field(default_factory=list)  # chain: every stage's output, last == text
+__all__ = ["Engine", "Request", "Result", "pick_device", "pick_dtype"]
 
 
 def pick_device(device: str) -> torch.device:
@@ -66,7 +46,14 @@ class Engine:
         self.tokenizer = tokenizer
         model.eval()
         self.wrapped: WrappedModel = wrap_model(model, config.max_slots, config.max_rank, config.target_modules)
-        self.store = AdapterStore(config.adapter_roots, self.wrapped.module_shapes, self.wrapped, config.max_rank, config.max_host_adapters, config.allow_pickle)
+        self.store = AdapterStore(
+            config.adapter_roots,
+            self.wrapped.module_shapes,
+            self.wrapped,
+            config.max_rank,
+            config.max_host_adapters,
+            config.allow_pickle,
+        )
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
@@ -74,17 +61,18 @@ class Engine:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "Engine":
+    def from_config(cls, config: EngineConfig) -> Engine:
         """Load the base model and tokenizer with the ordinary `from_pretrained(path)` calls."""
         device = pick_device(config.device)
         tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-        model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=pick_dtype(config.dtype, device)).to(device)
+        dtype = pick_dtype(config.dtype, device)
+        model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=dtype).to(device)
         return cls(model, tokenizer, config)
 
     # ---- checks ----------------------------------------------------------------------------
     def check(self, request: Request) -> list[int]:
-        """Raise the request's first problem (unknown adapter, prompt too long) without touching the model;
-        returns the token ids of its (first) prompt."""
+        """Raise the request's first problem (unknown adapter, prompt too long, a composition that can never
+        fit this replica) without touching the model; returns the token ids of its (first) prompt."""
         for name in adapters_of(request.composition):
             self.store.resolve(name)
         if isinstance(request.composition, Chain):
@@ -95,12 +83,18 @@ class Engine:
             prompt = request.prompt
             rows, _ = weight_rows(request.composition)
             if len(rows) > self.config.max_batch_rows:
-                raise RequestError(f"composition needs {len(rows)} rows; max_batch_rows is {self.config.max_batch_rows}")
-            if len(adapters_of(request.composition)) > self.config.max_slots:
-                raise CapacityError(f"composition uses {len(adapters_of(request.composition))} adapters; this replica has {self.config.max_slots} slots")
-        return self._encode(prompt, request.params.max_tokens)
+                raise CompositionError(
+                    f"composition needs {len(rows)} rows; this replica's max_batch_rows is {self.config.max_batch_rows}"
+                )
+            used = len(adapters_of(request.composition))
+            if used > self.config.max_slots:
+                raise CompositionError(
+                    f"composition uses {used} adapters; this replica has max_slots={self.config.max_slots} "
+                    f"adapter slots, so at most {self.config.max_slots} adapters per request"
+                )
+        return self.encode(prompt, request.params.max_tokens)
 
-    def _encode(self, prompt: str | list[int], max_tokens: int) -> list[int]:
+    def encode(self, prompt: str | list[int], max_tokens: int) -> list[int]:
         """Token ids of a prompt, checked against the vocabulary and the model's context length."""
         if isinstance(prompt, str):
             ids = self.tokenizer(prompt)["input_ids"]
@@ -112,8 +106,29 @@ class Engine:
         if not ids:
             raise RequestError("prompt is empty after tokenization")
         if len(ids) + max_tokens > self.max_positions:
-            raise RequestError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context of {self.max_positions} tokens")
+            raise RequestError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+                f"of {self.max_positions} tokens"
+            )
         return ids
+
+    # ---- what the scheduler drives -----------------------------------------------------------
+    @property
+    def max_slots(self) -> int:
+        return self.config.max_slots
+
+    @property
+    def max_batch_rows(self) -> int:
+        return self.config.max_batch_rows
+
+    def lease(self, adapters: Iterable[str]) -> Lease:
+        return self.store.lease(adapters)
+
+    def release(self, lease: Lease) -> None:
+        self.store.release(lease)
+
+    def new_decoder(self) -> Decoder:
+        return Decoder(self.wrapped, self.tokenizer, self.eos_ids, self.pad_id)
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Result]:
@@ -126,8 +141,6 @@ class Engine:
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result | LoraplexError]:
         """Run `requests` to completion through the continuous-batching scheduler; one result or error each."""
-        from loraplex.experts.scheduler import Scheduler
-
         results: list[Result | LoraplexError | None] = [None] * len(requests)
         scheduler = Scheduler(self, max_requests=max(1, len(requests)))
         for i, req in enumerate(requests):

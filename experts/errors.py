@@ -1,25 +1,53 @@
-"""Typed errors of the engine.
+"""Typed errors of loraplex, each carrying the HTTP status and OpenAI error type a client should see.
 
-Every user-reachable failure raises one of these, with a message that names the bad value and the
-valid choices, so the HTTP ingress can map the type to a status code (4xx for the client's
-mistakes, 5xx for ours) without parsing strings.
+Every user-reachable failure raises one of these with a message that names the bad value and the valid
+choices. They cross process hops (expert replica -> ingress) as values: a replica answers a request
+with either a `Result` or one of these instances, pickled by Ray like any other return value, so the
+ingress keeps the exact class and maps it to HTTP in one place (`loraplex.gateway.http_errors`). No
+class-name strings on the wire, and a `CompositionError` is a 400 wherever it was raised.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import ClassVar
+
+
+def _rebuild(cls: type[LoraplexError], message: str, state: dict) -> LoraplexError:
+    """Unpickle without calling the subclass's `__init__` (whose signature may not be `(message,)`)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
 
 
 class LoraplexError(Exception):
     """Base class of every error loraplex raises on purpose."""
 
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    retry_after_s: ClassVar[int | None] = None  # set: the client may retry after this many seconds (503s)
+
+    def __reduce__(self):
+        return _rebuild, (type(self), str(self), dict(self.__dict__))
+
+
+class InternalError(LoraplexError):
+    """A failure on our side that no typed check anticipated (a bug, or the model call failing): HTTP 500."""
+
 
 class RequestError(LoraplexError, ValueError):
-    """The request itself is wrong (HTTP 400/404/422): bad composition, sampling or prompt."""
+    """The request itself is wrong: bad composition, sampling or prompt (HTTP 400)."""
+
+    status = 400
+    error_type = "invalid_request_error"
 
 
 class UnknownAdapterError(RequestError):
-    """A request names an adapter that no configured root holds."""
+    """A request names an adapter (or model) that no configured root holds (HTTP 404)."""
+
+    status = 404
+    error_type = "not_found_error"
 
     def __init__(self, name: str, available: Iterable[str]):
         self.name = name
@@ -28,7 +56,7 @@ class UnknownAdapterError(RequestError):
 
 
 class CompositionError(RequestError):
-    """A composition spec is malformed (mode, weights, templates, top_k)."""
+    """A composition spec is malformed or can never fit this replica (mode, weights, templates, top_k, slots)."""
 
 
 class SamplingError(RequestError):
@@ -42,9 +70,21 @@ class AdapterNameError(RequestError):
 class ConflictError(RequestError):
     """The adapter exists already, or is pinned / not removable at run time (HTTP 409)."""
 
+    status = 409
+    error_type = "conflict_error"
+
+
+class PayloadTooLargeError(RequestError):
+    """Request body or adapter file over the configured size (HTTP 413)."""
+
+    status = 413
+
 
 class AdapterValidationError(LoraplexError):
-    """An adapter on disk does not fit the base model. Carries every problem found, not just the first."""
+    """An adapter on disk does not fit the base model (HTTP 422). Carries every problem found, not just the first."""
+
+    status = 422
+    error_type = "invalid_adapter"
 
     def __init__(self, name: str, problems: list[str]):
         self.name = name
@@ -56,21 +96,36 @@ class AdapterValidationError(LoraplexError):
 class AuthenticationError(LoraplexError):
     """Missing or wrong API key (HTTP 401)."""
 
+    status = 401
+    error_type = "authentication_error"
+
 
 class PermissionDeniedError(LoraplexError):
     """Valid key, but not allowed to do this, e.g. adapter registration without the admin key (HTTP 403)."""
 
-
-class PayloadTooLargeError(RequestError):
-    """Request body or adapter file over the configured size (HTTP 413)."""
+    status = 403
+    error_type = "permission_error"
 
 
 class CapacityError(LoraplexError):
-    """Not enough capacity now: more distinct adapters than device slots, or a full bounded queue (HTTP 503 + Retry-After)."""
+    """Not enough capacity *now* (a full bounded queue): HTTP 503 with Retry-After. Never for a request that can
+    never fit; that is a `CompositionError` naming the limit."""
+
+    status = 503
+    error_type = "overloaded_error"
+    retry_after_s = 1
+
+
+class UnavailableError(CapacityError):
+    """The replica serving the request went away and the retries ran out (HTTP 503, retry a little later)."""
+
+    retry_after_s = 2
 
 
 class ConfigError(LoraplexError, ValueError):
-    """The engine configuration is inconsistent; lists every problem at once."""
+    """The configuration is inconsistent; lists every problem at once."""
+
+    error_type = "configuration_error"
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)

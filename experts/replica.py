@@ -1,10 +1,11 @@
-"""What an expert replica does, without Serve: wire payloads in, continuous batching on one worker thread, wire results out.
+"""What a native expert replica does, without Serve: payloads in, continuous batching on one worker thread, typed outcomes out.
 
-The Serve deployment (`deployments/expert.py`) only hands payloads to `submit` and awaits the returned
+The Serve deployment (`deployments/expert.py`) hands payloads to `submit` and awaits the returned
 future; unit tests build this class directly. One worker thread owns the engine (its LoRA context and
-KV cache are shared state) and drives `loraplex.experts.scheduler.Scheduler`: new requests join the running
-batch between decode steps, finished ones answer at once. Errors come back as data
-(`{"error": {...}}`) per request, so one bad request never fails the others.
+KV cache are shared state) and drives `experts.scheduler.Scheduler`: new requests join the running
+batch between decode steps, finished ones answer at once. Every request is answered with a `Result`
+or a typed `LoraplexError` value, whatever fails (a bad request, a tokenizer exception, the model
+call): one bad request never fails the others, and the worker thread never dies.
 """
 
 from __future__ import annotations
@@ -14,24 +15,29 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
 
 from loraplex.config.engine import EngineConfig
-from loraplex.experts.engine import Engine, Request, Result
-from loraplex.experts.errors import LoraplexError
-from loraplex.experts.scheduler import Scheduler
+from loraplex.experts.decoder import TokenCallback
+from loraplex.experts.engine import Engine
+from loraplex.experts.errors import LoraplexError, RequestError
+from loraplex.experts.protocol import GenerationPayload, Outcome
+from loraplex.experts.request import Request, Result
+from loraplex.experts.scheduler import Scheduler, as_error
 
 log = logging.getLogger(__name__)
 
-Payload = dict[str, Any]  # {"prompt": str | [int], "composition": spec | None, "sampling": {...}, "on_token": callable?, "cancel": Event?}
 
+class NativeReplica:
+    """The `ServingEngine` of our own engine (see `experts.protocol`)."""
 
-def error_payload(e: Exception) -> dict:
-    return {"error": {"type": type(e).__name__, "message": str(e)}}
-
-
-class ExpertServer:
-    def __init__(self, config: EngineConfig, pinned: list[str], engine: Engine | None = None, max_batch_size: int = 32, wait_s: float = 0.0):
+    def __init__(
+        self,
+        config: EngineConfig,
+        pinned: list[str],
+        engine: Engine | None = None,
+        max_batch_size: int = 32,
+        wait_s: float = 0.0,
+    ):
         self.engine = engine or Engine.from_config(config)
         self.pinned = list(pinned)
         if self.pinned:
@@ -40,34 +46,42 @@ class ExpertServer:
         self.wait_s = wait_s  # after an idle period, how long the first request waits for company before its prefill
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()  # counters, worker start
+        self._lock = threading.Lock()  # counters, worker start, cancel events
+        self._cancels: dict[int, threading.Event] = {}  # id(future) -> its request's cancel event
         self.counters = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
         self.inflight = 0  # accepted, not answered yet (queued or decoding)
         self.last_batch_size = 0  # requests in the last decode step
 
     # ---- requests ----------------------------------------------------------------------------
-    def submit(self, payload: Payload) -> Future:
-        """Queue one request; the future resolves to its result or error dict."""
+    def submit(self, payload: GenerationPayload, on_token: TokenCallback | None = None) -> Future[Outcome]:
+        """Queue one request; the future resolves to its `Result` or typed error."""
         fut: Future = Future()
-        try:
-            req = Request.from_json(payload["prompt"], payload.get("composition"), on_token=payload.get("on_token"), cancel=payload.get("cancel"),
-                                    **payload.get("sampling", {}))
-        except (LoraplexError, TypeError) as e:  # TypeError: an unknown sampling key from a client of this class
-            with self._lock:
-                self.inflight += 1
-            self._answer(fut, e if isinstance(e, LoraplexError) else ValueError(str(e)))
-            return fut
+        cancel = threading.Event()
         with self._lock:
             self.inflight += 1
+            self._cancels[id(fut)] = cancel
+        try:
+            req = Request.from_json(
+                payload["prompt"], payload.get("composition"), on_token=on_token, cancel=cancel, **payload.get("sampling", {})
+            )
+        except LoraplexError as e:
+            self._answer(fut, e)
+            return fut
+        except (TypeError, KeyError) as e:  # an unknown sampling key or a missing field from a client of this class
+            self._answer(fut, RequestError(f"invalid generation payload: {e}"))
+            return fut
+        with self._lock:
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._loop, name="loraplex-engine", daemon=True)
                 self._worker.start()
         self._inbox.put((req, fut))
         return fut
 
-    def run_batch(self, payloads: list[Payload]) -> list[dict]:
-        """Submit all and wait (blocking): one result or error dict per payload."""
-        return [f.result() for f in [self.submit(p) for p in payloads]]
+    def cancel(self, future: Future) -> None:
+        with self._lock:
+            event = self._cancels.get(id(future))
+        if event is not None:
+            event.set()  # the engine drops the row at its next step, or skips it if still queued
 
     @property
     def pending(self) -> int:
@@ -77,62 +91,80 @@ class ExpertServer:
     # ---- the worker ------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            if not self.scheduler.busy:
-                first = self._inbox.get()  # idle: sleep until a request comes
-                if self.wait_s > 0:
-                    time.sleep(self.wait_s)
-                self._accept(first)
-            while True:
-                try:
-                    self._accept(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            if not self.scheduler.busy:
-                continue
-            t0 = time.perf_counter()
             try:
-                n = self.scheduler.step()
-            except Exception as e:  # the model call failed (e.g. out of memory): everyone in flight gets the error, the worker goes on
-                log.exception("engine step failed; failing %d requests", self.scheduler.running + self.scheduler.waiting)
-                n = 0
-                self.scheduler.fail_all(e)
-            with self._lock:
-                self.counters["batches"] += 1 if n else 0
-                self.counters["rows"] += n
-                self.counters["busy_s"] += time.perf_counter() - t0
-                self.last_batch_size = n
+                self._turn()
+            except Exception:  # a bug outside the model call: log it, answer what it concerned, keep serving
+                log.exception("engine worker iteration failed; failing %d requests", self.scheduler.running + self.scheduler.waiting)
+                self.scheduler.fail_all(as_error(RuntimeError("engine worker failed; see the replica log")))
+
+    def _turn(self) -> None:
+        if not self.scheduler.busy:
+            first = self._inbox.get()  # idle: sleep until a request comes
+            if self.wait_s > 0:
+                time.sleep(self.wait_s)
+            self._accept(first)
+        while True:
+            try:
+                self._accept(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        if not self.scheduler.busy:
+            return
+        t0 = time.perf_counter()
+        try:
+            n = self.scheduler.step()
+        except Exception as e:  # the model call failed (e.g. out of memory): everyone in flight gets the error
+            log.exception("engine step failed; failing %d requests", self.scheduler.running + self.scheduler.waiting)
+            n = 0
+            self.scheduler.fail_all(as_error(e))
+        with self._lock:
+            self.counters["batches"] += 1 if n else 0
+            self.counters["rows"] += n
+            self.counters["busy_s"] += time.perf_counter() - t0
+            self.last_batch_size = n
 
     def _accept(self, item: tuple[Request, Future]) -> None:
         req, fut = item
         if not fut.set_running_or_notify_cancel():  # the caller gave up while it was queued
             with self._lock:
                 self.inflight -= 1
+                self._cancels.pop(id(fut), None)
                 self.counters["requests"] += 1
                 self.counters["cancelled"] += 1
             return
         self.scheduler.add(req, lambda res: self._answer(fut, res))
 
-    def _answer(self, fut: Future, res: Result | Exception) -> None:
-        if isinstance(res, Result):
-            out = {"text": res.text, "finish_reason": res.finish_reason, "prompt_tokens": res.prompt_tokens,
-                   "completion_tokens": res.completion_tokens, "stages": res.stages}
-        else:
-            out = error_payload(res)
+    def _answer(self, fut: Future, res: Outcome) -> None:
         with self._lock:
             c = self.counters
             self.inflight -= 1
+            self._cancels.pop(id(fut), None)
             c["requests"] += 1
-            c["errors"] += "error" in out
-            c["cancelled"] += out.get("finish_reason") == "cancelled"
-            c["tokens"] += out.get("completion_tokens", 0)
-        fut.set_result(out)  # running (accepted) or fresh (refused in submit): never cancelled here
+            if isinstance(res, Result):
+                c["cancelled"] += res.finish_reason == "cancelled"
+                c["tokens"] += res.completion_tokens
+            else:
+                c["errors"] += 1
+        if not fut.done():
+            fut.set_result(res)
 
     # ---- introspection ---------------------------------------------------------------------------
     def stats(self) -> dict:
+        store = self.engine.store
         with self._lock:
-            return {**self.counters, "inflight": self.inflight, "pending": self.pending, "last_batch_size": self.last_batch_size,
-                    **{f"store_{k}": v for k, v in self.engine.store.stats.as_dict().items()}, "resident": list(self.engine.store.resident())}
+            return {
+                **self.counters,
+                "inflight": self.inflight,
+                "pending": self.pending,
+                "last_batch_size": self.last_batch_size,
+                **{f"store_{k}": v for k, v in store.stats.as_dict().items()},
+                "resident": list(store.resident()),
+            }
 
-    def warm(self, name: str):
+    def warm(self, adapter: str) -> None:
         """Load and validate an adapter into host memory (the multiplexing loader calls this)."""
-        return self.engine.store.get(name)
+        self.engine.store.get(adapter)
+
+    def check_health(self) -> None:
+        if self._worker is not None and not self._worker.is_alive():
+            raise RuntimeError("the engine worker thread is not running")

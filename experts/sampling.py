@@ -10,6 +10,7 @@ import torch
 from loraplex.experts.errors import SamplingError
 
 MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 256  # each stop string; every decode step scans the text tail for each of them
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class SamplingParams:
         if isinstance(stop, str):
             object.__setattr__(self, "stop", (stop,))
         elif not isinstance(stop, (tuple, list)) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
-            problems.append(f"stop must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings, got {stop!r}")
+            problems.append(f"stop must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings, got {str(stop)[:200]!r}")
         else:
             object.__setattr__(self, "stop", tuple(stop))
+        too_long = [len(s) for s in self.stop if len(s) > MAX_STOP_CHARS] if isinstance(self.stop, tuple) else []
+        if too_long:
+            problems.append(f"stop strings may have at most {MAX_STOP_CHARS} characters, got one of {max(too_long)}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63):
             problems.append(f"seed must be an integer in [0, 2**63) or null, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):

@@ -1,24 +1,50 @@
-"""Continuous batching over one Engine: requests, and the stages of chains, join the running batch between decode steps.
+"""Continuous batching over one engine: requests, and the stages of chains, join the running batch between decode steps.
 
-Admission is FIFO. The head of the queue joins when its adapters fit the device slots next to the
-adapters of the rows already decoding (those slots are leased: the store may not evict them while a row
-reads them) and its virtual rows fit `max_batch_rows`. Nobody overtakes a waiting head, so a wide
-composition cannot starve behind a stream of small ones; `Engine.check` already refused anything that
-could never fit. A chain's next stage goes back to the head of the queue when its previous stage ends.
+Admission is FIFO. The head of the queue joins when its virtual rows fit `max_batch_rows` and the
+adapter store can lease it slots next to the slots the running rows hold (leases live in the store,
+which never rewrites a leased slot). Nobody overtakes a waiting head, so a wide composition cannot
+starve behind a stream of small ones; `check` already refused anything that could never fit. A chain's
+next stage goes back to the head of the queue when its previous stage ends.
+
+The scheduler knows the engine only through `BatchEngine` (the engine imports the scheduler, not the
+other way round).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
+from loraplex.experts.adapters.store import Lease
 from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
-from loraplex.experts.engine import Engine, Request, Result
-from loraplex.experts.errors import LoraplexError
 from loraplex.experts.decoder import Decoder, GenItem, GenOutput, TokenCallback
+from loraplex.experts.errors import CapacityError, InternalError, LoraplexError
+from loraplex.experts.request import Request, Result
 
 Done = Callable[[Result | LoraplexError], None]
+
+
+class BatchEngine(Protocol):
+    """What the scheduler needs from an engine (`experts.engine.Engine`)."""
+
+    max_batch_rows: int
+
+    def check(self, request: Request) -> list[int]: ...
+
+    def encode(self, prompt: str | list[int], max_tokens: int) -> list[int]: ...
+
+    def lease(self, adapters: Iterable[str]) -> Lease: ...
+
+    def release(self, lease: Lease) -> None: ...
+
+    def new_decoder(self) -> Decoder: ...
+
+
+def as_error(e: Exception) -> LoraplexError:
+    """Typed errors pass through; anything else is our bug, answered as a 500 that names it."""
+    return e if isinstance(e, LoraplexError) else InternalError(f"internal error: {type(e).__name__}: {e}")
 
 
 @dataclass
@@ -28,15 +54,17 @@ class _Work:
     ids: list[int] | None  # token ids of the current stage's prompt (None: encode at admission)
     stage: int = 0
     texts: list[str] = field(default_factory=list)  # outputs of the finished stages
+    prompt_tokens: int = 0  # summed over finished stages
+    completion_tokens: int = 0
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_requests: int):
+    def __init__(self, engine: BatchEngine, max_requests: int):
         self.engine = engine
         self.max_requests = max_requests  # requests decoding at once (the group's max_batch_size)
-        self.decoder = Decoder(engine.wrapped, engine.tokenizer, engine.eos_ids, engine.pad_id)
+        self.decoder = engine.new_decoder()
         self._waiting: deque[_Work] = deque()
-        self._running: dict[int, tuple[_Work, set[str]]] = {}  # id(GenItem) -> (work, adapters its rows read)
+        self._running: dict[int, tuple[_Work, Lease]] = {}  # id(GenItem) -> (work, slots its rows read)
 
     @property
     def waiting(self) -> int:
@@ -51,11 +79,12 @@ class Scheduler:
         return bool(self._waiting or self._running)
 
     def add(self, request: Request, done: Done) -> None:
-        """Queue a request; `done` gets its `Result` or `LoraplexError` (at once, if the request is invalid)."""
+        """Queue a request; `done` gets its `Result` or `LoraplexError` (at once, if the request is invalid).
+        Never raises: whatever the check throws answers this request only."""
         try:
             ids = self.engine.check(request)
-        except LoraplexError as e:
-            done(e)
+        except Exception as e:
+            done(as_error(e))
             return
         self._waiting.append(_Work(request, done, ids))
 
@@ -65,14 +94,17 @@ class Scheduler:
             self._finish(item, out)
         return self.decoder.last_size
 
-    def fail_all(self, error: Exception) -> None:
+    def fail_all(self, error: LoraplexError) -> None:
         """The model call itself failed: every queued and running request gets `error`, the batch starts empty."""
-        works = [w for w, _ in self._running.values()] + list(self._waiting)
+        running = list(self._running.values())
+        works = [w for w, _ in running] + list(self._waiting)
         self._running.clear()
         self._waiting.clear()
         self.decoder.clear()
+        for _, lease in running:
+            self.engine.release(lease)
         for w in works:
-            w.done(error)  # type: ignore[arg-type]
+            w.done(error)
 
     # ---- internals ---------------------------------------------------------------------------
     def _stage(self, w: _Work) -> tuple[Composition, str | list[int], TokenCallback | None]:
@@ -81,14 +113,13 @@ class Scheduler:
             stages = req.composition.stages
             st = stages[w.stage]
             comp: Composition = Single(st.adapter) if st.adapter else Base()
-            return comp, st.render(req.prompt, w.texts[-1] if w.texts else ""), req.on_token if w.stage == len(stages) - 1 else None
+            last = w.stage == len(stages) - 1
+            return comp, st.render(req.prompt, w.texts[-1] if w.texts else ""), req.on_token if last else None
         return req.composition, req.prompt, req.on_token
 
     def _admit(self) -> list[GenItem]:
         if self._running and not self.decoder.can_join:
             return []
-        cfg = self.engine.config
-        leased = {n for _, names in self._running.values() for n in names}
         rows = self.decoder.num_rows
         items: list[GenItem] = []
         while self._waiting and len(self._running) < self.max_requests:
@@ -96,35 +127,46 @@ class Scheduler:
             cancel = w.request.cancel
             if cancel is not None and cancel.is_set():  # client left while queued
                 self._waiting.popleft()
-                w.done(Result("", "cancelled", len(w.ids or []), 0, w.texts))
+                w.done(Result("", "cancelled", w.prompt_tokens, w.completion_tokens, w.texts))
                 continue
             comp, prompt, on_token = self._stage(w)
-            need = set(adapters_of(comp))
             wrows, mix = weight_rows(comp)
-            if len(leased | need) > cfg.max_slots or rows + len(wrows) > cfg.max_batch_rows:
+            if rows + len(wrows) > self.engine.max_batch_rows:
                 break  # waits for rows to finish; FIFO, nobody overtakes it
-            self._waiting.popleft()
             try:
-                ids = w.ids if w.ids is not None else self.engine._encode(prompt, w.request.params.max_tokens)
-                slots = self.engine.store.acquire(need, keep=leased)
-            except LoraplexError as e:  # e.g. a chain stage grew past the context, or an adapter failed validation
+                if w.ids is None:  # e.g. a chain stage: it may have grown past the context
+                    w.ids = self.engine.encode(prompt, w.request.params.max_tokens)
+                lease = self.engine.lease(adapters_of(comp))
+            except CapacityError as e:
+                if self._running or items:
+                    break  # its adapters fit once running rows release their slots
+                self._waiting.popleft()  # nothing holds a slot and it still does not fit: never wait forever
                 w.done(e)
                 continue
-            w.ids = None
-            item = GenItem(ids, [{slots[n]: wt for n, wt in r.items()} for r in wrows], mix, w.request.params, on_token,
-                           cancel.is_set if cancel is not None else None)
-            self._running[id(item)] = (w, need)
-            leased |= need
+            except Exception as e:  # e.g. an adapter removed or failing validation: this request only
+                self._waiting.popleft()
+                w.done(as_error(e))
+                continue
+            self._waiting.popleft()
+            ids, w.ids = w.ids, None
+            slot_rows = [{lease.slots[n]: wt for n, wt in r.items()} for r in wrows]
+            cancelled = cancel.is_set if cancel is not None else None
+            item = GenItem(ids, slot_rows, mix, w.request.params, on_token, cancelled)
+            self._running[id(item)] = (w, lease)
             rows += len(wrows)
             items.append(item)
         return items
 
     def _finish(self, item: GenItem, out: GenOutput) -> None:
-        w, _ = self._running.pop(id(item))
+        w, lease = self._running.pop(id(item))
+        self.engine.release(lease)
         w.texts.append(out.text)
+        w.prompt_tokens += out.prompt_tokens
+        w.completion_tokens += out.completion_tokens
         comp = w.request.composition
         if isinstance(comp, Chain) and w.stage + 1 < len(comp.stages) and out.finish_reason != "cancelled":
             w.stage += 1
             self._waiting.appendleft(w)
             return
-        w.done(Result(out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens, w.texts if len(w.texts) > 1 else []))
+        stages = w.texts if len(w.texts) > 1 else []
+        w.done(Result(out.text, out.finish_reason, w.prompt_tokens, w.completion_tokens, stages))

@@ -4,6 +4,7 @@ config (never from the config body), compared in constant time. The ingress maps
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 from pathlib import Path
 
@@ -28,11 +29,30 @@ def _read_key(env: str | None, file: str | None, what: str, problems: list[str])
     return None
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
 class AccessControl:
-    def __init__(self, cfg: AuthConfig):
+    def __init__(self, cfg: AuthConfig, http_host: str | None = None):
+        """`http_host`: where Serve's HTTP proxies listen. A host reachable from other machines with no API key
+        refuses to start unless `auth.allow_public_without_key` says it is meant (an open server by accident
+        is the easiest way to leak every adapter's outputs)."""
         problems: list[str] = []
         self.api_key = _read_key(cfg.api_key_env, cfg.api_key_file, "api key", problems)
         self.admin_key = _read_key(cfg.admin_key_env, cfg.admin_key_file, "admin key", problems)
+        exposed = http_host is not None and not is_loopback(http_host)
+        if exposed and not (cfg.api_key_env or cfg.api_key_file) and not cfg.allow_public_without_key:
+            problems.append(
+                f"HTTP host {http_host!r} is reachable from other machines but no API key is configured; set "
+                "auth.api_key_env or auth.api_key_file, bind http_options.host to 127.0.0.1, or set "
+                "auth.allow_public_without_key: true"
+            )
         if problems:
             raise ConfigError(problems)
 

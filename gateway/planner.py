@@ -1,11 +1,11 @@
-"""The ingress's logic without Serve or HTTP: validate an OpenAI body, resolve its composition, pick the
-expert group, and shape OpenAI responses. The FastAPI ingress maps the typed errors raised here to
-HTTP statuses; unit tests call this class directly.
+"""The ingress's planning without Serve or HTTP: validate an OpenAI body, resolve its composition (a named
+adapter, an explicit composition, or the MoE router's choice), pick the expert group and build the
+replica payload. Response shapes live in `gateway.responses`; typed errors raised here become HTTP
+statuses in `gateway.http_errors`. Unit tests call this class directly.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,8 +16,8 @@ from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, 
 from loraplex.experts.adapters.store import check_name, find_adapters
 from loraplex.experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
 from loraplex.experts.errors import RequestError, UnknownAdapterError
+from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams
-from loraplex.router.policy import PolicyConfig
 
 RESERVED_MODELS = ("base", "auto")
 
@@ -27,7 +27,7 @@ class Plan:
     """Where a request goes and what the expert runs."""
 
     group: str
-    payload: dict[str, Any]  # prompt, composition, sampling: what ExpertServer.run_batch takes
+    payload: GenerationPayload  # prompt, composition, sampling: what a replica's submit takes
     routing: dict[str, Any]  # {"mode", "weights", "group", "confidence"}: returned to the client
     model: str
     primary_adapter: str | None  # replica-affinity key (multiplexed model id)
@@ -42,8 +42,7 @@ class Gateway:
         self.args = args
         self.router = router
         self.tokenizer = tokenizer
-        self.policy = PolicyConfig(top_k=args.routing.top_k, temperature=args.routing.temperature, confidence_floor=args.routing.confidence_floor,
-                                   fallback=args.routing.fallback, fallback_top_k=args.routing.fallback_top_k)
+        self.policy = args.routing  # a PolicyConfig: the app's routing knobs, one source of their defaults
         self._ttl = adapters_ttl_s
         self._adapters: tuple[float, list[str]] = (0.0, [])
 
@@ -187,38 +186,3 @@ class Gateway:
         self._check_prompt_chars(len(req.prompt))
         spec, routing = self.resolve(req.model, req.composition, req.prompt)
         return {"composition": spec, "routing": routing}
-
-    # ---- responses ---------------------------------------------------------------------------
-    @staticmethod
-    def usage(result: dict) -> dict:
-        p, c = result["prompt_tokens"], result["completion_tokens"]
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-    def completion_response(self, plan: Plan, result: dict) -> dict:
-        choice = {"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}
-        if result.get("stages"):
-            choice["stages"] = result["stages"]
-        return {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model,
-                "choices": [choice], "usage": self.usage(result), "routing": plan.routing}
-
-    def chat_response(self, plan: Plan, result: dict) -> dict:
-        choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]}, "finish_reason": result["finish_reason"], "logprobs": None}
-        if result.get("stages"):
-            choice["stages"] = result["stages"]
-        return {"id": f"chatcmpl-{plan.id}", "object": "chat.completion", "created": plan.created, "model": plan.model,
-                "choices": [choice], "usage": self.usage(result), "routing": plan.routing}
-
-    def stream_chunk(self, plan: Plan, chat: bool, delta: str | None, finish: str | None = None, usage: dict | None = None, first: bool = False) -> str:
-        """One SSE `data:` line. `delta=None` with `usage` is the final usage-only chunk."""
-        if chat:
-            d: dict = {"role": "assistant", "content": delta or ""} if first else ({"content": delta} if delta else {})
-            choices = [] if usage is not None and delta is None and finish is None else [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
-            body = {"id": f"chatcmpl-{plan.id}", "object": "chat.completion.chunk", "created": plan.created, "model": plan.model, "choices": choices}
-        else:
-            choices = [] if usage is not None and delta is None and finish is None else [{"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}]
-            body = {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model, "choices": choices}
-        if usage is not None:
-            body["usage"] = usage
-        if first:
-            body["routing"] = plan.routing
-        return f"data: {json.dumps(body)}\n\n"

@@ -9,38 +9,13 @@ than betting on one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from loraplex.experts.errors import ConfigError
+from loraplex.config.app import PolicyConfig
 
-Fallback = Literal["base", "soft_topk"]
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    top_k: int = 1
-    temperature: float = 1.0
-    confidence_floor: float = 0.5
-    fallback: Fallback = "soft_topk"
-    fallback_top_k: int = 2
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.top_k < 1:
-            problems.append(f"top_k must be >= 1, got {self.top_k}")
-        if self.fallback_top_k < 1:
-            problems.append(f"fallback_top_k must be >= 1, got {self.fallback_top_k}")
-        if not self.temperature > 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.confidence_floor <= 1:
-            problems.append(f"confidence_floor must be in [0, 1], got {self.confidence_floor}")
-        if self.fallback not in ("base", "soft_topk"):
-            problems.append(f"unknown fallback {self.fallback!r}; valid: ['base', 'soft_topk']")
-        if problems:
-            raise ConfigError(problems)
-
+__all__ = ["Decision", "PolicyConfig", "decide", "top_k_renormalised"]
 
 @dataclass(frozen=True)
 class Decision:

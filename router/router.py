@@ -6,7 +6,6 @@ The serving side loads it by path; the same object explains a decision (`/v1/rou
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +39,7 @@ class Router:
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / WEIGHTS_FILE))
         cfg = {"featurizer": self.featurizer.spec(), "experts": self.experts, "network": {"dim": self.net.dim, "hidden": self.net.hidden, "dropout": self.net.dropout},
-               "policy": asdict(self.policy), "metrics": self.metrics}
+               "policy": {k: getattr(self.policy, k) for k in PolicyConfig.model_fields}, "metrics": self.metrics}
         (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
 
     @classmethod

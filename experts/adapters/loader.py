@@ -42,10 +42,6 @@ class LoraAdapter:
     modules: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]]
     config: Mapping[str, object]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in self.modules.values())
-
 
 def _pattern_value(patterns: Mapping[str, object], module: str, default: object) -> object:
     """PEFT's `rank_pattern`/`alpha_pattern` lookup: a key matches a module name suffix as a regex."""

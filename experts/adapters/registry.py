@@ -49,15 +49,12 @@ class AdapterRegistry:
 
     def _source(self, source: str) -> Path:
         path = Path(source).resolve()
-        for root in self.import_roots:
-            try:
-                path.relative_to(root)
-                if path.is_dir():
-                    return path
-                raise RequestError(f"source {source!r} is not a folder")
-            except ValueError:
-                continue
-        raise AdapterNameError(f"source {source!r} is outside the allowed import roots {[str(r) for r in self.import_roots]}")
+        if not any(path.is_relative_to(root) for root in self.import_roots):
+            roots = [str(r) for r in self.import_roots]
+            raise AdapterNameError(f"source {source!r} is outside the allowed import roots {roots}")
+        if not path.is_dir():
+            raise RequestError(f"source {source!r} is not a folder")
+        return path
 
     def register(self, name: str, source: str) -> dict:
         segments = check_name(name)

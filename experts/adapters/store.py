@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
 import torch
 
-from loraplex.experts.adapters.loader import CONFIG_FILE, LoraAdapter, load_adapter
+from loraplex.experts.adapters.loader import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_FILE, LoraAdapter, load_adapter
 from loraplex.experts.errors import AdapterNameError, CapacityError, ConfigError, UnknownAdapterError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -61,7 +61,31 @@ class SlotBackend(Protocol):
 
     num_slots: int
 
-    def write_slot(self, slot: int, modules: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]], name: str | None) -> None: ...
+    def write_slot(self, slot: int, modules: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]]) -> None: ...
+
+
+Version = tuple[int, ...]  # identity of an adapter's files on disk (inode, mtime, size of config and weights)
+SlotKey = tuple[str, Version]  # one version of one adapter: what a device slot holds
+
+
+def file_version(path: Path) -> Version:
+    """Changes whenever the adapter folder's files are replaced (registration writes a new folder and renames it)."""
+    out: list[int] = []
+    for f in (CONFIG_FILE, SAFETENSORS_FILE, PICKLE_FILE):
+        try:
+            st = (path / f).stat()
+        except FileNotFoundError:
+            continue
+        out += [st.st_ino, st.st_mtime_ns, st.st_size]
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Slots that running rows read: the store never rewrites them until `AdapterStore.release(lease)`."""
+
+    slots: dict[str, int]  # adapter name -> slot
+    keys: tuple[SlotKey, ...]
 
 
 @dataclass
@@ -74,14 +98,19 @@ class StoreStats:
     evictions_device: int = 0
     load_seconds: float = 0.0
     load_failures: int = 0
-    loads: list[str] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {k: v for k, v in self.__dict__.items() if k != "loads"}
+        return dict(self.__dict__)
 
 
 class AdapterStore:
-    """Finds, validates and caches adapters; hands out device slots for a batch."""
+    """Finds, validates and caches adapters; leases device slots to running rows.
+
+    Both tiers key on the adapter's *version* on disk, not only its name: an adapter removed and
+    registered again under the same name with new weights is reloaded, never served from a stale
+    cache. Leases live here, so nothing (an eviction, a removal, a reload) rewrites a slot that a
+    running row still reads; an old version's slot is reused only after its last lease is released.
+    """
 
     def __init__(
         self,
@@ -98,7 +127,9 @@ class AdapterStore:
             if not r.is_dir():
                 problems.append(f"adapter root {str(r)!r} is not a directory")
         if host_capacity < backend.num_slots:
-            problems.append(f"host_capacity ({host_capacity}) must be >= the number of device slots ({backend.num_slots})")
+            problems.append(
+                f"host_capacity ({host_capacity}) must be >= the number of device slots ({backend.num_slots})"
+            )
         if problems:
             raise ConfigError(problems)
         self.module_shapes = dict(module_shapes)
@@ -107,9 +138,15 @@ class AdapterStore:
         self.host_capacity = host_capacity
         self.allow_pickle = allow_pickle
         self.stats = StoreStats()
-        self._host: OrderedDict[str, LoraAdapter] = OrderedDict()
-        self._slots: OrderedDict[str, int] = OrderedDict()  # name -> slot, LRU order
+        self._host: OrderedDict[str, tuple[Version, LoraAdapter]] = OrderedDict()
+        self._slots: OrderedDict[SlotKey, int] = OrderedDict()  # LRU order
+        self._leases: Counter[SlotKey] = Counter()
+        self._current: dict[str, Version] = {}  # the version on disk when last looked up (absent: removed)
         self._lock = threading.RLock()
+
+    @property
+    def num_slots(self) -> int:
+        return self.backend.num_slots
 
     # ---- names and paths -------------------------------------------------------------------
     def available(self) -> list[str]:
@@ -122,24 +159,34 @@ class AdapterStore:
             candidate = root.joinpath(*segments)
             if (candidate / CONFIG_FILE).is_file():
                 if not _inside(root, candidate) or not _inside(root, candidate / CONFIG_FILE):
-                    raise AdapterNameError(f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it")
+                    raise AdapterNameError(
+                        f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it"
+                    )
                 return candidate
         raise UnknownAdapterError(name, self.available())
 
     # ---- host tier ---------------------------------------------------------------------------
     def get(self, name: str) -> LoraAdapter:
         """The validated adapter, from host memory or disk (LRU over `host_capacity` adapters)."""
+        return self._get(name)[1]
+
+    def _get(self, name: str) -> tuple[Version, LoraAdapter]:
         with self._lock:
-            if name in self._host:
-                if not (self._host[name].path / CONFIG_FILE).is_file():  # removed at run time
-                    del self._host[name]
-                    self._slots.pop(name, None)
-                    raise UnknownAdapterError(name, self.available())
+            try:
+                path = self.resolve(name)
+            except UnknownAdapterError:  # removed at run time: forget it (leased slots stay until released)
+                self._host.pop(name, None)
+                self._current.pop(name, None)
+                self._drop_unleased(lambda key: key[0] == name)
+                raise
+            version = file_version(path)
+            self._current[name] = version
+            cached = self._host.get(name)
+            if cached is not None and cached[0] == version:
                 self.stats.host_hits += 1
                 self._host.move_to_end(name)
-                return self._host[name]
+                return cached
             self.stats.host_misses += 1
-            path = self.resolve(name)
             t0 = time.perf_counter()
             try:
                 adapter = load_adapter(name, path, self.module_shapes, self.max_rank, self.allow_pickle)
@@ -147,50 +194,84 @@ class AdapterStore:
                 self.stats.load_failures += 1
                 raise
             self.stats.load_seconds += time.perf_counter() - t0
+            self._host.pop(name, None)
             while len(self._host) >= self.host_capacity:  # slot copies live on the device, plain LRU is safe
                 self._host.popitem(last=False)
                 self.stats.evictions_host += 1
-            self._host[name] = adapter
-            return adapter
+            self._host[name] = (version, adapter)
+            self._drop_unleased(lambda key: key[0] == name and key[1] != version)  # older versions' slots
+            return version, adapter
 
     # ---- device tier -------------------------------------------------------------------------
-    def acquire(self, names: Iterable[str], keep: Iterable[str] = ()) -> dict[str, int]:
-        """Slots for all `names` at once; evicts least-recently-used slots in neither `names` nor `keep`.
-
-        `keep` are the leases of a running batch: adapters whose slots rows still read mid-decode.
-        """
+    def lease(self, names: Iterable[str]) -> Lease:
+        """Slots for all `names` at once, held until `release`. Evicts only unleased slots, least recently
+        used first; raises `CapacityError` when the unleased slots cannot hold the missing adapters."""
         wanted = list(dict.fromkeys(names))
-        keep = set(keep)
         with self._lock:
-            if len(set(wanted) | keep) > self.backend.num_slots:
+            if len(wanted) > self.num_slots:
                 raise CapacityError(
-                    f"a batch needs {len(set(wanted) | keep)} distinct adapters but the replica has {self.backend.num_slots} slots"
+                    f"a batch needs {len(wanted)} distinct adapters but the replica has {self.num_slots} slots"
                 )
-            adapters = {n: self.get(n) for n in wanted if n not in self._slots}  # validate before evicting
-            result: dict[str, int] = {}
+            versions = {n: self._get(n) for n in wanted}  # validate before evicting
+            keys = {n: (n, versions[n][0]) for n in wanted}
+            missing = [n for n in wanted if keys[n] not in self._slots]
+            wanted_keys = set(keys.values())
+            evictable = [k for k in self._slots if k not in wanted_keys and not self._leases[k]]  # LRU first
+            free = [s for s in range(self.num_slots) if s not in set(self._slots.values())]
+            if len(missing) > len(free) + len(evictable):
+                raise CapacityError(
+                    f"{len(missing)} adapters need a slot but {self.num_slots - len(free) - len(evictable)} of "
+                    f"{self.num_slots} slots are leased by running rows; retry when they finish"
+                )
             for n in wanted:
-                if n in self._slots:
+                if keys[n] in self._slots:
                     self.stats.device_hits += 1
-                    self._slots.move_to_end(n)
-                    result[n] = self._slots[n]
-            for n, adapter in adapters.items():
+                    self._slots.move_to_end(keys[n])
+            for n in missing:
                 self.stats.device_misses += 1
-                used = set(self._slots.values())
-                free = next((s for s in range(self.backend.num_slots) if s not in used), None)
-                if free is None:
-                    victim = next(v for v in self._slots if v not in wanted and v not in keep)
-                    free = self._slots.pop(victim)
+                if free:
+                    slot = free.pop(0)
+                else:
+                    slot = self._slots.pop(evictable.pop(0))
                     self.stats.evictions_device += 1
-                self.backend.write_slot(free, adapter.modules, n)
-                self._slots[n] = free
-                result[n] = free
-            return result
+                self.backend.write_slot(slot, versions[n][1].modules)
+                self._slots[keys[n]] = slot
+            for k in wanted_keys:
+                self._leases[k] += 1
+            return Lease({n: self._slots[keys[n]] for n in wanted}, tuple(wanted_keys))
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            for k in lease.keys:
+                self._leases[k] -= 1
+                if self._leases[k] <= 0:
+                    del self._leases[k]
+            self._drop_unleased(lambda key: self._is_stale(key))
+
+    def acquire(self, names: Iterable[str]) -> dict[str, int]:
+        """Load `names` into slots without holding them (warm-up, tests): a later lease may evict them."""
+        lease = self.lease(names)
+        self.release(lease)
+        return lease.slots
+
+    def leased(self) -> int:
+        """Slots running rows hold now."""
+        with self._lock:
+            return len(self._leases)
 
     def resident(self) -> dict[str, int]:
         """Adapters currently in device slots, LRU first."""
         with self._lock:
-            return dict(self._slots)
+            return {name: slot for (name, _), slot in self._slots.items()}
 
     def cached(self) -> list[str]:
         with self._lock:
             return list(self._host)
+
+    def _is_stale(self, key: SlotKey) -> bool:
+        """A slot holding a version that is no longer the one on disk (removed, or replaced)."""
+        return self._current.get(key[0]) != key[1]
+
+    def _drop_unleased(self, match) -> None:
+        for key in [k for k in self._slots if match(k) and not self._leases[k]]:
+            del self._slots[key]

@@ -194,14 +194,13 @@ class WrappedModel:
     layers: dict[str, MultiLoraLinear]
     num_slots: int
     max_rank: int
-    slot_names: list[str | None] = field(default_factory=list)
 
     @property
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """`{module name: (in_features, out_features)}` of every wrapped layer, for adapter validation."""
         return {n: (m.in_features, m.out_features) for n, m in self.layers.items()}
 
-    def write_slot(self, slot: int, modules: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]], name: str | None) -> None:
+    def write_slot(self, slot: int, modules: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]]) -> None:
         """Put an adapter (`{module: (A, B, scale)}`) into `slot`; modules it does not target are zeroed."""
         if not 0 <= slot < self.num_slots:
             raise CapacityError(f"slot {slot} out of range; the model has {self.num_slots} slots")
@@ -212,10 +211,6 @@ class WrappedModel:
             else:
                 A, B, scale = entry
                 layer.write_slot(slot, A.to(layer.lora_A.device, layer.lora_A.dtype), B.to(layer.lora_B.device, layer.lora_B.dtype), scale)
-        self.slot_names[slot] = name
-
-    def clear_slot(self, slot: int) -> None:
-        self.write_slot(slot, {}, None)
 
     def lora_batch(self, rows: Sequence[Mapping[int, float]] | None) -> LoraBatch | None:
         """Per-row slot weights packed for the layers (None: no adapter in any row)."""
@@ -259,4 +254,4 @@ def wrap_model(model: nn.Module, num_slots: int, max_rank: int, target_modules: 
     if not layers:
         linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError([f"target_modules {list(target_modules)} match no nn.Linear of the model; its linear layers: {linears}"])
-    return WrappedModel(model, context, layers, num_slots, max_rank, [None] * num_slots)
+    return WrappedModel(model, context, layers, num_slots, max_rank)

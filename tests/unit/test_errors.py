@@ -96,8 +96,8 @@ class _Slots:
         self.num_slots = n
         self.writes = []
 
-    def write_slot(self, slot, modules, name):
-        self.writes.append((slot, name))
+    def write_slot(self, slot, modules):
+        self.writes.append(slot)
 
 
 def _edit_config(path, **changes):
@@ -222,5 +222,7 @@ def test_capacity_packs_batches_instead_of_failing(tiny):
     eng = Engine.from_config(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])], max_slots=1, max_host_adapters=2, max_rank=16))
     out = eng.generate([Request.from_json("hi", n, max_tokens=2) for n in ("a", "b", "c", "a")])
     assert [r.completion_tokens for r in out] == [2, 2, 2, 2]
-    with pytest.raises(CapacityError, match="uses 2 adapters; this replica has 1 slots"):
+    # can never fit: a permanent 400 naming the limit, not a 503 "retry later" (defect: it was a CapacityError)
+    with pytest.raises(CompositionError, match="uses 2 adapters; this replica has max_slots=1") as e:
         eng.check(Request.from_json("hi", {"mode": "stack", "adapters": ["a", "b"]}))
+    assert e.value.status == 400

@@ -1,4 +1,4 @@
-"""Ingress logic (Gateway) and the expert replica logic (ExpertServer), without Serve or HTTP."""
+"""Ingress logic (Gateway planning, adapter registry), without Serve or HTTP."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import torch
 from pydantic import ValidationError
 
 from loraplex.config.app import AppArgs
-from loraplex.config.engine import EngineConfig
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.experts.errors import CompositionError, RequestError, SamplingError, UnknownAdapterError
-from loraplex.experts.replica import ExpertServer
 from loraplex.gateway.planner import Gateway
 from loraplex.router.network import RouterNet
 from loraplex.router.router import Router
@@ -110,24 +108,6 @@ BODY_CASES = [
 def test_request_body_errors(name, body, match):
     with pytest.raises(ValidationError, match=match):
         CompletionRequest(**body)
-
-
-def test_expert_server_batch_mixes_good_and_bad(tiny, engine):
-    server = ExpertServer(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), ["a"], engine=engine)
-    out = server.run_batch([
-        {"prompt": "hi", "composition": "a", "sampling": {"max_tokens": 3}},
-        {"prompt": "hi", "composition": "zz", "sampling": {"max_tokens": 3}},
-        {"prompt": "hi", "composition": {"mode": "blend", "weights": {"a": -1}}, "sampling": {}},
-        {"prompt": "hi", "composition": None, "sampling": {"max_tokens": 2, "bogus": 1}},
-        {"prompt": "hi", "composition": {"mode": "stack", "adapters": ["a", "b"]}, "sampling": {"max_tokens": 2}},
-    ])
-    assert out[0]["completion_tokens"] == 3 and out[4]["completion_tokens"] == 2
-    assert out[1]["error"]["type"] == "UnknownAdapterError"
-    assert out[2]["error"]["type"] == "CompositionError"
-    assert "bogus" in out[3]["error"]["message"]
-    s = server.stats()
-    assert s["requests"] == 5 and s["errors"] == 3 and s["inflight"] == 0 and s["pending"] == 0
-    assert s["batches"] >= 3 and s["tokens"] == 5  # decode steps: the longest request took 3
 
 
 def test_registry_register_validate_and_remove(engine, tiny, tmp_path):

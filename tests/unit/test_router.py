@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 import torch
 
 from loraplex.experts.errors import ConfigError
@@ -84,17 +85,26 @@ def test_temperature_flattens_confidence():
 
 
 CONFIG_CASES = [
-    ("top_k", dict(top_k=0), "top_k must be >= 1"),
-    ("temperature", dict(temperature=0.0), "temperature must be > 0"),
-    ("floor", dict(confidence_floor=1.5), r"confidence_floor must be in \[0, 1\]"),
-    ("fallback", dict(fallback="random"), r"unknown fallback 'random'; valid: \['base', 'soft_topk'\]"),
+    ("top_k", dict(top_k=0), r"top_k\n  Input should be greater than or equal to 1"),
+    ("temperature", dict(temperature=0.0), r"temperature\n  Input should be greater than 0"),
+    ("floor", dict(confidence_floor=1.5), r"confidence_floor\n  Input should be less than or equal to 1"),
+    ("fallback", dict(fallback="random"), r"fallback\n  Input should be 'base' or 'soft_topk'"),
+    ("unknown field", dict(floor=0.5), r"floor\n  Extra inputs are not permitted"),
 ]
 
 
 @pytest.mark.parametrize("name,kw,match", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
 def test_policy_config_errors(name, kw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ValidationError, match=match):
         PolicyConfig(**kw)
+
+
+def test_policy_defaults_have_one_source():
+    """The Serve app's routing config and a router's own policy are the same model: the same defaults."""
+    from loraplex.config.app import RoutingConfig
+
+    assert RoutingConfig().model_dump(exclude={"router_path"}) == PolicyConfig().model_dump()
+    assert PolicyConfig().confidence_floor == 0.6
 
 
 class _Feat:

@@ -1,0 +1,57 @@
+"""OpenAI response bodies and SSE events for a planned request and the replica's `Result`.
+
+Everything the client sees besides errors (`gateway.http_errors`) is shaped here, so the completions
+and chat endpoints, streamed or not, stay consistent with each other and with OpenAI's clients.
+"""
+
+from __future__ import annotations
+
+import json
+
+from loraplex.experts.request import Result
+from loraplex.gateway.planner import Plan
+
+
+def completion_response(plan: Plan, result: Result) -> dict:
+    choice: dict = {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}
+    if result.stages:
+        choice["stages"] = result.stages
+    return {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model,
+            "choices": [choice], "usage": result.usage, "routing": plan.routing}
+
+
+def chat_response(plan: Plan, result: Result) -> dict:
+    message = {"role": "assistant", "content": result.text}
+    choice: dict = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
+    if result.stages:
+        choice["stages"] = result.stages
+    return {"id": f"chatcmpl-{plan.id}", "object": "chat.completion", "created": plan.created, "model": plan.model,
+            "choices": [choice], "usage": result.usage, "routing": plan.routing}
+
+
+def stream_chunk(plan: Plan, chat: bool, delta: str | None, finish: str | None = None, usage: dict | None = None,
+                 first: bool = False) -> str:
+    """One SSE `data:` line. `delta=None` with `usage` is the final usage-only chunk."""
+    usage_only = usage is not None and delta is None and finish is None
+    if chat:
+        d: dict = {"role": "assistant", "content": delta or ""} if first else ({"content": delta} if delta else {})
+        choices = [] if usage_only else [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
+        body = {"id": f"chatcmpl-{plan.id}", "object": "chat.completion.chunk", "created": plan.created,
+                "model": plan.model, "choices": choices}
+    else:
+        choices = [] if usage_only else [{"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}]
+        body = {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model,
+                "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    if first:
+        body["routing"] = plan.routing
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def stream_error(error_body: dict) -> str:
+    """An error after the stream has started (status 200 is already sent): an SSE event in the OpenAI error shape."""
+    return f"data: {json.dumps(error_body)}\n\n"
+
+
+DONE = "data: [DONE]\n\n"

@@ -1,0 +1,85 @@
+"""The native replica (the engine protocol over our engine): continuous batching across concurrent callers,
+typed outcomes per request, a worker thread that survives every failure."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from loraplex.config.engine import EngineConfig
+from loraplex.experts.engine import Request
+from loraplex.experts.errors import CompositionError, InternalError, RequestError, UnknownAdapterError
+from loraplex.experts.replica import NativeReplica
+from loraplex.experts.request import Result
+
+PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice"]
+
+
+def _server(tiny, engine, **kw):
+    return NativeReplica(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), [], engine=engine, **kw)
+
+
+def _payload(i, **sampling):
+    return {"prompt": PROMPTS[i % 4], "composition": "abc"[i % 3], "sampling": {"max_tokens": 6 + i % 5, **sampling}}
+
+
+def test_concurrent_callers_join_one_running_batch_and_get_their_solo_answers(tiny, engine):
+    server = _server(tiny, engine, max_batch_size=8)
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda i: server.submit(_payload(i)).result(timeout=60), range(12)))
+    solo = [engine.generate([Request.from_json(p["prompt"], p["composition"], **p["sampling"])])[0] for p in map(_payload, range(12))]
+    assert [g.text for g in got] == [s.text for s in solo]
+    s = server.stats()
+    assert s["requests"] == 12 and s["errors"] == 0 and s["inflight"] == 0
+    assert s["rows"] > s["batches"]  # some decode steps held several requests
+    assert s["rows"] == sum(g.completion_tokens for g in got)  # every row of every step was a real request's token
+
+
+def test_a_failing_step_answers_everyone_in_flight_and_the_worker_goes_on(tiny, engine, monkeypatch):
+    server = _server(tiny, engine)
+    real = server.scheduler.decoder.step
+    calls = []
+
+    def broken(joining=()):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(joining)
+
+    monkeypatch.setattr(server.scheduler.decoder, "step", broken)
+    first = server.submit(_payload(0, max_tokens=20))
+    out = first.result(timeout=60)
+    assert isinstance(out, InternalError) and "out of memory" in str(out) and out.status == 500
+    after = server.submit(_payload(1, max_tokens=3)).result(timeout=60)  # fresh decoder, same worker
+    assert after.completion_tokens == 3
+    assert server.stats()["errors"] == 1 and server.stats()["inflight"] == 0
+
+
+def test_cancel_frees_a_running_row(tiny, engine):
+    server = _server(tiny, engine)
+    seen = threading.Event()
+    fut = server.submit(_payload(0, max_tokens=200, ignore_eos=True), on_token=lambda d: seen.set())
+    assert seen.wait(30)
+    server.cancel(fut)
+    out = fut.result(timeout=60)
+    assert out.finish_reason == "cancelled" and out.completion_tokens < 200
+    assert server.stats()["cancelled"] == 1
+
+
+def test_one_batch_mixes_good_and_bad_requests(tiny, engine):
+    server = NativeReplica(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), ["a"], engine=engine)
+    payloads = [
+        {"prompt": "hi", "composition": "a", "sampling": {"max_tokens": 3}},
+        {"prompt": "hi", "composition": "zz", "sampling": {"max_tokens": 3}},
+        {"prompt": "hi", "composition": {"mode": "blend", "weights": {"a": -1}}, "sampling": {}},
+        {"prompt": "hi", "composition": None, "sampling": {"max_tokens": 2, "bogus": 1}},
+        {"prompt": "hi", "composition": {"mode": "stack", "adapters": ["a", "b"]}, "sampling": {"max_tokens": 2}},
+    ]
+    out = [f.result(timeout=60) for f in [server.submit(p) for p in payloads]]
+    assert out[0].completion_tokens == 3 and out[4].completion_tokens == 2
+    assert isinstance(out[1], UnknownAdapterError) and out[1].status == 404
+    assert isinstance(out[2], CompositionError) and out[2].status == 400
+    assert isinstance(out[3], RequestError) and "bogus" in str(out[3]) and out[3].status == 400
+    s = server.stats()
+    assert s["requests"] == 5 and s["errors"] == 3 and s["inflight"] == 0 and s["pending"] == 0
+    assert s["batches"] >= 3 and s["tokens"] == 5  # decode steps: the longest request took 3
