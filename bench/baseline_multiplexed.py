@@ -11,8 +11,10 @@ HTTP proxy reads it, `-` or `_` spelling, and routes to a replica holding that m
 is the same OpenAI-style `{"model", "prompt", "max_tokens", "ignore_eos"}` that loraplex takes.
 
     from loraplex.bench.baseline_multiplexed import build_baseline
-    serve.run(build_baseline({"base_model": ..., "adapter_roots": [...], "max_models": 32}), name="baseline", route_prefix="/baseline")
-    # POST /baseline/v1/completions  -H 'serve_multiplexed_model_id: a3'  -d '{"model": "a3", "prompt": [5, 6], "max_tokens": 16}'
+    app = build_baseline({"base_model": ..., "adapter_roots": [...], "max_models": 32})
+    serve.run(app, name="baseline", route_prefix="/baseline")
+    # POST /baseline/v1/completions  -H 'serve_multiplexed_model_id: a3'
+    #      -d '{"model": "a3", "prompt": [5, 6], "max_tokens": 16}'
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotation through @serve.ingress.
@@ -68,7 +70,14 @@ class _LoadedAdapter:
 @serve.deployment
 @serve.ingress(app)
 class MultiplexedPeftBaseline:
-    def __init__(self, base_model: str, adapter_roots: list[str], max_models: int = 32, dtype: str = "float32", torch_threads: int | None = None):
+    def __init__(
+        self,
+        base_model: str,
+        adapter_roots: list[str],
+        max_models: int = 32,
+        dtype: str = "float32",
+        torch_threads: int | None = None,
+    ):
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,8 +90,14 @@ class MultiplexedPeftBaseline:
         base = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype)).eval()
         # Placeholder adapter on the same layers the real adapters target (so the wrapped layers are the same);
         # default init has lora_B = 0: a no-op even if it were active.
-        self.model = get_peft_model(base, LoraConfig(r=1, target_modules=_first_adapter_targets(self.roots), task_type="CAUSAL_LM"), adapter_name=PLACEHOLDER).eval()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.model = get_peft_model(
+            base,
+            LoraConfig(r=1, target_modules=_first_adapter_targets(self.roots), task_type="CAUSAL_LM"),
+            adapter_name=PLACEHOLDER,
+        ).eval()
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        )
         self.model_lock = threading.Lock()  # model state (load/delete/set_adapter/generate) across worker threads
         self.turn = asyncio.Lock()  # one request at a time, FIFO, without parking executor threads on model_lock
         self.counters = {"requests": 0, "errors": 0, "tokens": 0, "loads": 0, "unloads": 0, "reloads": 0, "busy_s": 0.0}
@@ -123,17 +138,37 @@ class MultiplexedPeftBaseline:
             self.model.set_adapter(name)
             ids = torch.tensor([prompt_ids])
             with torch.inference_mode():
-                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                          min_new_tokens=max_tokens if ignore_eos else None, do_sample=False, pad_token_id=self.pad_id)
-        new = out[0, ids.shape[1]:].tolist()
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_tokens,
+                    min_new_tokens=max_tokens if ignore_eos else None,
+                    do_sample=False,
+                    pad_token_id=self.pad_id,
+                )
+        new = out[0, ids.shape[1] :].tolist()
         eos = self.tokenizer.eos_token_id
         finish = "stop" if (eos is not None and new and new[-1] == eos and len(new) < max_tokens) else "length"
-        return {"text": self.tokenizer.decode(new, skip_special_tokens=True), "finish_reason": finish, "prompt_tokens": len(prompt_ids), "completion_tokens": len(new)}
+        return {
+            "text": self.tokenizer.decode(new, skip_special_tokens=True),
+            "finish_reason": finish,
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(new),
+        }
 
     # ---- HTTP ------------------------------------------------------------------------------------------
     @staticmethod
     def _error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "internal_error", "code": status}}, status_code=status)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error" if status < 500 else "internal_error",
+                    "code": status,
+                }
+            },
+            status_code=status,
+        )
 
     @app.post("/v1/completions")
     async def completions(self, request: Request):
@@ -151,7 +186,11 @@ class MultiplexedPeftBaseline:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
             prompt_ids = self.tokenizer(prompt)["input_ids"]
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and 0 <= t < len(self.tokenizer) for t in prompt):
+        elif (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(t, int) and 0 <= t < len(self.tokenizer) for t in prompt)
+        ):
             prompt_ids = prompt
         else:
             return self._error(400, "prompt must be text or a non-empty list of token ids")
@@ -165,7 +204,9 @@ class MultiplexedPeftBaseline:
             async with self.turn:
                 t0 = time.perf_counter()
                 try:
-                    result = await asyncio.to_thread(self._generate, model, prompt_ids, max_tokens, bool(body.get("ignore_eos", False)))
+                    result = await asyncio.to_thread(
+                        self._generate, model, prompt_ids, max_tokens, bool(body.get("ignore_eos", False))
+                    )
                 finally:
                     self.counters["busy_s"] += time.perf_counter() - t0
         except Exception as e:
@@ -173,9 +214,23 @@ class MultiplexedPeftBaseline:
             return self._error(500, f"{type(e).__name__}: {e}")
         self.counters["requests"] += 1
         self.counters["tokens"] += result["completion_tokens"]
-        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"], "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-        return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()), "model": model,
-                             "choices": [{"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}], "usage": usage})
+        usage = {
+            "prompt_tokens": result["prompt_tokens"],
+            "completion_tokens": result["completion_tokens"],
+            "total_tokens": result["prompt_tokens"] + result["completion_tokens"],
+        }
+        return JSONResponse(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}
+                ],
+                "usage": usage,
+            }
+        )
 
     @app.get("/v1/stats")
     async def stats(self):
@@ -189,8 +244,13 @@ class MultiplexedPeftBaseline:
 
 
 def build_baseline(args: dict):
-    """App builder: args = {base_model, adapter_roots, max_models?, dtype?, torch_threads?, num_cpus?, max_ongoing_requests?, max_queued_requests?}."""
+    """App builder: args = {base_model, adapter_roots, max_models?, dtype?, torch_threads?, num_cpus?,
+    max_ongoing_requests?, max_queued_requests?}."""
     a = dict(args)
-    opts = {"ray_actor_options": {"num_cpus": float(a.pop("num_cpus", 1.0))}, "max_ongoing_requests": int(a.pop("max_ongoing_requests", 64)),
-            "max_queued_requests": int(a.pop("max_queued_requests", 256)), "num_replicas": int(a.pop("num_replicas", 1))}
+    opts = {
+        "ray_actor_options": {"num_cpus": float(a.pop("num_cpus", 1.0))},
+        "max_ongoing_requests": int(a.pop("max_ongoing_requests", 64)),
+        "max_queued_requests": int(a.pop("max_queued_requests", 256)),
+        "num_replicas": int(a.pop("num_replicas", 1)),
+    }
     return MultiplexedPeftBaseline.options(**opts).bind(**a)

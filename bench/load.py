@@ -1,0 +1,268 @@
+"""Open-loop HTTP load against the benchmarked systems: warm-up, consistency check, one rate step, the rate ladder.
+
+Open loop: each request is sent at its scheduled arrival time whatever earlier requests are doing, and its
+latency counts from that scheduled time, so a slow server cannot slow the client down and hide its own
+queueing (no coordinated omission). Every step is bounded: requests still pending `timeout + 5` s after the
+last arrival are cancelled and counted as timeouts. Only the given base URL (127.0.0.1) is contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+from loraplex.bench.systems import SYSTEMS, request_for
+from loraplex.bench.verdict import Criteria
+from loraplex.bench.workloads import Arrival, WorkloadSpec, consistency_pairs, make_workload
+
+
+@dataclass(frozen=True)
+class LadderSpec:
+    """The sweep: offered rates, how each step's load is drawn, what every request asks, and the verdict inputs."""
+
+    rates: list[float]
+    workload: WorkloadSpec
+    max_tokens: int  # tokens generated per request
+    timeout: float  # per-request timeout (s); a timed-out request is an error
+    cooldown: float  # idle seconds between steps
+    warmup_passes: int  # sequential passes over every adapter before measuring
+    slo_ms: float | None  # p99 SLO; None: slo_factor x the baseline's p50 at the first rate
+    slo_factor: float
+    max_error_rate: float
+    min_achieved: float
+    stop_after_fails: int  # drop a system after this many consecutive failing steps (0 = never)
+
+
+def latency_ms(latencies_s: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99/mean/max in ms, rounded to 0.1; all None (not NaN: strict JSON) when nothing completed."""
+    import numpy as np
+
+    keys = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms")
+    if not latencies_s:
+        return dict.fromkeys(keys)
+    lat = np.array(latencies_s)
+    vals = (np.percentile(lat, 50), np.percentile(lat, 90), np.percentile(lat, 99), lat.mean(), lat.max())
+    return {k: round(float(v) * 1000, 1) for k, v in zip(keys, vals)}
+
+
+def step_stats(results: list[dict], rate: float, window: float, t0: float) -> dict:
+    """The load-side record of one step from its per-request results ({ok, lat, done[, tokens | kind]}).
+
+    Rates divide by the span from the step start to the last completion (at least the arrival window), so
+    a backlog that drains after the last arrival lowers achieved throughput instead of being ignored.
+    """
+    ok = [r for r in results if r["ok"]]
+    span = max(window, max((r["done"] for r in results), default=t0) - t0, 1e-9)
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r["ok"]:
+            errors[r["kind"]] = errors.get(r["kind"], 0) + 1
+    n = len(results)
+    return {
+        "offered_rps": rate,
+        "sent": n,
+        "window_s": round(window, 2),
+        "span_s": round(span, 2),
+        "offered_actual_rps": round(n / window, 3) if window else None,
+        "completed": len(ok),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "error_rate": round(sum(errors.values()) / n, 4) if n else 0.0,
+        "achieved_rps": round(len(ok) / span, 3),
+        "tokens_per_s": round(sum(r["tokens"] for r in ok) / span, 1),
+        **latency_ms([r["lat"] for r in ok]),
+    }
+
+
+def server_delta(system: str, before: dict, after: dict) -> dict:
+    """Server-side counters over one step (the /v1/stats difference); loraplex adds the mean running batch."""
+    if system != "baseline":
+        b, c = next(iter(before.values()), {}), next(iter(after.values()), {})
+        keys = ("requests", "batches", "rows", "tokens", "busy_s", "device_misses", "evictions_device")
+        d = {k: round(c.get(k, 0) - b.get(k, 0), 3) for k in keys if k in c}
+        if d.get("batches"):
+            d["mean_batch"] = round(d["rows"] / d["batches"], 2)
+        return d
+    keys = ("requests", "tokens", "loads", "unloads", "reloads", "busy_s", "errors")
+    return {k: round(after.get(k, 0) - before.get(k, 0), 3) for k in keys if k in after}
+
+
+async def fetch_stats(client, base_url: str, system: str) -> dict:
+    """GET /<system>/v1/stats; {} when it fails (the stats are informative, never a reason to abort)."""
+    try:
+        r = await client.get(f"{base_url}/{system}/v1/stats", timeout=10)
+        return r.json() if r.status_code == 200 else {}
+    except Exception:
+        return {}
+
+
+async def one_request(client, url: str, body: dict, headers: dict, timeout: float, t_sched: float) -> dict:
+    try:
+        r = await client.post(url, json=body, headers=headers, timeout=timeout)
+        done = time.perf_counter()
+        if r.status_code != 200:
+            return {"ok": False, "kind": f"http_{r.status_code}", "lat": done - t_sched, "done": done}
+        return {"ok": True, "lat": done - t_sched, "done": done, "tokens": r.json()["usage"]["completion_tokens"]}
+    except Exception as e:  # httpx timeouts, connection errors, cancellation at the step deadline
+        import httpx
+
+        kind = "timeout" if isinstance(e, httpx.TimeoutException) else type(e).__name__
+        return {"ok": False, "kind": kind, "lat": time.perf_counter() - t_sched, "done": time.perf_counter()}
+
+
+async def run_step(
+    client, system: str, base_url: str, rate: float, work: list[Arrival], max_tokens: int, timeout: float
+) -> dict:
+    """Offer `work` open-loop to `system`: each request starts at its scheduled time whatever earlier ones are doing."""
+    before = await fetch_stats(client, base_url, system)
+    load0 = os.getloadavg()
+    tasks, lags = [], []
+    t0 = time.perf_counter() + 0.05
+    for offset, adapter, prompt in work:
+        t_sched = t0 + offset
+        delay = t_sched - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(max(0.0, time.perf_counter() - t_sched))
+        url, body, headers = request_for(system, base_url, adapter, prompt, max_tokens)
+        tasks.append(asyncio.create_task(one_request(client, url, body, headers, timeout, t_sched)))
+    window = work[-1][0] if work else 0.0
+    done, pending = await asyncio.wait(tasks, timeout=timeout + 5) if tasks else (set(), set())
+    for t in pending:  # bounded: nothing outlives its step
+        t.cancel()
+    results = [t.result() for t in tasks if t in done]
+    results += [{"ok": False, "kind": "timeout", "lat": timeout, "done": time.perf_counter()} for _ in pending]
+    after = await fetch_stats(client, base_url, system)
+    step = {"system": system, **step_stats(results, rate, window, t0)}
+    step["client_lag_ms_max"] = round(max(lags, default=0.0) * 1000, 1)
+    step["loadavg_start"] = [round(x, 2) for x in load0]
+    step["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    step["server"] = server_delta(system, before, after)
+    return step
+
+
+async def warm_up(
+    client, base_url: str, names: list[str], passes: int, prompt_tokens: int, max_tokens: int, timeout: float
+) -> dict:
+    """Sequential passes over every adapter (the baseline loads them all) plus one concurrent burst per system.
+
+    Returns seconds per system. Raises on any non-200: a system that cannot answer is not worth measuring.
+    """
+    out = {}
+    for system in SYSTEMS:
+        t = time.perf_counter()
+        for _ in range(passes):
+            for n in names:
+                url, body, headers = request_for(system, base_url, n, [3 + i for i in range(prompt_tokens)], max_tokens)
+                r = await client.post(url, json=body, headers=headers, timeout=max(60, timeout))
+                if r.status_code != 200:
+                    raise RuntimeError(f"warm-up {system} {n}: HTTP {r.status_code} {r.text[:300]}")
+        burst = [
+            request_for(system, base_url, names[i % len(names)], [5] * prompt_tokens, max_tokens) for i in range(8)
+        ]
+        rs = await asyncio.gather(*(client.post(u, json=b, headers=h, timeout=max(60, timeout)) for u, b, h in burst))
+        if any(r.status_code != 200 for r in rs):
+            raise RuntimeError(f"warm-up burst {system}: {[r.status_code for r in rs]}")
+        out[system] = round(time.perf_counter() - t, 1)
+    return out
+
+
+async def consistency(
+    client, base_url: str, pairs: list[tuple[str, list[int]]], max_tokens: int, timeout: float, rounds: int = 2
+) -> dict:
+    """The pairs sequentially, then all at once `rounds` times: how many concurrent (greedy) answers differ."""
+    n = len(pairs)
+    out = {}
+    for system in SYSTEMS:
+
+        async def text(i, system=system):
+            url, body, headers = request_for(system, base_url, pairs[i][0], pairs[i][1], max_tokens)
+            r = await client.post(url, json=body, headers=headers, timeout=max(60, timeout))
+            return r.json()["choices"][0]["text"] if r.status_code == 200 else f"HTTP {r.status_code}"
+
+        ref = [await text(i) for i in range(n)]
+        bad = 0
+        for _ in range(rounds):
+            got = await asyncio.gather(*(text(i) for i in range(n)))
+            bad += sum(g != r for g, r in zip(got, ref))
+        out[system] = {
+            "concurrent_mismatches": bad,
+            "concurrent_requests": n * rounds,
+            "distinct_reference_texts": len(set(ref)),
+        }
+        print(
+            f"consistency {system:16s}: {bad}/{n * rounds} concurrent answers differ from the sequential ones",
+            flush=True,
+        )
+    return out
+
+
+def step_order(i: int) -> tuple[str, ...]:
+    """Systems in the order step `i` runs them: the baseline first at step 0 (it defines the SLO), then rotating."""
+    k = SYSTEMS.index("baseline")
+    order = SYSTEMS[k:] + SYSTEMS[:k]
+    return order[i % len(order) :] + order[: i % len(order)]
+
+
+def _fmt(x: float | None) -> str:
+    return f"{x:7.0f}" if x is not None else "    n/a"
+
+
+def _progress_line(i: int, system: str, rate: float, st: dict) -> str:
+    mb = st["server"].get("mean_batch")
+    return (
+        f"[{i:2d}] {system:16s} offered {rate:6.2f} req/s -> achieved {st['achieved_rps']:6.2f} req/s "
+        f"{st['tokens_per_s']:7.1f} tok/s | p50 {_fmt(st['p50_ms'])} ms p99 {_fmt(st['p99_ms'])} ms | "
+        f"err {st['errors']:3d}/{st['sent']:<4d}{f' | batch {mb:5.1f}' if mb else ''} | "
+        f"load {st['loadavg_end'][0]:.2f} | {'OK' if st['sustainable'] else 'FAIL'}"
+    )
+
+
+async def sweep(spec: LadderSpec, base_url: str, names: list[str], setup: dict) -> tuple[list[dict], Criteria | None]:
+    """Warm up, check consistency, then run every rate of the ladder on every system; (steps, criteria used).
+
+    Every system gets the identical request sequence at a rate, back to back, so machine noise hits all
+    of them. Fills `setup` with warmup_s, baseline_server, consistency and (when derived) slo_source.
+    The criteria are None only when no step ran and no SLO was given.
+    """
+    import httpx
+
+    steps: list[dict] = []
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+        setup["warmup_s"] = await warm_up(
+            client, base_url, names, spec.warmup_passes, spec.workload.prompt_tokens, spec.max_tokens, spec.timeout
+        )
+        setup["baseline_server"] = await fetch_stats(client, base_url, "baseline")
+        setup["consistency"] = await consistency(
+            client, base_url, consistency_pairs(spec.workload, names), spec.max_tokens, spec.timeout
+        )
+        criteria = None if spec.slo_ms is None else Criteria(spec.slo_ms, spec.max_error_rate, spec.min_achieved)
+        fails = dict.fromkeys(SYSTEMS, 0)
+        for i, rate in enumerate(spec.rates):
+            work = make_workload(spec.workload, rate, i, names)
+            for system in step_order(i):
+                if spec.stop_after_fails and fails[system] >= spec.stop_after_fails:
+                    continue
+                st = await run_step(client, system, base_url, rate, work, spec.max_tokens, spec.timeout)
+                if criteria is None:
+                    if st["p50_ms"] is None:
+                        raise RuntimeError(
+                            f"baseline completed no request at {rate} req/s: no SLO reference; pass --slo-ms"
+                        )
+                    criteria = Criteria(spec.slo_factor * st["p50_ms"], spec.max_error_rate, spec.min_achieved)
+                    setup["slo_source"] = (
+                        f"{spec.slo_factor:g} x baseline p50 at {rate:g} req/s ({st['p50_ms']:.0f} ms)"
+                    )
+                    print(f"SLO: p99 <= {criteria.slo_ms:.0f} ms ({setup['slo_source']})", flush=True)
+                st["step"] = i
+                st["sustainable"] = criteria.passes(st)
+                fails[system] = 0 if st["sustainable"] else fails[system] + 1
+                steps.append(st)
+                print(_progress_line(i, system, rate, st), flush=True)
+                await asyncio.sleep(spec.cooldown)
+            if spec.stop_after_fails and all(fails[s] >= spec.stop_after_fails for s in SYSTEMS):
+                break
+    return steps, criteria

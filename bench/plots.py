@@ -1,0 +1,130 @@
+"""PNG plots of the benchmark and soak reports, drawn from the report dicts the scripts write as JSON.
+
+Only reads report fields, so a plot can be redrawn from a saved JSON. matplotlib is imported inside each
+function with the Agg backend: it is a dev dependency and the machines running these have no display.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from loraplex.bench.systems import LABELS
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_engine(report: dict, path: Path) -> None:
+    """Engine benchmark: tokens/s per config (with the ratio to base_only) and the adapters-in-batch sweep."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    res = report["results"]
+    names = list(res)
+    ax1.barh(
+        names,
+        [res[n]["tok_per_s"] for n in names],
+        color=["#888" if not n.startswith("loraplex") else "#2a7" for n in names],
+    )
+    for i, n in enumerate(names):
+        ax1.text(res[n]["tok_per_s"], i, f" {res[n]['vs_base']:.2f}x", va="center")
+    s = report["setup"]
+    ax1.set_xlabel("generated tokens / s (higher is better)")
+    ax1.set_title(
+        f"batch {s['batch']}, {s['adapters']} adapters r{s['rank']}, "
+        f"hidden {s['hidden']}x{s['layers']}L, {s['threads']} threads"
+    )
+    if report["sweep"]:
+        xs = [r["adapters_in_batch"] for r in report["sweep"]]
+        for k in ("peft_mixed_batch", "loraplex_distinct", "loraplex_top2_blend"):
+            if k in report["sweep"][0]:
+                ax2.plot(xs, [r[k] for r in report["sweep"]], marker="o", label=k)
+        ax2.axhline(1.0, color="#888", ls="--", label="base_only")
+        ax2.set_xscale("log", base=2)
+        ax2.set_xlabel("distinct adapters in batch (batch = max(32, n))")
+        ax2.set_ylabel("throughput vs base_only")
+        ax2.legend()
+        ax2.set_title("adapters-in-batch sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_serving(report: dict, path: Path) -> None:
+    """Serving benchmark: latency vs offered rate (with the SLO) and achieved vs offered (with sustainable rates)."""
+    plt = _pyplot()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    colors = {"loraplex": "#2a7", "baseline": "#c44"}
+    summ = report["summary"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for s in report["setup"]["systems"]:
+        xs = [x for x in report["steps"] if x["system"] == s]
+        if not xs:
+            continue
+        r = [x["offered_rps"] for x in xs]
+        ax1.plot(r, [x["p99_ms"] for x in xs], marker="o", color=colors[s], label=f"{LABELS[s]} p99")
+        ax1.plot(r, [x["p50_ms"] for x in xs], marker=".", ls="--", color=colors[s], label=f"{LABELS[s]} p50")
+        ax2.plot(r, [x["achieved_rps"] for x in xs], marker="o", color=colors[s], label=LABELS[s])
+        sus = summ.get(s, {}).get("sustainable_rps")
+        if sus:
+            ax2.axvline(sus, color=colors[s], ls=":", lw=1)
+    slo = summ.get("slo_p99_ms")
+    if slo and not math.isnan(slo):
+        ax1.axhline(slo, color="#555", ls=":", label=f"SLO p99 {slo:.0f} ms")
+    all_r = [x["offered_rps"] for x in report["steps"]] or [1]
+    ax2.plot(
+        [min(all_r), max(all_r)], [min(all_r), max(all_r)], color="#999", ls="--", lw=1, label="achieved = offered"
+    )
+    rates = sorted(set(all_r))
+    labelled = rates[:: max(1, len(rates) // 9)]  # a fine ladder would overprint its labels
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered rate (req/s, Poisson)")
+        ax.set_xticks(labelled, [f"{r:.3g}" for r in labelled])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax1.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax2.set_yticks(labelled, [f"{r:.3g}" for r in labelled])
+    ax1.set_ylabel("latency (ms)")
+    ax1.legend(fontsize=7)
+    ax2.set_ylabel("achieved (completed req/s)")
+    ax2.legend(fontsize=7)
+    st = report["setup"]
+    ratio = " / ".join(
+        f"{s} {summ[s].get('sustainable_ratio')}x" for s in st["systems"] if s != "baseline" and s in summ
+    )
+    fig.suptitle(
+        f"{st['adapters']} adapters r{st['rank']}, Zipf s={st['zipf_s']}, "
+        f"hidden {st['model']['hidden']}x{st['model']['layers']}L, "
+        f"{st['max_tokens']} new tokens, 1 replica x {st['replica_cpus']} CPU each; sustainable vs baseline: {ratio}",
+        fontsize=9,
+    )
+    ax1.set_title("latency vs offered load")
+    ax2.set_title("throughput: achieved vs offered (dotted: sustainable)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_soak(report: dict, path: Path) -> None:
+    """Soak: total RSS of the Ray/Serve processes over time and latency p50/p99 per window."""
+    plt = _pyplot()
+    rss, windows = report["rss_total_mb"], report["windows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot([t for t, _ in rss], [m for _, m in rss])
+    ax1.set_xlabel("s")
+    ax1.set_ylabel("RSS of all Ray/Serve processes (MiB)")
+    ax2.plot([w["t"] for w in windows], [w["p50"] for w in windows], label="p50")
+    ax2.plot([w["t"] for w in windows], [w["p99"] for w in windows], label="p99")
+    ax2.set_xlabel("s")
+    ax2.set_ylabel("latency (s)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,96 @@
+"""Which offered rates a system sustains, and the serving benchmark's summary: pure functions of the step records.
+
+Kept apart from the load client so the verdict can be recomputed from a saved JSON (the committed
+docs/bench_serving.json reproduces its own summary) and tested without a cluster.
+
+Sustainable = p99 <= SLO, error rate below `max_error_rate`, and achieved >= `min_achieved` x offered (the lower
+of the nominal rate and the rate the Poisson draw actually offered). The summary's headline is each system's
+highest sustainable rate over the baseline's, plus latencies at the baseline's sustainable ("matched") rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loraplex.bench.systems import SYSTEMS
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What a rate step must meet to count as sustainable."""
+
+    slo_ms: float  # p99 bound
+    max_error_rate: float = 0.01  # errors + timeouts, fraction of requests sent
+    min_achieved: float = 0.9  # completed req/s over offered req/s
+
+    def passes(self, step: dict) -> bool:
+        offered = min(step["offered_rps"], step["offered_actual_rps"] or step["offered_rps"])
+        return (
+            step["completed"] > 0
+            and step["p99_ms"] is not None
+            and step["p99_ms"] <= self.slo_ms
+            and step["error_rate"] < self.max_error_rate
+            and step["achieved_rps"] >= self.min_achieved * offered
+        )
+
+    def describe(self) -> str:
+        return (
+            f"p99 <= {self.slo_ms:.0f} ms, errors < {self.max_error_rate:.0%}, "
+            f"achieved >= {self.min_achieved:.0%} of offered"
+        )
+
+
+def _ratio(x: float, y: float) -> float | None:
+    return round(x / y, 2) if y else None
+
+
+def summarize(steps: list[dict], criteria: Criteria, systems: tuple[str, ...] = SYSTEMS) -> dict:
+    """Per system: the best sustainable step and peaks; per non-baseline system: ratios to the baseline.
+
+    Reads each step's stored `sustainable` flag (set by `Criteria.passes` during the sweep), so a saved run's
+    summary is recomputed exactly. `lower_bound_only` marks a system that never failed: the ladder ran out first.
+    """
+    by = {s: [x for x in steps if x["system"] == s] for s in systems}
+    out: dict = {"slo_p99_ms": round(criteria.slo_ms, 1), "criteria": criteria.describe()}
+    for s, xs in by.items():
+        ok = [x for x in xs if x["sustainable"]]
+        best = max(ok, key=lambda x: x["offered_rps"]) if ok else None
+        top = max(x["offered_rps"] for x in xs) if xs else None
+        out[s] = {
+            "sustainable_rps": best["offered_rps"] if best else 0.0,
+            "sustainable_achieved_rps": best["achieved_rps"] if best else 0.0,
+            "sustainable_tokens_per_s": best["tokens_per_s"] if best else 0.0,
+            "p50_ms_at_sustainable": best["p50_ms"] if best else None,
+            "p99_ms_at_sustainable": best["p99_ms"] if best else None,
+            "peak_achieved_rps": max((x["achieved_rps"] for x in xs), default=0.0),
+            "peak_tokens_per_s": max((x["tokens_per_s"] for x in xs), default=0.0),
+            "highest_rate_offered": top,
+            "lower_bound_only": bool(best and top == best["offered_rps"]),
+        }
+    bl = out["baseline"]
+    m = bl["sustainable_rps"]  # matched rate: the baseline's sustainable rate, every system measured there
+    base_at_m = next((x for x in by["baseline"] if x["offered_rps"] == m), None)
+    for s in systems:
+        if s == "baseline":
+            continue
+        lp = out[s]
+        lp["sustainable_ratio"] = _ratio(lp["sustainable_rps"], bl["sustainable_rps"])
+        lp["sustainable_tokens_ratio"] = _ratio(lp["sustainable_tokens_per_s"], bl["sustainable_tokens_per_s"])
+        lp["peak_achieved_ratio"] = _ratio(lp["peak_achieved_rps"], bl["peak_achieved_rps"])
+        lp["target_3x_met"] = bool(lp["sustainable_ratio"] and lp["sustainable_ratio"] >= 3.0)
+        at_m = next((x for x in by[s] if x["offered_rps"] == m), None)
+        if m and at_m and base_at_m and at_m["p50_ms"]:
+            lp["at_matched_rate"] = {
+                "offered_rps": m,
+                "p50_ms": at_m["p50_ms"],
+                "p99_ms": at_m["p99_ms"],
+                "achieved_rps": at_m["achieved_rps"],
+                "baseline_p50_ms": base_at_m["p50_ms"],
+                "baseline_p99_ms": base_at_m["p99_ms"],
+                "baseline_achieved_rps": base_at_m["achieved_rps"],
+                "p50_ratio_baseline_over_this": round(base_at_m["p50_ms"] / at_m["p50_ms"], 2),
+                "p99_ratio_baseline_over_this": round(base_at_m["p99_ms"] / at_m["p99_ms"], 2),
+            }
+    out["sustainable_ratio"] = out["loraplex"]["sustainable_ratio"]  # the headline: loraplex as shipped
+    out["target_3x_met"] = out["loraplex"]["target_3x_met"]
+    return out
