@@ -97,6 +97,10 @@ class Engine:
     def encode(self, prompt: str | list[int], max_tokens: int) -> list[int]:
         """Token ids of a prompt, checked against the vocabulary and the model's context length."""
         if isinstance(prompt, str):
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as e:  # e.g. a lone UTF-16 surrogate: the tokenizer would raise a TypeError
+                raise RequestError(f"prompt is not valid Unicode text ({e.reason} at index {e.start})") from None
             ids = self.tokenizer(prompt)["input_ids"]
         else:
             vocab = len(self.tokenizer)

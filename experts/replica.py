@@ -132,7 +132,11 @@ class NativeReplica:
                 self.counters["requests"] += 1
                 self.counters["cancelled"] += 1
             return
-        self.scheduler.add(req, lambda res: self._answer(fut, res))
+        try:
+            self.scheduler.add(req, lambda res: self._answer(fut, res))
+        except Exception as e:  # a bug in admission bookkeeping: this request fails, the worker goes on
+            log.exception("admitting a request failed")
+            self._answer(fut, as_error(e))
 
     def _answer(self, fut: Future, res: Outcome) -> None:
         with self._lock:

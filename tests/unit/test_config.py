@@ -103,3 +103,32 @@ def test_access_control(tmp_path, monkeypatch):
     open_ac = AccessControl(AuthConfig())
     open_ac.check(None)
     open_ac.check_admin(None)
+
+
+# http host, auth config, expected problem (None: starts)
+EXPOSURE = [
+    ("127.0.0.1", {}, None),
+    ("localhost", {}, None),
+    ("::1", {}, None),
+    ("0.0.0.0", {}, "HTTP host '0.0.0.0' is reachable from other machines but no API key is configured"),
+    ("10.1.2.3", {}, "no API key is configured"),
+    ("example.internal", {}, "no API key is configured"),
+    ("0.0.0.0", {"allow_public_without_key": True}, None),
+    ("0.0.0.0", {"api_key_env": "LORAPLEX_TEST_KEY"}, None),
+    (None, {}, None),  # host unknown (outside Serve): nothing to check
+]
+
+
+@pytest.mark.parametrize("host,auth,problem", EXPOSURE, ids=[f"{c[0]}-{sorted(c[1])}" for c in EXPOSURE])
+def test_a_public_host_without_a_key_refuses_to_start(monkeypatch, host, auth, problem):
+    """Defect 7: `auth.allow_public_without_key` was read by no runtime code."""
+    from loraplex.config.app import AuthConfig
+    from loraplex.experts.errors import ConfigError
+    from loraplex.gateway.auth import AccessControl
+
+    monkeypatch.setenv("LORAPLEX_TEST_KEY", "k")
+    if problem is None:
+        AccessControl(AuthConfig(**auth), http_host=host)
+    else:
+        with pytest.raises(ConfigError, match=problem):
+            AccessControl(AuthConfig(**auth), http_host=host)

@@ -129,6 +129,8 @@ def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
     cases = [
         (lambda: reg.register("team/new", str(imports / "new")), ConflictError, "already exists"),
         (lambda: reg.register("x", str(tiny["roots"] / "a")), AdapterNameError, "outside the allowed import roots"),
+        # defect 5: a file inside an import root was reported as "outside the import roots"
+        (lambda: reg.register("x", str(imports / "new" / "adapter_config.json")), RequestError, "is not a folder"),
         (lambda: reg.register("../x", str(imports / "new")), AdapterNameError, "invalid adapter name"),
         (lambda: reg.register("y", str(imports / "broken")), AdapterValidationError, "use_dora=true"),
         (lambda: reg.remove("a"), ConflictError, "pinned"),

@@ -81,6 +81,9 @@ def test_chain_feeds_each_stage_output_into_the_next_prompt(engine):
     second = engine.generate([_req(f"{first.text} | {PROMPTS[0]}", "b", max_tokens=4)])[0]
     assert result.stages == [first.text, second.text]
     assert result.text == second.text
+    # defect 9: usage counted the last stage only; every stage is a prompt + completion the replica ran
+    assert result.prompt_tokens == first.prompt_tokens + second.prompt_tokens
+    assert result.completion_tokens == first.completion_tokens + second.completion_tokens
 
 
 def test_all_modes_in_one_mixed_batch_equal_their_solo_runs(engine):

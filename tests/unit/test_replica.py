@@ -4,6 +4,8 @@ typed outcomes per request, a worker thread that survives every failure."""
 from __future__ import annotations
 
 import threading
+
+import pytest
 from concurrent.futures import ThreadPoolExecutor
 
 from loraplex.config.engine import EngineConfig
@@ -83,3 +85,66 @@ def test_one_batch_mixes_good_and_bad_requests(tiny, engine):
     s = server.stats()
     assert s["requests"] == 5 and s["errors"] == 3 and s["inflight"] == 0 and s["pending"] == 0
     assert s["batches"] >= 3 and s["tokens"] == 5  # decode steps: the longest request took 3
+
+
+def _tokenizer_raises(server, monkeypatch):
+    real = server.engine.tokenizer
+
+    class Picky:  # what a lone surrogate did to the real tokenizer: a TypeError on the engine thread
+        def __call__(self, text, *a, **k):
+            if "explode" in text:
+                raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+            return real(text, *a, **k)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(server.engine, "tokenizer", Picky())
+
+
+def _fail_lease(server, monkeypatch):
+    real = server.engine.lease
+    monkeypatch.setattr(server.engine, "lease", lambda names: (_ for _ in ()).throw(RuntimeError("slot copy failed")) if "b" in names else real(names))
+
+
+def _fail_add(server, monkeypatch):
+    real = server.scheduler.add  # a bug in admission bookkeeping, outside every typed check
+
+    def add(req, done):
+        if req.prompt == "poison":
+            raise KeyError("bookkeeping bug")
+        return real(req, done)
+
+    monkeypatch.setattr(server.scheduler, "add", add)
+
+
+# name, inject, bad payload, expected error class, message fragment
+FAILURES = [
+    ("tokenizer TypeError at check", _tokenizer_raises, {"prompt": "explode", "composition": "a"}, InternalError, "TypeError"),
+    ("adapter lease fails", _fail_lease, {"prompt": "hello", "composition": "b"}, InternalError, "slot copy failed"),
+    ("bug in admission", _fail_add, {"prompt": "poison", "composition": "a"}, InternalError, "KeyError: 'bookkeeping bug'"),
+]
+
+
+@pytest.mark.parametrize("name,inject,bad,exc,match", FAILURES, ids=[f[0] for f in FAILURES])
+def test_any_exception_on_the_engine_thread_answers_its_request_and_the_thread_keeps_serving(tiny, engine, monkeypatch, name, inject, bad, exc, match):
+    """Defect 11: a TypeError in the tokenizer killed the worker thread; the request never got an answer and
+    `inflight` grew by one each time."""
+    server = _server(tiny, engine)
+    inject(server, monkeypatch)
+    for _ in range(3):
+        out = server.submit({**bad, "sampling": {"max_tokens": 3}}).result(timeout=30)
+        assert isinstance(out, exc) and match in str(out), out
+        good = server.submit(_payload(0, max_tokens=3)).result(timeout=30)
+        assert isinstance(good, Result) and good.completion_tokens == 3
+    s = server.stats()
+    assert s["inflight"] == 0 and s["errors"] == 3 and s["requests"] == 6
+    server.check_health()  # the worker thread is alive
+
+
+def test_a_lone_surrogate_reaching_the_engine_is_a_400_not_a_dead_worker(tiny, engine):
+    server = _server(tiny, engine)
+    out = server.submit({"prompt": "\ud800 hi", "composition": "a", "sampling": {"max_tokens": 3}}).result(timeout=30)
+    assert isinstance(out, RequestError) and out.status == 400 and "not valid Unicode" in str(out)
+    assert server.submit(_payload(1, max_tokens=2)).result(timeout=30).completion_tokens == 2
+    assert server.stats()["inflight"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -37,20 +38,33 @@ def test_full_line_is_rejected_at_once_and_frees_up_after():
 
 
 def test_event_loop_stays_free_while_the_router_works():
-    gate = threading.Event()
+    """The router's work (CPU-bound, blocking) must not stall the event loop: a ticker keeps ticking while it runs.
+    Fails when `run` calls the function on the loop thread (defect 10: the old test counted its own 5 sleeps)."""
+
+    def route(seconds: float) -> float:
+        time.sleep(seconds)  # blocks whatever thread runs it
+        return seconds
 
     async def main():
         stage = RoutingStage(max_waiting=4)
-        busy = asyncio.ensure_future(stage.run(gate.wait, 5))
-        ticks = 0
-        for _ in range(5):  # the loop keeps running other work while the stage is busy
-            await asyncio.sleep(0.01)
-            ticks += 1
-        gate.set()
-        await busy
-        return ticks
+        ticks: list[float] = []
+        stop = asyncio.Event()
 
-    assert asyncio.run(main()) == 5
+        async def ticker():
+            while not stop.is_set():
+                ticks.append(time.perf_counter())
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)  # the ticker starts
+        t0 = time.perf_counter()
+        await stage.run(route, 0.3)
+        t1 = time.perf_counter()
+        stop.set()
+        await tick_task
+        return sum(t0 < t < t1 for t in ticks)
+
+    assert asyncio.run(main()) >= 10  # ~30 ticks of 10 ms fit in 0.3 s; a blocked loop gets none
 
 
 def test_errors_inside_the_router_reach_the_caller_and_release_the_slot():
