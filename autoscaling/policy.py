@@ -9,40 +9,33 @@ replica exceeds `target * upscale_threshold`, down only when it stays below
 
 `share_budget` splits a global replica (GPU) budget across groups in proportion to their demand when
 the sum of the groups' wishes exceeds it.
+
+The knobs are the group's `loraplex.config.app.GroupAutoscaling` itself, the model `groups[].autoscaling`
+validates as: the Serve wrappers and the simulation read the same fields and the same defaults.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
+from pydantic import ValidationError
+
+from loraplex.config.app import GroupAutoscaling
 from loraplex.experts.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class ScalingConfig:
-    min_replicas: int = 1
-    max_replicas: int = 4
-    target_load: float = 8.0  # requests in the system per replica at which a replica counts as full
-    upscale_threshold: float = 1.0
-    downscale_threshold: float = 0.5
-    upscale_delay_s: float = 0.0
-    downscale_delay_s: float = 30.0
-    scale_to_zero_delay_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        p = []
-        if not 0 <= self.min_replicas <= self.max_replicas:
-            p.append(f"need 0 <= min_replicas ({self.min_replicas}) <= max_replicas ({self.max_replicas})")
-        if self.max_replicas < 1:
-            p.append(f"max_replicas must be >= 1, got {self.max_replicas}")
-        if self.target_load <= 0:
-            p.append(f"target_load must be > 0, got {self.target_load}")
-        if not 0 <= self.downscale_threshold < self.upscale_threshold:
-            p.append(f"need 0 <= downscale_threshold ({self.downscale_threshold}) < upscale_threshold ({self.upscale_threshold})")
-        if p:
-            raise ConfigError(p)
+def knobs_from_kwargs(kwargs: Mapping) -> GroupAutoscaling:
+    """A group's knobs from a plain mapping (Serve's `policy_kwargs`, a simulation's overrides); bad ones raise one
+    `ConfigError` listing every problem, like the rest of the engine's configuration. Serve passes policy kwargs
+    through unchecked, so this is where a hand-written Serve YAML's knobs get validated."""
+    try:
+        return GroupAutoscaling(**kwargs)
+    except ValidationError as e:
+        raise ConfigError(
+            [f"{'.'.join(map(str, err['loc'])) or 'autoscaling'}: {err['msg']}" for err in e.errors()]
+        ) from e
 
 
 @dataclass
@@ -55,15 +48,22 @@ class PolicyState:
     history: list[tuple[float, float, int]] = field(default_factory=list)  # (time, load, decision), last few
 
     def as_dict(self) -> dict:
-        return {"above_since": self.above_since, "below_since": self.below_since, "idle_since": self.idle_since, "history": self.history[-20:]}
+        return {
+            "above_since": self.above_since,
+            "below_since": self.below_since,
+            "idle_since": self.idle_since,
+            "history": self.history[-20:],
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "PolicyState":
+    def from_dict(cls, d: Mapping | None) -> PolicyState:
         d = d or {}
         return cls(d.get("above_since"), d.get("below_since"), d.get("idle_since"), list(d.get("history", [])))
 
 
-def desired_replicas(current: int, load: float, cfg: ScalingConfig, state: PolicyState, now: float) -> tuple[int, PolicyState]:
+def desired_replicas(
+    current: int, load: float, cfg: GroupAutoscaling, state: PolicyState, now: float
+) -> tuple[int, PolicyState]:
     """Replicas the group should have; `current` is the running (or target) count."""
     need = math.ceil(load / cfg.target_load) if load > 0 else 0
     decision = current
@@ -97,7 +97,9 @@ def desired_replicas(current: int, load: float, cfg: ScalingConfig, state: Polic
     return decision, state
 
 
-def share_budget(wishes: Mapping[str, int], demand: Mapping[str, float], budget: int, minimum: Mapping[str, int]) -> dict[str, int]:
+def share_budget(
+    wishes: Mapping[str, int], demand: Mapping[str, float], budget: int, minimum: Mapping[str, int]
+) -> dict[str, int]:
     """Fit per-group wishes into `budget` replicas: minimums first, the rest in proportion to demand.
 
     Largest-remainder rounding; a group never gets more than it wished for.

@@ -3,13 +3,17 @@
 - `ExpertGroupPolicy`: deployment-level (one instance per expert group, knobs via `policy_kwargs`).
 - `AppBudgetPolicy`: application-level (`applications[].autoscaling_policy` in the Serve YAML), the
   same per-group decision, then a global replica budget shared in proportion to load.
+
+Both read a group's knobs as `GroupAutoscaling`, the model `groups[].autoscaling` validated as, so a
+knob left out of `policy_kwargs` falls back to the same default as in the app config.
 """
 
 from __future__ import annotations
 
 import time
 
-from loraplex.autoscaling.policy import PolicyState, ScalingConfig, desired_replicas, share_budget
+from loraplex.autoscaling.policy import PolicyState, desired_replicas, knobs_from_kwargs, share_budget
+from loraplex.config.app import GroupAutoscaling
 
 EXPERT_PREFIX = "expert_"
 
@@ -20,29 +24,39 @@ def group_load(ctx) -> float:
     return max(float(ctx.total_num_requests or 0.0), float(ctx.total_queued_requests or 0.0) + replica_side)
 
 
-def _decide(ctx, cfg: ScalingConfig) -> tuple[int, dict]:
+def group_knobs(ctx) -> GroupAutoscaling:
+    """The group's knobs under the app-level policy: its deployment-level policy kwargs when present (build_app puts
+    them there), else what Serve's own `autoscaling_config` says (min/max, target, delays; the rest at defaults)."""
+    c = ctx.config
+    kwargs = dict(getattr(getattr(c, "policy", None), "policy_kwargs", None) or {})
+    if kwargs:
+        return knobs_from_kwargs(kwargs)
+    return knobs_from_kwargs(
+        {
+            "min_replicas": c.min_replicas,
+            "max_replicas": c.max_replicas,
+            "target_load": c.target_ongoing_requests,
+            "upscale_delay_s": c.upscale_delay_s,
+            "downscale_delay_s": c.downscale_delay_s,
+        }
+    )
+
+
+def _decide(ctx, cfg: GroupAutoscaling) -> tuple[int, dict]:
     state = PolicyState.from_dict(ctx.policy_state)
-    current = max(ctx.current_num_replicas, ctx.target_num_replicas) if ctx.current_num_replicas else ctx.target_num_replicas
+    current = (
+        max(ctx.current_num_replicas, ctx.target_num_replicas) if ctx.current_num_replicas else ctx.target_num_replicas
+    )
     n, state = desired_replicas(current, group_load(ctx), cfg, state, ctx.current_time or time.time())
     return n, state.as_dict()
 
 
 class ExpertGroupPolicy:
     def __init__(self, **kwargs):
-        self.cfg = ScalingConfig(**kwargs)
+        self.cfg = knobs_from_kwargs(kwargs)
 
     def __call__(self, ctx) -> tuple[int, dict]:
         return _decide(ctx, self.cfg)
-
-
-def _cfg_from(ctx) -> ScalingConfig:
-    """The group's knobs: its deployment-level policy kwargs when present (build_app puts them there)."""
-    c = ctx.config
-    kwargs = dict(getattr(getattr(c, "policy", None), "policy_kwargs", None) or {})
-    if kwargs:
-        return ScalingConfig(**kwargs)
-    return ScalingConfig(min_replicas=c.min_replicas, max_replicas=c.max_replicas, target_load=c.target_ongoing_requests,
-                         upscale_delay_s=c.upscale_delay_s, downscale_delay_s=c.downscale_delay_s)
 
 
 class AppBudgetPolicy:
@@ -52,7 +66,7 @@ class AppBudgetPolicy:
     def __call__(self, contexts: dict) -> tuple[dict, dict]:
         wishes, demand, floor, states = {}, {}, {}, {}
         for dep_id, ctx in contexts.items():
-            cfg = _cfg_from(ctx)
+            cfg = group_knobs(ctx)
             wishes[dep_id], states[dep_id] = _decide(ctx, cfg)
             demand[dep_id] = group_load(ctx)
             floor[dep_id] = cfg.min_replicas

@@ -1,4 +1,5 @@
-"""The autoscaling simulation (autoscaling/simulator.py): deterministic, conserves requests, accounts GPU time."""
+"""The autoscaling simulation (loraplex.autoscaling: simulation, control, traffic, compare, frontier): deterministic,
+conserves requests, accounts GPU time, reads the policy knobs from GroupAutoscaling."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import json
 import numpy as np
 import pytest
 
-from loraplex.autoscaling.simulator import (POLICIES, Burst, SimConfig, compare, frontier, frontier_gap, initial_split, make_trace, serve_delay,
-                                     simulate)
+from loraplex.autoscaling.compare import compare
+from loraplex.autoscaling.control import POLICIES, initial_split, serve_delay
+from loraplex.autoscaling.frontier import frontier, frontier_gap
+from loraplex.autoscaling.simconfig import DOCS_PRESET, Burst, SimConfig
+from loraplex.autoscaling.simulation import simulate
+from loraplex.autoscaling.traffic import make_trace
+from loraplex.config.app import GroupAutoscaling
+from loraplex.experts.errors import ConfigError
 
 # A small deployment: 8 GPUs, 40 adapters in 4 groups, 12 simulated minutes (a fraction of a second per policy).
-SMALL = SimConfig(hours=0.2, gpus=8, adapters=40, groups=4, rps_per_gpu=1.0, cold_start_s=(20.0, 40.0), shift_every_s=300.0)
+SMALL = SimConfig(
+    hours=0.2, gpus=8, adapters=40, groups=4, rps_per_gpu=1.0, cold_start_s=(20.0, 40.0), shift_every_s=300.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +31,9 @@ def runs():
 def test_same_seed_same_result_other_seed_other_traffic(runs):
     again = simulate("loraplex", SMALL, seed=1)
     assert again.summary() == runs["loraplex"].summary()
-    assert np.array_equal(again.latency, runs["loraplex"].latency) and np.array_equal(again.replicas, runs["loraplex"].replicas)
+    assert np.array_equal(again.latency, runs["loraplex"].latency) and np.array_equal(
+        again.replicas, runs["loraplex"].replicas
+    )
     a, b = make_trace(SMALL, seed=1), make_trace(SMALL, seed=2)
     assert len(a.arrival) != len(b.arrival) or not np.array_equal(a.arrival, b.arrival)
 
@@ -38,13 +49,20 @@ def test_every_arrived_request_is_completed_dropped_or_still_in_the_system(runs,
 def test_static_replicas_never_change_and_use_the_whole_budget(runs):
     r = runs["static"]
     assert (r.replicas == r.replicas[0]).all() and (r.ready == r.replicas).all()
-    assert r.replicas[0].sum() == SMALL.gpus and (r.replicas[0] >= SMALL.min_replicas).all()
+    assert r.replicas[0].sum() == SMALL.gpus and (r.replicas[0] >= SMALL.autoscaling.min_replicas).all()
     assert r.replica_starts == 0
 
 
 def test_a_sustained_burst_gets_its_group_more_replicas():
-    cfg = SimConfig(hours=0.15, gpus=16, adapters=40, groups=4, rps_per_gpu=0.8, cold_start_s=(20.0, 40.0),
-                    bursts=(Burst(start_s=60.0, duration_s=3600.0, group=1, multiplier=6.0),))
+    cfg = SimConfig(
+        hours=0.15,
+        gpus=16,
+        adapters=40,
+        groups=4,
+        rps_per_gpu=0.8,
+        cold_start_s=(20.0, 40.0),
+        bursts=(Burst(start_s=60.0, duration_s=3600.0, group=1, multiplier=6.0),),
+    )
     for policy in ("loraplex", "loraplex_double_delay"):
         r = simulate(policy, cfg, seed=0)
         start = int(r.replicas[0, 1])
@@ -103,7 +121,9 @@ def test_compare_is_json_able_and_has_every_policy():
 
 
 def test_frontier_has_one_point_per_target_and_a_higher_target_holds_fewer_gpus():
-    cfg = SimConfig(hours=0.2, gpus=16, adapters=40, groups=4, rps_per_gpu=0.3, cold_start_s=(20.0, 40.0), shift_every_s=300.0)
+    cfg = SimConfig(
+        hours=0.2, gpus=16, adapters=40, groups=4, rps_per_gpu=0.3, cold_start_s=(20.0, 40.0), shift_every_s=300.0
+    )
     out = frontier(cfg, seeds=(1,), targets=(4.0, 16.0, 64.0))
     json.dumps(out)
     for policy, points in out["points"]["1"].items():
@@ -114,9 +134,11 @@ def test_frontier_has_one_point_per_target_and_a_higher_target_holds_fewer_gpus(
 
 
 def test_frontier_gap_interpolates_between_targets_and_counts_drops():
-    pts = [{"target_load": 16.0, "p99_s": 30.0, "replica_hours": 160.0, "drop_rate": 0.0},
-           {"target_load": 32.0, "p99_s": 40.0, "replica_hours": 120.0, "drop_rate": 0.01},
-           {"target_load": 64.0, "p99_s": 60.0, "replica_hours": 100.0, "drop_rate": 0.03}]
+    pts = [
+        {"target_load": 16.0, "p99_s": 30.0, "replica_hours": 160.0, "drop_rate": 0.0},
+        {"target_load": 32.0, "p99_s": 40.0, "replica_hours": 120.0, "drop_rate": 0.01},
+        {"target_load": 64.0, "p99_s": 60.0, "replica_hours": 100.0, "drop_rate": 0.03},
+    ]
     ref = {"target_load": 32.0, "p99_s": 50.0, "replica_hours": 150.0, "drop_rate": 0.02}
     g = frontier_gap(pts, ref)
     assert g["at_ref_p99"] == {"replica_hours": 110.0, "drop_rate": 0.02, "target_load": 48.0}
@@ -126,3 +148,40 @@ def test_frontier_gap_interpolates_between_targets_and_counts_drops():
     assert frontier_gap(pts, {**ref, "replica_hours": 165.0})["at_ref_hours"] is None  # outside the sweep
     worse_drops = frontier_gap(pts, {**ref, "replica_hours": 200.0, "p99_s": 55.0, "drop_rate": 0.0})
     assert worse_drops["hours_saved"] >= 0.30 and not worse_drops["same_p99_30pct_fewer_hours"]
+
+
+def test_an_unknown_policy_is_one_problem_naming_the_choices():
+    with pytest.raises(ConfigError) as e:
+        simulate("nope", SMALL, seed=0)
+    assert len(e.value.problems) == 1  # not one problem per character of the message
+    assert "unknown policy 'nope'" in e.value.problems[0] and "ray_default" in e.value.problems[0]
+
+
+def test_the_policy_knobs_are_a_group_autoscaling_and_the_docs_runs_pin_theirs():
+    cfg = SimConfig()
+    assert isinstance(cfg.autoscaling, GroupAutoscaling) and cfg.autoscaling == DOCS_PRESET
+    # the values docs/autoscaling.md and docs/autoscaling_{sim,frontier}.json were produced with
+    knobs = {
+        "min_replicas": 1,
+        "max_replicas": 32,
+        "target_load": 32.0,
+        "upscale_threshold": 1.0,
+        "downscale_threshold": 0.5,
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 60.0,
+        "look_back_period_s": 10.0,
+    }
+    assert {k: cfg.to_dict()["autoscaling"][k] for k in knobs} == knobs
+    slower = SMALL.with_knobs(downscale_delay_s=600.0)
+    assert (
+        slower.autoscaling.downscale_delay_s == 600.0
+        and slower.autoscaling.target_load == SMALL.autoscaling.target_load
+    )
+    with pytest.raises(ConfigError, match="downscale_threshold"):
+        SMALL.with_knobs(downscale_threshold=2.0)
+
+
+def test_a_longer_downscale_delay_holds_more_gpus():
+    """The simulated loraplex policy acts on the knobs it is given (not a copy of its own)."""
+    quick, slow = (simulate("loraplex", SMALL.with_knobs(downscale_delay_s=d), seed=1) for d in (10.0, 600.0))
+    assert slow.replica_hours > quick.replica_hours
