@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := models/demo
 
-.PHONY: serve test venv demo demo-cli bench clean
+.PHONY: serve test lint format venv demo demo-cli bench clean
 
 serve: demo
 	@echo "Starting Serve (ready in ~20-30 s) on http://127.0.0.1:8000 . Try:"
@@ -17,8 +17,17 @@ serve: demo
 demo-cli: demo
 	$(PY) scripts/demo.py --models $(DEMO)
 
-test: venv
+# Lint first (seconds), then the whole suite.
+test: lint
 	$(PY) -m pytest tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # (Re)create the venv whenever the dependency files change. torch is pinned in the same pip command.
 $(STAMP): requirements.txt pyproject.toml

@@ -14,31 +14,64 @@ class _Strict(BaseModel):
 
 
 class ReplicaResources(_Strict):
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs per replica (fractional values let replicas share cores in the demo).")
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica; > 0 makes the Ray autoscaler add GPU nodes for this group.")
-    memory_gb: float | None = Field(default=None, gt=0, description="Memory reservation per replica in GiB (scheduling hint), or none.")
+    num_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs per replica (fractional values let replicas share cores in the demo)."
+    )
+    num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs per replica; > 0 makes the Ray autoscaler add GPU nodes for this group."
+    )
+    memory_gb: float | None = Field(
+        default=None, gt=0, description="Memory reservation per replica in GiB (scheduling hint), or none."
+    )
 
 
 class GroupAutoscaling(_Strict):
-    enabled: bool = Field(default=False, description="Scale this group between min and max replicas from its observed load.")
-    min_replicas: int = Field(default=1, ge=0, description="Floor; 0 lets an idle group scale to zero (the first request waits for a cold start).")
+    enabled: bool = Field(
+        default=False, description="Scale this group between min and max replicas from its observed load."
+    )
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="Floor; 0 lets an idle group scale to zero (the first request waits for a cold start).",
+    )
     max_replicas: int = Field(default=4, ge=1, description="Ceiling.")
-    target_load: float = Field(default=8.0, gt=0, description="Requests in the system (queued at the router + in replicas) per replica when full.")
-    upscale_threshold: float = Field(default=1.0, gt=0, description="Scale up when load per replica exceeds target_load * this.")
-    downscale_threshold: float = Field(default=0.5, ge=0, description="Scale down when load per replica stays below target_load * this.")
+    target_load: float = Field(
+        default=8.0,
+        gt=0,
+        description="Requests in the system (queued at the router + in replicas) per replica when full.",
+    )
+    upscale_threshold: float = Field(
+        default=1.0, gt=0, description="Scale up when load per replica exceeds target_load * this."
+    )
+    downscale_threshold: float = Field(
+        default=0.5, ge=0, description="Scale down when load per replica stays below target_load * this."
+    )
     upscale_delay_s: float = Field(default=0.0, ge=0, description="Load must stay high this long before each step up.")
-    downscale_delay_s: float = Field(default=60.0, ge=0, description="Load must stay low this long before each step down.")
-    scale_to_zero_delay_s: float = Field(default=600.0, ge=0, description="Idle time before scaling to zero (min_replicas 0 only).")
-    look_back_period_s: float = Field(default=11.0, gt=0, description="Window Serve averages metrics over. Ray 2.60 warns when it is not above "
-                                      "metrics_interval_s (10 s), so the default is 11; shorter windows need faster metric pushes "
-                                      "(RAY_SERVE_{REPLICA,HANDLE}_AUTOSCALING_METRIC_PUSH_INTERVAL_S).")
+    downscale_delay_s: float = Field(
+        default=60.0, ge=0, description="Load must stay low this long before each step down."
+    )
+    scale_to_zero_delay_s: float = Field(
+        default=600.0, ge=0, description="Idle time before scaling to zero (min_replicas 0 only)."
+    )
+    look_back_period_s: float = Field(
+        default=11.0,
+        gt=0,
+        description="Window Serve averages metrics over. Ray 2.60 warns when it is not above "
+        "metrics_interval_s (10 s), so the default is 11; shorter windows need faster metric pushes "
+        "(RAY_SERVE_{REPLICA,HANDLE}_AUTOSCALING_METRIC_PUSH_INTERVAL_S).",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "GroupAutoscaling":
+    def _check(self) -> GroupAutoscaling:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"autoscaling.min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
         if self.downscale_threshold >= self.upscale_threshold:
-            raise ValueError(f"autoscaling.downscale_threshold ({self.downscale_threshold}) must be below upscale_threshold ({self.upscale_threshold})")
+            raise ValueError(
+                f"autoscaling.downscale_threshold ({self.downscale_threshold}) must be below upscale_threshold "
+                f"({self.upscale_threshold})"
+            )
         return self
 
     def serve_autoscaling_config(self, num_replicas: int) -> dict | None:
@@ -51,13 +84,21 @@ class GroupAutoscaling(_Strict):
             return None
         kwargs = self.model_dump(exclude={"enabled", "look_back_period_s"})
         return {
-            "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
             "initial_replicas": max(self.min_replicas, min(num_replicas, self.max_replicas)),
             # Delays live in the policy (kwargs); Serve's own delays would demand the same answer on every tick
             # for the whole delay, which a stepwise policy never gives, so they are zero here.
-            "target_ongoing_requests": self.target_load, "upscale_delay_s": 0, "downscale_delay_s": 0,
-            "downscale_to_zero_delay_s": 0, "look_back_period_s": self.look_back_period_s,
-            "policy": {"policy_function": "loraplex.deployments.autoscaling:ExpertGroupPolicy", "policy_kwargs": kwargs}}
+            "target_ongoing_requests": self.target_load,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0,
+            "downscale_to_zero_delay_s": 0,
+            "look_back_period_s": self.look_back_period_s,
+            "policy": {
+                "policy_function": "loraplex.deployments.autoscaling:ExpertGroupPolicy",
+                "policy_kwargs": kwargs,
+            },
+        }
 
 
 def expert_deployment_name(group: str) -> str:
@@ -65,54 +106,110 @@ def expert_deployment_name(group: str) -> str:
 
 
 class GroupConfig(_Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$", description="Expert group name; its deployment is `expert_<name>`.")
-    adapters: list[str] = Field(min_length=1, description="Adapters pinned to this group (loaded at start, routed here).")
-    num_replicas: int = Field(default=1, ge=1, description="Replicas of this group (autoscaling bounds come in a later config).")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,40}$", description="Expert group name; its deployment is `expert_<name>`."
+    )
+    adapters: list[str] = Field(
+        min_length=1, description="Adapters pinned to this group (loaded at start, routed here)."
+    )
+    num_replicas: int = Field(
+        default=1, ge=1, description="Replicas of this group (autoscaling bounds come in a later config)."
+    )
     resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Ray resources of each replica.")
-    autoscaling: GroupAutoscaling = Field(default_factory=GroupAutoscaling, description="Load-based scaling of this group (num_replicas is the start count).")
-    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most requests decoding together in a replica's running batch (continuous batching: "
-                                "requests join between decode steps; beyond this they wait in FIFO order).")
-    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=5, description="After an idle period, how long a lone request waits for company before running.")
-    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica accepts at once (>= max_batch_size).")
-    max_queued_requests: int = Field(default=256, ge=-1, description="Requests queued per handle before 503 (-1 = unbounded, not recommended).")
+    autoscaling: GroupAutoscaling = Field(
+        default_factory=GroupAutoscaling,
+        description="Load-based scaling of this group (num_replicas is the start count).",
+    )
+    max_batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Most requests decoding together in a replica's running batch (continuous batching: "
+        "requests join between decode steps; beyond this they wait in FIFO order).",
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=5,
+        description="After an idle period, how long a lone request waits for company before running.",
+    )
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, description="Requests a replica accepts at once (>= max_batch_size)."
+    )
+    max_queued_requests: int = Field(
+        default=256, ge=-1, description="Requests queued per handle before 503 (-1 = unbounded, not recommended)."
+    )
     max_slots: int = Field(default=8, ge=1, description="Device adapter slots per replica.")
     max_host_adapters: int = Field(default=32, ge=1, description="Validated adapters kept in host memory per replica.")
-    max_batch_rows: int | None = Field(default=None, ge=1, description="Most virtual rows decoded in one forward (a logits blend of k adapters "
-                                       "takes k + 1 rows); none = max(64, 4 * max_batch_size), room for every request to blend a few adapters.")
+    max_batch_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most virtual rows decoded in one forward (a logits blend of k adapters "
+        "takes k + 1 rows); none = max(64, 4 * max_batch_size), room for every request to blend a few adapters.",
+    )
 
     @property
     def batch_rows(self) -> int:
         return self.max_batch_rows if self.max_batch_rows is not None else max(64, 4 * self.max_batch_size)
 
-    def engine_config(self, app: "AppArgs") -> EngineConfig:
+    def engine_config(self, app: AppArgs) -> EngineConfig:
         """The engine of each replica of this group: the app's model and adapter settings, this group's sizes."""
-        return EngineConfig(base_model=app.base_model, adapter_roots=app.adapter_roots, max_slots=self.max_slots,
-                            max_host_adapters=self.max_host_adapters, max_rank=app.max_rank, target_modules=app.target_modules,
-                            device=app.device, dtype=app.dtype, max_batch_rows=self.batch_rows)
+        return EngineConfig(
+            base_model=app.base_model,
+            adapter_roots=app.adapter_roots,
+            max_slots=self.max_slots,
+            max_host_adapters=self.max_host_adapters,
+            max_rank=app.max_rank,
+            target_modules=app.target_modules,
+            device=app.device,
+            dtype=app.dtype,
+            max_batch_rows=self.batch_rows,
+        )
 
     def serve_options(self) -> dict:
-        """`Deployment.options(...)` of this group: its name, Ray resources, replica count or autoscaling, queue bounds."""
+        """`Deployment.options(...)` of this group: name, Ray resources, replicas or autoscaling, queue bounds."""
         actor: dict = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
         if self.resources.memory_gb:
             actor["memory"] = int(self.resources.memory_gb * 2**30)
         autoscaling = self.autoscaling.serve_autoscaling_config(self.num_replicas)
-        scaling = {"autoscaling_config": autoscaling} if autoscaling is not None else {"num_replicas": self.num_replicas}
-        return {"name": expert_deployment_name(self.name), "ray_actor_options": actor, **scaling,
-                "max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests}
+        scaling = (
+            {"autoscaling_config": autoscaling} if autoscaling is not None else {"num_replicas": self.num_replicas}
+        )
+        return {
+            "name": expert_deployment_name(self.name),
+            "ray_actor_options": actor,
+            **scaling,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
 
     @model_validator(mode="after")
-    def _check(self) -> "GroupConfig":
+    def _check(self) -> GroupConfig:
         problems = []
         if self.max_ongoing_requests < self.max_batch_size:
-            problems.append(f"group {self.name!r}: max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size ({self.max_batch_size})")
+            problems.append(
+                f"group {self.name!r}: max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size})"
+            )
         if len(self.adapters) > self.max_slots:
-            problems.append(f"group {self.name!r}: {len(self.adapters)} pinned adapters exceed max_slots ({self.max_slots})")
+            problems.append(
+                f"group {self.name!r}: {len(self.adapters)} pinned adapters exceed max_slots ({self.max_slots})"
+            )
         if self.max_host_adapters < self.max_slots:
-            problems.append(f"group {self.name!r}: max_host_adapters ({self.max_host_adapters}) must be >= max_slots ({self.max_slots})")
+            problems.append(
+                f"group {self.name!r}: max_host_adapters ({self.max_host_adapters}) must be >= max_slots "
+                f"({self.max_slots})"
+            )
         if self.batch_rows < self.max_batch_size:
-            problems.append(f"group {self.name!r}: max_batch_rows ({self.batch_rows}) must be >= max_batch_size ({self.max_batch_size})")
+            problems.append(
+                f"group {self.name!r}: max_batch_rows ({self.batch_rows}) must be >= max_batch_size "
+                f"({self.max_batch_size})"
+            )
         if len(set(self.adapters)) != len(self.adapters):
-            problems.append(f"group {self.name!r}: adapters listed twice: {sorted({a for a in self.adapters if self.adapters.count(a) > 1})}")
+            problems.append(
+                f"group {self.name!r}: adapters listed twice: "
+                f"{sorted({a for a in self.adapters if self.adapters.count(a) > 1})}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -122,33 +219,54 @@ class PolicyConfig(_Strict):
     """How router probabilities become a composition (`loraplex.router.policy.decide`). The one source of these
     defaults: a trained router's saved policy, the demo's and the Serve app's all read this model."""
 
-    top_k: int = Field(default=1, ge=1, description="Experts per request when the router is confident (1 = hard routing).")
+    top_k: int = Field(
+        default=1, ge=1, description="Experts per request when the router is confident (1 = hard routing)."
+    )
     temperature: float = Field(default=1.0, gt=0, description="Softmax temperature on router logits.")
-    confidence_floor: float = Field(default=0.6, ge=0, le=1, description="Below this max-probability the fallback applies.")
-    fallback: Literal["base", "soft_topk"] = Field(default="soft_topk", description="What low-confidence requests get: the base model or a soft top-k blend.")
+    confidence_floor: float = Field(
+        default=0.6, ge=0, le=1, description="Below this max-probability the fallback applies."
+    )
+    fallback: Literal["base", "soft_topk"] = Field(
+        default="soft_topk", description="What low-confidence requests get: the base model or a soft top-k blend."
+    )
     fallback_top_k: int = Field(default=2, ge=1, description="k of the soft fallback blend.")
 
 
 class RoutingConfig(PolicyConfig):
-    router_path: str | None = Field(default=None, description="Trained router folder (router.json + router.safetensors); none disables model=auto.")
+    router_path: str | None = Field(
+        default=None, description="Trained router folder (router.json + router.safetensors); none disables model=auto."
+    )
 
 
 class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=16000, ge=1, description="Longer prompts get HTTP 400.")
     max_tokens_limit: int = Field(default=512, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(default=64, ge=1, description="max_tokens when the request gives none.")
-    max_routing_queue: int = Field(default=64, ge=1, description="Requests an ingress replica lets wait for the MoE router (model 'auto', /v1/route); beyond that, 503 + Retry-After.")
+    max_routing_queue: int = Field(
+        default=64,
+        ge=1,
+        description="Requests an ingress replica lets wait for the MoE router (model 'auto', /v1/route); "
+        "beyond that, 503 + Retry-After.",
+    )
 
 
 class AuthConfig(_Strict):
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key clients send as `Authorization: Bearer`.")
-    api_key_file: str | None = Field(default=None, description="File holding the API key (first line); the key itself never goes in this config.")
-    admin_key_env: str | None = Field(default=None, description="Environment variable holding the admin key required by POST/DELETE /v1/adapters.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the API key clients send as `Authorization: Bearer`."
+    )
+    api_key_file: str | None = Field(
+        default=None, description="File holding the API key (first line); the key itself never goes in this config."
+    )
+    admin_key_env: str | None = Field(
+        default=None, description="Environment variable holding the admin key required by POST/DELETE /v1/adapters."
+    )
     admin_key_file: str | None = Field(default=None, description="File holding the admin key (first line).")
-    allow_public_without_key: bool = Field(default=False, description="Allow a non-loopback HTTP host with no API key configured (not recommended).")
+    allow_public_without_key: bool = Field(
+        default=False, description="Allow a non-loopback HTTP host with no API key configured (not recommended)."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "AuthConfig":
+    def _check(self) -> AuthConfig:
         if self.api_key_env and self.api_key_file:
             raise ValueError("set api_key_env or api_key_file, not both")
         if self.admin_key_env and self.admin_key_file:
@@ -162,25 +280,47 @@ class AuthConfig(_Strict):
 
 class AppArgs(_Strict):
     base_model: str = Field(description="Path of the base causal LM (from_pretrained); the same on every node.")
-    adapter_roots: list[str] = Field(min_length=1, description="Folders holding PEFT adapters; adapter names are paths below them.")
+    adapter_roots: list[str] = Field(
+        min_length=1, description="Folders holding PEFT adapters; adapter names are paths below them."
+    )
     groups: list[GroupConfig] = Field(min_length=1, description="Expert groups, one Serve deployment each.")
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="MoE routing for model=auto.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits enforced by the ingress.")
-    default_group: str | None = Field(default=None, description="Group serving adapters not pinned anywhere and the base model (default: first group).")
+    default_group: str | None = Field(
+        default=None,
+        description="Group serving adapters not pinned anywhere and the base model (default: first group).",
+    )
     max_rank: int = Field(default=64, ge=1, description="Largest LoRA rank accepted.")
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), description="Linear layers wrapped for LoRA.")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Expert device; auto picks CUDA when the replica has a GPU.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Expert weights dtype.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), description="Linear layers wrapped for LoRA."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Expert device; auto picks CUDA when the replica has a GPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Expert weights dtype."
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (read from env or file at start).")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger request bodies get HTTP 413.")
-    max_adapter_mb: float = Field(default=512.0, gt=0, description="Largest adapter weights file accepted by run-time registration.")
-    import_roots: list[str] = Field(default_factory=list, description="Folders POST /v1/adapters may copy adapters from (empty = run-time registration off).")
-    ingress_num_cpus: float = Field(default=0.5, ge=0, description="CPUs of the router ingress (it never loads the base model).")
+    max_adapter_mb: float = Field(
+        default=512.0, gt=0, description="Largest adapter weights file accepted by run-time registration."
+    )
+    import_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders POST /v1/adapters may copy adapters from (empty = run-time registration off).",
+    )
+    ingress_num_cpus: float = Field(
+        default=0.5, ge=0, description="CPUs of the router ingress (it never loads the base model)."
+    )
     ingress_replicas: int = Field(default=1, ge=1, description="Router ingress replicas.")
-    ingress_max_ongoing_requests: int = Field(default=512, ge=1, description="Requests one ingress replica handles at once (Serve's default of 5 would cap expert batches).")
+    ingress_max_ongoing_requests: int = Field(
+        default=512,
+        ge=1,
+        description="Requests one ingress replica handles at once (Serve's default of 5 would cap expert batches).",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "AppArgs":
+    def _check(self) -> AppArgs:
         problems = []
         names = [g.name for g in self.groups]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -195,7 +335,10 @@ class AppArgs(_Strict):
         if self.default_group is not None and self.default_group not in names:
             problems.append(f"default_group {self.default_group!r} is not a group; groups: {names}")
         if self.limits.default_max_tokens > self.limits.max_tokens_limit:
-            problems.append(f"limits.default_max_tokens ({self.limits.default_max_tokens}) exceeds limits.max_tokens_limit ({self.limits.max_tokens_limit})")
+            problems.append(
+                f"limits.default_max_tokens ({self.limits.default_max_tokens}) exceeds limits.max_tokens_limit "
+                f"({self.limits.max_tokens_limit})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

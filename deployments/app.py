@@ -1,4 +1,5 @@
-"""`build_app(args)`: the Serve application builder named in config/serve*.yaml (`loraplex.deployments.app:build_app`)."""
+"""`build_app(args)`: the Serve application builder named in config/serve*.yaml
+(`loraplex.deployments.app:build_app`)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,13 @@ from loraplex.gateway import responses
 from loraplex.gateway.auth import AccessControl
 from loraplex.gateway.http_errors import http_error
 from loraplex.gateway.planner import Gateway
-from loraplex.gateway.protocol import AdapterRegistration, ChatCompletionRequest, CompletionRequest, RouteRequest, openapi_body
+from loraplex.gateway.protocol import (
+    AdapterRegistration,
+    ChatCompletionRequest,
+    CompletionRequest,
+    RouteRequest,
+    openapi_body,
+)
 from loraplex.gateway.request_body import parse_body, read_limited
 from loraplex.gateway.routing_stage import RoutingStage
 
@@ -78,8 +84,15 @@ class RouterIngress:
 
             a = self.args
             shapes = linear_shapes(a.base_model, a.target_modules)
-            self.registry = AdapterRegistry(a.adapter_roots[0], a.import_roots, a.adapter_roots, shapes, a.max_rank,
-                                            list(a.group_of), a.max_adapter_mb)
+            self.registry = AdapterRegistry(
+                a.adapter_roots[0],
+                a.import_roots,
+                a.adapter_roots,
+                shapes,
+                a.max_rank,
+                list(a.group_of),
+                a.max_adapter_mb,
+            )
 
     async def _body(self, request: Request, model):
         raw = await read_limited(request.stream(), self.args.max_body_bytes, request.headers.get("content-length"))
@@ -100,10 +113,14 @@ class RouterIngress:
                 response = await self._stream(handle, plan, chat)
             else:
                 result = await self._generate(handle, plan.payload)
-                response = error_response(result) if isinstance(result, LoraplexError) else JSONResponse(respond(plan, result))
+                response = (
+                    error_response(result) if isinstance(result, LoraplexError) else JSONResponse(respond(plan, result))
+                )
         except Exception as e:
             response = error_response(e)
-        self.metrics.observe(plan.routing if plan else None, plan.primary_adapter if plan else None, response.status_code)
+        self.metrics.observe(
+            plan.routing if plan else None, plan.primary_adapter if plan else None, response.status_code
+        )
         return response
 
     @staticmethod
@@ -150,11 +167,15 @@ class RouterIngress:
 
     @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(self, request: Request):
-        return await self._serve(request, CompletionRequest, self.gateway.plan_completion, responses.completion_response, chat=False)
+        return await self._serve(
+            request, CompletionRequest, self.gateway.plan_completion, responses.completion_response, chat=False
+        )
 
     @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
     async def chat(self, request: Request):
-        return await self._serve(request, ChatCompletionRequest, self.gateway.plan_chat, responses.chat_response, chat=True)
+        return await self._serve(
+            request, ChatCompletionRequest, self.gateway.plan_chat, responses.chat_response, chat=True
+        )
 
     @app.post("/v1/route", openapi_extra=openapi_body(RouteRequest))
     async def route(self, request: Request):

@@ -10,10 +10,22 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 class IngressMetrics:
     def __init__(self) -> None:
-        self.requests = Counter("loraplex_requests", description="Requests by group, adapter (primary) and outcome status.", tag_keys=("group", "adapter", "status"))
-        self.confidence = Histogram("loraplex_routing_confidence", description="Max router probability of model=auto requests.",
-                                    boundaries=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99], tag_keys=("group",))
-        self.expert_share = Counter("loraplex_routed_weight", description="Sum of routing weight per adapter (expert share; watch for collapse).", tag_keys=("adapter",))
+        self.requests = Counter(
+            "loraplex_requests",
+            description="Requests by group, adapter (primary) and outcome status.",
+            tag_keys=("group", "adapter", "status"),
+        )
+        self.confidence = Histogram(
+            "loraplex_routing_confidence",
+            description="Max router probability of model=auto requests.",
+            boundaries=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+            tag_keys=("group",),
+        )
+        self.expert_share = Counter(
+            "loraplex_routed_weight",
+            description="Sum of routing weight per adapter (expert share; watch for collapse).",
+            tag_keys=("adapter",),
+        )
 
     def observe(self, routing: dict | None, adapter: str | None, status: int) -> None:
         group = (routing or {}).get("group") or "none"
@@ -27,19 +39,35 @@ class IngressMetrics:
 
 class ExpertMetrics:
     def __init__(self) -> None:
-        self.batch_size = Histogram("loraplex_batch_size", description="Requests decoding together (the running batch, sampled as each request ends).",
-                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+        self.batch_size = Histogram(
+            "loraplex_batch_size",
+            description="Requests decoding together (the running batch, sampled as each request ends).",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
         self.tokens = Counter("loraplex_generated_tokens", description="Generated tokens (rate = tokens/s).")
-        self.inflight = Gauge("loraplex_inflight", description="Requests accepted by this replica and not answered yet (queued or decoding).")
-        self.cache = Counter("loraplex_adapter_cache", description="Adapter store lookups by tier and result.", tag_keys=("tier", "result"))
-        self.load_seconds = Counter("loraplex_adapter_load_seconds", description="Time spent loading+validating adapters from disk.")
+        self.inflight = Gauge(
+            "loraplex_inflight",
+            description="Requests accepted by this replica and not answered yet (queued or decoding).",
+        )
+        self.cache = Counter(
+            "loraplex_adapter_cache",
+            description="Adapter store lookups by tier and result.",
+            tag_keys=("tier", "result"),
+        )
+        self.load_seconds = Counter(
+            "loraplex_adapter_load_seconds", description="Time spent loading+validating adapters from disk."
+        )
         self._last: dict[str, float] = {}
 
     def observe(self, stats: dict) -> None:
         self.batch_size.observe(stats["last_batch_size"])
         self.inflight.set(stats["inflight"])
-        for key, tier, result in (("store_host_hits", "host", "hit"), ("store_host_misses", "host", "miss"),
-                                  ("store_device_hits", "device", "hit"), ("store_device_misses", "device", "miss")):
+        for key, tier, result in (
+            ("store_host_hits", "host", "hit"),
+            ("store_host_misses", "host", "miss"),
+            ("store_device_hits", "device", "hit"),
+            ("store_device_misses", "device", "miss"),
+        ):
             delta = stats[key] - self._last.get(key, 0)
             if delta:
                 self.cache.inc(delta, tags={"tier": tier, "result": result})

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any
 
 from loraplex.experts.errors import CompositionError
 
@@ -74,7 +75,7 @@ class Chain:
     stages: tuple[ChainStage, ...]
 
 
-Composition = Union[Base, Single, Stack, Blend, Moe, Chain]
+Composition = Base | Single | Stack | Blend | Moe | Chain
 WeightRow = dict[str, float]
 
 
@@ -114,11 +115,16 @@ def _template(value: Any, where: str, stage: int) -> str:
     try:
         fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
     except ValueError as e:
-        raise CompositionError(f"{where} is not a valid template ({e}): {value!r}; escape literal braces as '{{{{' and '}}}}'") from None
+        raise CompositionError(
+            f"{where} is not a valid template ({e}): {value!r}; escape literal braces as '{{{{' and '}}}}'"
+        ) from None
     allowed = CHAIN_FIELDS if stage > 0 else ("input",)
     for f, spec, conv in fields:
         if f not in allowed or spec or conv:
-            raise CompositionError(f"{where} uses placeholder {{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}; valid placeholders here: {['{' + a + '}' for a in allowed]}")
+            raise CompositionError(
+                f"{where} uses placeholder {{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}; valid "
+                f"placeholders here: {['{' + a + '}' for a in allowed]}"
+            )
     return value
 
 
@@ -147,7 +153,9 @@ def parse_composition(spec: Any) -> Composition:
         names = tuple(_name(a, "stack adapter") for a in adapters)
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise CompositionError(f"stack lists adapter(s) {dup} more than once; use blend weights to scale one adapter")
+            raise CompositionError(
+                f"stack lists adapter(s) {dup} more than once; use blend weights to scale one adapter"
+            )
         return Stack(names)
     if mode == "blend":
         _expect_keys(spec, mode, ("weights",), ("space",))
@@ -168,9 +176,16 @@ def parse_composition(spec: Any) -> Composition:
     parsed = []
     for i, st in enumerate(stages):
         if not isinstance(st, Mapping) or "prompt" not in st or set(st) - {"adapter", "prompt"}:
-            raise CompositionError(f"chain stage {i} must be an object with 'prompt' and optional 'adapter', got {st!r}")
+            raise CompositionError(
+                f"chain stage {i} must be an object with 'prompt' and optional 'adapter', got {st!r}"
+            )
         adapter = st.get("adapter")
-        parsed.append(ChainStage(None if adapter is None else _name(adapter, f"chain stage {i} adapter"), _template(st["prompt"], f"chain stage {i} prompt", i)))
+        parsed.append(
+            ChainStage(
+                None if adapter is None else _name(adapter, f"chain stage {i} adapter"),
+                _template(st["prompt"], f"chain stage {i} prompt", i),
+            )
+        )
     return Chain(tuple(parsed))
 
 

@@ -14,8 +14,8 @@ against solo runs and PEFT). The batched LoRA layers also work under HF `generat
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,9 +90,8 @@ def _advance(st: _State, token: int, tokenizer, eos_ids: set[int]) -> None:
     if st.item.on_token is not None:
         safe = len(st.text) if st.finish else len(st.text) - _held_back(st.text, p.stop)
         if safe > st.emitted:
-            st.item.on_token(st.text[st.emitted:safe])
+            st.item.on_token(st.text[st.emitted : safe])
             st.emitted = safe
-
 
 
 def _new_state(item: GenItem) -> _State:
@@ -177,14 +176,20 @@ class Decoder:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for v, i in enumerate(owner):
             ids = items[i].prompt_ids
-            input_ids[v, width - len(ids):] = torch.tensor(ids)
-            mask[v, width - len(ids):] = 1
+            input_ids[v, width - len(ids) :] = torch.tensor(ids)
+            mask[v, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [new vrows, width]
         cache = DynamicCache()
         with self.wrapped.active(self.wrapped.lora_batch(rows)):
-            out = self.wrapped.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                     use_cache=True, logits_to_keep=1)
+            out = self.wrapped.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         logits = out.logits[:, -1, :]  # [new vrows, vocab]
         self.can_join = self.can_join and all(type(layer) is DynamicLayer for layer in cache.layers)
         if self._cache is None:
@@ -244,7 +249,11 @@ class Decoder:
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         self._last_pos = self._last_pos + 1
         with self.wrapped.active(self._lora):
-            out = self.wrapped.model(input_ids=next_ids, attention_mask=self._mask, position_ids=self._last_pos[:, None],
-                                     cache=self._cache, use_cache=True)
+            out = self.wrapped.model(
+                input_ids=next_ids,
+                attention_mask=self._mask,
+                position_ids=self._last_pos[:, None],
+                cache=self._cache,
+                use_cache=True,
+            )
         self._logits = out.logits[:, -1, :]
-

@@ -1,4 +1,5 @@
-"""What a native expert replica does, without Serve: payloads in, continuous batching on one worker thread, typed outcomes out.
+"""What a native expert replica does, without Serve: payloads in, continuous batching on one worker thread,
+typed outcomes out.
 
 The Serve deployment (`deployments/expert.py`) hands payloads to `submit` and awaits the returned
 future; unit tests build this class directly. One worker thread owns the engine (its LoRA context and
@@ -41,14 +42,24 @@ class NativeReplica:
         self.engine = engine or Engine.from_config(config)
         self.pinned = list(pinned)
         if self.pinned:
-            self.engine.store.acquire(self.pinned)  # validate + load at start: a broken adapter fails the deploy, loudly
+            self.engine.store.acquire(
+                self.pinned
+            )  # validate + load at start: a broken adapter fails the deploy, loudly
         self.scheduler = Scheduler(self.engine, max_batch_size)
         self.wait_s = wait_s  # after an idle period, how long the first request waits for company before its prefill
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()  # counters, worker start, cancel events
         self._cancels: dict[int, threading.Event] = {}  # id(future) -> its request's cancel event
-        self.counters = {"requests": 0, "errors": 0, "cancelled": 0, "batches": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
+        self.counters = {
+            "requests": 0,
+            "errors": 0,
+            "cancelled": 0,
+            "batches": 0,
+            "rows": 0,
+            "tokens": 0,
+            "busy_s": 0.0,
+        }
         self.inflight = 0  # accepted, not answered yet (queued or decoding)
         self.last_batch_size = 0  # requests in the last decode step
 
@@ -62,7 +73,11 @@ class NativeReplica:
             self._cancels[id(fut)] = cancel
         try:
             req = Request.from_json(
-                payload["prompt"], payload.get("composition"), on_token=on_token, cancel=cancel, **payload.get("sampling", {})
+                payload["prompt"],
+                payload.get("composition"),
+                on_token=on_token,
+                cancel=cancel,
+                **payload.get("sampling", {}),
             )
         except LoraplexError as e:
             self._answer(fut, e)
@@ -94,7 +109,10 @@ class NativeReplica:
             try:
                 self._turn()
             except Exception:  # a bug outside the model call: log it, answer what it concerned, keep serving
-                log.exception("engine worker iteration failed; failing %d requests", self.scheduler.running + self.scheduler.waiting)
+                log.exception(
+                    "engine worker iteration failed; failing %d requests",
+                    self.scheduler.running + self.scheduler.waiting,
+                )
                 self.scheduler.fail_all(as_error(RuntimeError("engine worker failed; see the replica log")))
 
     def _turn(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+
 from loraplex.experts.composition import Base, Composition, parse_composition
 from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.sampling import SamplingParams

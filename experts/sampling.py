@@ -42,14 +42,23 @@ class SamplingParams:
         stop = self.stop
         if isinstance(stop, str):
             object.__setattr__(self, "stop", (stop,))
-        elif not isinstance(stop, (tuple, list)) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
-            problems.append(f"stop must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings, got {str(stop)[:200]!r}")
+        elif (
+            not isinstance(stop, (tuple, list))
+            or len(stop) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stop)
+        ):
+            problems.append(
+                f"stop must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings, got "
+                f"{str(stop)[:200]!r}"
+            )
         else:
             object.__setattr__(self, "stop", tuple(stop))
         too_long = [len(s) for s in self.stop if len(s) > MAX_STOP_CHARS] if isinstance(self.stop, tuple) else []
         if too_long:
             problems.append(f"stop strings may have at most {MAX_STOP_CHARS} characters, got one of {max(too_long)}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63):
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63
+        ):
             problems.append(f"seed must be an integer in [0, 2**63) or null, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):
             problems.append(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
@@ -61,8 +70,11 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> torch.Tensor:
-    """One token per row of `logits: [rows, vocab]`; greedy rows are vectorised, sampled rows use their own generator."""
+def choose_tokens(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> torch.Tensor:
+    """One token per row of `logits: [rows, vocab]`; greedy rows are vectorised, sampled rows use their own
+    generator."""
     tokens = logits.argmax(dim=-1)  # [rows]
     for i, p in enumerate(params):
         if p.greedy:

@@ -69,7 +69,10 @@ class AccessControl:
         token = self._bearer(authorization)
         if token is None:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        if not (hmac.compare_digest(token, self.api_key) or (self.admin_key is not None and hmac.compare_digest(token, self.admin_key))):
+        if not (
+            hmac.compare_digest(token, self.api_key)
+            or (self.admin_key is not None and hmac.compare_digest(token, self.admin_key))
+        ):
             raise AuthenticationError("invalid API key")
 
     def check_admin(self, authorization: str | None) -> None:
@@ -77,7 +80,9 @@ class AccessControl:
         if self.admin_key is None:
             if self.api_key is None:
                 return
-            raise PermissionDeniedError("adapter registration needs an admin key; none is configured (auth.admin_key_env / admin_key_file)")
+            raise PermissionDeniedError(
+                "adapter registration needs an admin key; none is configured (auth.admin_key_env / admin_key_file)"
+            )
         token = self._bearer(authorization)
         if token is None:
             raise AuthenticationError("missing admin key: send 'Authorization: Bearer <admin key>'")

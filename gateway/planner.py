@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplex.config.app import AppArgs
-from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.experts.adapters.store import check_name, find_adapters
 from loraplex.experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
 from loraplex.experts.errors import RequestError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams
+from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 
 RESERVED_MODELS = ("base", "auto")
 
@@ -64,8 +64,16 @@ class Gateway:
 
     def models(self) -> dict:
         group_of = self.args.group_of
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "loraplex",
-                 "group": group_of.get(m, self.args.fallback_group) if m != "auto" else None} for m in self.model_ids()]
+        data = [
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": "loraplex",
+                "group": group_of.get(m, self.args.fallback_group) if m != "auto" else None,
+            }
+            for m in self.model_ids()
+        ]
         return {"object": "list", "data": data}
 
     def _check_adapter(self, name: str) -> None:
@@ -112,7 +120,12 @@ class Gateway:
         mode = "auto" if decision is not None else type(comp).__name__.lower()
         if decision is not None and decision.fallback:
             mode = f"auto:fallback_{self.policy.fallback}"
-        info = {"mode": mode, "weights": weights, "group": self.group_for(comp), "confidence": None if confidence is None else round(confidence, 4)}
+        info = {
+            "mode": mode,
+            "weights": weights,
+            "group": self.group_for(comp),
+            "confidence": None if confidence is None else round(confidence, 4),
+        }
         if decision is not None:
             info["probs"] = decision.probs
         return info
@@ -140,10 +153,24 @@ class Gateway:
         if max_tokens > limits.max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {limits.max_tokens_limit}")
         stop = req.stop if req.stop is not None else ()
-        params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                                stop=stop, seed=req.seed, ignore_eos=req.ignore_eos)  # validates, raises SamplingError
-        return {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
-                "stop": list(params.stop), "seed": params.seed, "ignore_eos": params.ignore_eos}
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            stop=stop,
+            seed=req.seed,
+            ignore_eos=req.ignore_eos,
+        )  # validates, raises SamplingError
+        return {
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "stop": list(params.stop),
+            "seed": params.seed,
+            "ignore_eos": params.ignore_eos,
+        }
 
     def _check_prompt_chars(self, n: int) -> None:
         if n == 0:
@@ -173,14 +200,20 @@ class Gateway:
         if isinstance(parse_composition(spec), Chain):
             prompt: str | list[int] = text  # chain templates embed the user text themselves
         else:
-            prompt = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+            prompt = list(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
         return self._plan(req, {"prompt": prompt, "composition": spec, "sampling": sampling}, routing)
 
     def _plan(self, req, payload: dict, routing: dict) -> Plan:
         comp = parse_composition(payload["composition"])
         names = [n for n, _ in comp.selected()] if isinstance(comp, Moe) else list(adapters_of(comp))
         include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
-        return Plan(routing["group"], payload, routing, req.model, names[0] if names else None, req.stream, include_usage)
+        return Plan(
+            routing["group"], payload, routing, req.model, names[0] if names else None, req.stream, include_usage
+        )
 
     def explain(self, req: RouteRequest) -> dict:
         self._check_prompt_chars(len(req.prompt))

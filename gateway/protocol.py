@@ -26,8 +26,12 @@ class _Sampling(_Body):
     seed: int | None = Field(default=None)
     n: int = Field(default=1, description="Only 1 is supported.")
     stream: bool = Field(default=False)
-    stream_options: dict[str, bool] | None = Field(default=None, description="{'include_usage': true} adds a usage chunk.")
-    composition: dict[str, Any] | str | None = Field(default=None, description="Extension: the engine's composition object; overrides `model` routing.")
+    stream_options: dict[str, bool] | None = Field(
+        default=None, description="{'include_usage': true} adds a usage chunk."
+    )
+    composition: dict[str, Any] | str | None = Field(
+        default=None, description="Extension: the engine's composition object; overrides `model` routing."
+    )
     user: str | None = Field(default=None, description="Accepted and ignored.")
     presence_penalty: Literal[0, 0.0] = Field(default=0, description="Only 0 is supported.")
     frequency_penalty: Literal[0, 0.0] = Field(default=0, description="Only 0 is supported.")

@@ -16,8 +16,15 @@ def completion_response(plan: Plan, result: Result) -> dict:
     choice: dict = {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}
     if result.stages:
         choice["stages"] = result.stages
-    return {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model,
-            "choices": [choice], "usage": result.usage, "routing": plan.routing}
+    return {
+        "id": f"cmpl-{plan.id}",
+        "object": "text_completion",
+        "created": plan.created,
+        "model": plan.model,
+        "choices": [choice],
+        "usage": result.usage,
+        "routing": plan.routing,
+    }
 
 
 def chat_response(plan: Plan, result: Result) -> dict:
@@ -25,23 +32,41 @@ def chat_response(plan: Plan, result: Result) -> dict:
     choice: dict = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
     if result.stages:
         choice["stages"] = result.stages
-    return {"id": f"chatcmpl-{plan.id}", "object": "chat.completion", "created": plan.created, "model": plan.model,
-            "choices": [choice], "usage": result.usage, "routing": plan.routing}
+    return {
+        "id": f"chatcmpl-{plan.id}",
+        "object": "chat.completion",
+        "created": plan.created,
+        "model": plan.model,
+        "choices": [choice],
+        "usage": result.usage,
+        "routing": plan.routing,
+    }
 
 
-def stream_chunk(plan: Plan, chat: bool, delta: str | None, finish: str | None = None, usage: dict | None = None,
-                 first: bool = False) -> str:
+def stream_chunk(
+    plan: Plan, chat: bool, delta: str | None, finish: str | None = None, usage: dict | None = None, first: bool = False
+) -> str:
     """One SSE `data:` line. `delta=None` with `usage` is the final usage-only chunk."""
     usage_only = usage is not None and delta is None and finish is None
     if chat:
         d: dict = {"role": "assistant", "content": delta or ""} if first else ({"content": delta} if delta else {})
         choices = [] if usage_only else [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
-        body = {"id": f"chatcmpl-{plan.id}", "object": "chat.completion.chunk", "created": plan.created,
-                "model": plan.model, "choices": choices}
+        body = {
+            "id": f"chatcmpl-{plan.id}",
+            "object": "chat.completion.chunk",
+            "created": plan.created,
+            "model": plan.model,
+            "choices": choices,
+        }
     else:
         choices = [] if usage_only else [{"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}]
-        body = {"id": f"cmpl-{plan.id}", "object": "text_completion", "created": plan.created, "model": plan.model,
-                "choices": choices}
+        body = {
+            "id": f"cmpl-{plan.id}",
+            "object": "text_completion",
+            "created": plan.created,
+            "model": plan.model,
+            "choices": choices,
+        }
     if usage is not None:
         body["usage"] = usage
     if first:

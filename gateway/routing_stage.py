@@ -9,8 +9,9 @@ CPU demo at 40 req/s offered: no 503 at all, p99 26-49 s, all of it waiting in t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from loraplex.experts.errors import CapacityError
 
@@ -29,7 +30,10 @@ class RoutingStage:
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         if self.waiting >= self.max_waiting:
-            raise CapacityError(f"the router has {self.waiting} requests waiting (limits.max_routing_queue={self.max_waiting}); retry shortly")
+            raise CapacityError(
+                f"the router has {self.waiting} requests waiting (limits.max_routing_queue={self.max_waiting}); retry "
+                "shortly"
+            )
         self.waiting += 1  # only touched on the event loop thread: no lock needed
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -8,14 +8,15 @@ than betting on one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from loraplex.config.app import PolicyConfig
 
 __all__ = ["Decision", "PolicyConfig", "decide", "top_k_renormalised"]
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -6,8 +6,8 @@ The serving side loads it by path; the same object explains a decision (`/v1/rou
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,9 +22,18 @@ CONFIG_FILE = "router.json"
 
 
 class Router:
-    def __init__(self, featurizer: Featurizer, net: RouterNet, experts: Sequence[str], policy: PolicyConfig, metrics: dict | None = None):
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        net: RouterNet,
+        experts: Sequence[str],
+        policy: PolicyConfig,
+        metrics: dict | None = None,
+    ):
         if net.n_experts != len(experts):
-            raise ConfigError([f"router network has {net.n_experts} outputs but {len(experts)} experts are named: {list(experts)}"])
+            raise ConfigError(
+                [f"router network has {net.n_experts} outputs but {len(experts)} experts are named: {list(experts)}"]
+            )
         self.featurizer, self.net, self.experts, self.policy = featurizer, net.eval(), list(experts), policy
         self.metrics = metrics or {}
 
@@ -38,15 +47,31 @@ class Router:
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / WEIGHTS_FILE))
-        cfg = {"featurizer": self.featurizer.spec(), "experts": self.experts, "network": {"dim": self.net.dim, "hidden": self.net.hidden, "dropout": self.net.dropout},
-               "policy": {k: getattr(self.policy, k) for k in PolicyConfig.model_fields}, "metrics": self.metrics}
+        cfg = {
+            "featurizer": self.featurizer.spec(),
+            "experts": self.experts,
+            "network": {"dim": self.net.dim, "hidden": self.net.hidden, "dropout": self.net.dropout},
+            "policy": {k: getattr(self.policy, k) for k in PolicyConfig.model_fields},
+            "metrics": self.metrics,
+        }
         (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
 
     @classmethod
-    def load(cls, path: Path | str, policy: PolicyConfig | None = None, featurizer: Featurizer | None = None, base_model: str | None = None) -> "Router":
+    def load(
+        cls,
+        path: Path | str,
+        policy: PolicyConfig | None = None,
+        featurizer: Featurizer | None = None,
+        base_model: str | None = None,
+    ) -> Router:
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise ConfigError([f"no trained router at {str(path)!r} (expected {CONFIG_FILE} and {WEIGHTS_FILE}); run scripts/train_router.py"])
+            raise ConfigError(
+                [
+                    f"no trained router at {str(path)!r} (expected {CONFIG_FILE} and {WEIGHTS_FILE}); run "
+                    "scripts/train_router.py"
+                ]
+            )
         cfg = json.loads((path / CONFIG_FILE).read_text())
         net = RouterNet(cfg["network"]["dim"], len(cfg["experts"]), cfg["network"]["hidden"], cfg["network"]["dropout"])
         net.load_state_dict(load_file(str(path / WEIGHTS_FILE)))

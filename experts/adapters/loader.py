@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import load_file
@@ -51,7 +51,9 @@ def _pattern_value(patterns: Mapping[str, object], module: str, default: object)
     return default
 
 
-def load_adapter(name: str, path: Path, module_shapes: Mapping[str, tuple[int, int]], max_rank: int, allow_pickle: bool) -> LoraAdapter:
+def load_adapter(
+    name: str, path: Path, module_shapes: Mapping[str, tuple[int, int]], max_rank: int, allow_pickle: bool
+) -> LoraAdapter:
     """Load and validate `path` as adapter `name`; raises `AdapterValidationError` listing all problems."""
     problems: list[str] = []
     config_path = path / CONFIG_FILE
@@ -70,7 +72,9 @@ def load_adapter(name: str, path: Path, module_shapes: Mapping[str, tuple[int, i
             if config.get(flag):
                 problems.append(f"{flag}=true ({what}) is not supported")
         if config.get("modules_to_save"):
-            problems.append(f"modules_to_save={config['modules_to_save']} is not supported (adapters must only add LoRA deltas)")
+            problems.append(
+                f"modules_to_save={config['modules_to_save']} is not supported (adapters must only add LoRA deltas)"
+            )
 
     state: dict[str, torch.Tensor] = {}
     st, pk = path / SAFETENSORS_FILE, path / PICKLE_FILE
@@ -81,7 +85,10 @@ def load_adapter(name: str, path: Path, module_shapes: Mapping[str, tuple[int, i
             problems.append(f"cannot read {SAFETENSORS_FILE}: {e}")
     elif pk.is_file():
         if not allow_pickle:
-            problems.append(f"refusing pickle weights {PICKLE_FILE} (arbitrary code on load); convert to {SAFETENSORS_FILE} or set allow_pickle=true")
+            problems.append(
+                f"refusing pickle weights {PICKLE_FILE} (arbitrary code on load); convert to {SAFETENSORS_FILE} or "
+                "set allow_pickle=true"
+            )
         else:
             try:
                 state = torch.load(pk, map_location="cpu", weights_only=True)
@@ -103,7 +110,9 @@ def load_adapter(name: str, path: Path, module_shapes: Mapping[str, tuple[int, i
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         kinds = sorted({n.rsplit(".", 1)[-1] for n in module_shapes})
-        problems.append(f"target modules not in the base model's adapted layers: {shown}; adaptable layer kinds: {kinds}")
+        problems.append(
+            f"target modules not in the base model's adapted layers: {shown}; adaptable layer kinds: {kinds}"
+        )
     alpha = config.get("lora_alpha", 8)
     use_rslora = bool(config.get("use_rslora", False))
     for module in sorted(set(pairs) & set(module_shapes)):

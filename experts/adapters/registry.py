@@ -12,15 +12,21 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
-from loraplex.experts.lora.targets import target_linears
 from loraplex.experts.adapters.loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
 from loraplex.experts.adapters.store import check_name, find_adapters
-from loraplex.experts.errors import AdapterNameError, ConflictError, PayloadTooLargeError, RequestError, UnknownAdapterError
+from loraplex.experts.errors import (
+    AdapterNameError,
+    ConflictError,
+    PayloadTooLargeError,
+    RequestError,
+    UnknownAdapterError,
+)
+from loraplex.experts.lora.targets import target_linears
 
 MARKER = ".loraplex-registered.json"  # written into folders this registry created; only those can be removed
 
@@ -36,8 +42,16 @@ def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, t
 
 
 class AdapterRegistry:
-    def __init__(self, managed_root: Path | str, import_roots: Sequence[Path | str], roots: Sequence[Path | str],
-                 module_shapes: Mapping[str, tuple[int, int]], max_rank: int, pinned: Sequence[str] = (), max_adapter_mb: float = 512.0):
+    def __init__(
+        self,
+        managed_root: Path | str,
+        import_roots: Sequence[Path | str],
+        roots: Sequence[Path | str],
+        module_shapes: Mapping[str, tuple[int, int]],
+        max_rank: int,
+        pinned: Sequence[str] = (),
+        max_adapter_mb: float = 512.0,
+    ):
         self.managed_root = Path(managed_root).resolve()
         self.import_roots = [Path(r).resolve() for r in import_roots]
         self.roots = list(roots)
@@ -61,11 +75,17 @@ class AdapterRegistry:
         src = self._source(source)
         weights = src / SAFETENSORS_FILE
         if weights.is_file() and weights.stat().st_size > self.max_bytes:
-            raise PayloadTooLargeError(f"adapter weights are {weights.stat().st_size} bytes; the limit is {self.max_bytes}")
-        adapter = load_adapter(name, src, self.module_shapes, self.max_rank, allow_pickle=False)  # raises AdapterValidationError
+            raise PayloadTooLargeError(
+                f"adapter weights are {weights.stat().st_size} bytes; the limit is {self.max_bytes}"
+            )
+        adapter = load_adapter(
+            name, src, self.module_shapes, self.max_rank, allow_pickle=False
+        )  # raises AdapterValidationError
         with self._lock:
             if name in find_adapters(self.roots):
-                raise ConflictError(f"adapter {name!r} already exists; DELETE /v1/adapters/{name} first or pick another name")
+                raise ConflictError(
+                    f"adapter {name!r} already exists; DELETE /v1/adapters/{name} first or pick another name"
+                )
             dest = self.managed_root.joinpath(*segments)
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.managed_root))
@@ -83,8 +103,9 @@ class AdapterRegistry:
                 raise ConflictError(f"adapter {name!r} is pinned to an expert group in the config; remove it there")
             if not (dest / MARKER).is_file():
                 if name in find_adapters(self.roots):
-                    raise ConflictError(f"adapter {name!r} was not registered at run time; only registered adapters can be removed")
+                    raise ConflictError(
+                        f"adapter {name!r} was not registered at run time; only registered adapters can be removed"
+                    )
                 raise UnknownAdapterError(name, find_adapters(self.roots))
             shutil.rmtree(dest)
         return {"name": name, "deleted": True}
-

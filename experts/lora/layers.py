@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ class LoraBatch:
     def k(self) -> int:
         return int(self.slot_idx.shape[1])
 
-    def select(self, rows: torch.Tensor, version: int) -> "LoraBatch":
+    def select(self, rows: torch.Tensor, version: int) -> LoraBatch:
         """The same batch restricted to `rows` (finished rows leave a decoding batch)."""
         return LoraBatch(self.slot_idx[rows], self.coeff[rows], self.uniform, version, self.version, rows)
 
@@ -101,8 +101,16 @@ class MultiLoraLinear(nn.Module):
         self.context = context
         w = base.weight
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.register_buffer("lora_A", torch.zeros(num_slots, self.in_features, max_rank, dtype=w.dtype, device=w.device), persistent=False)  # A^T per slot
-        self.register_buffer("lora_B", torch.zeros(num_slots, max_rank, self.out_features, dtype=w.dtype, device=w.device), persistent=False)  # B^T per slot
+        self.register_buffer(
+            "lora_A",
+            torch.zeros(num_slots, self.in_features, max_rank, dtype=w.dtype, device=w.device),
+            persistent=False,
+        )  # A^T per slot
+        self.register_buffer(
+            "lora_B",
+            torch.zeros(num_slots, max_rank, self.out_features, dtype=w.dtype, device=w.device),
+            persistent=False,
+        )  # B^T per slot
         self.register_buffer("scale", torch.zeros(num_slots, dtype=torch.float32, device=w.device), persistent=False)
         self.max_rank = max_rank
         self.slot_ranks: list[int] = [0] * num_slots  # rank written in each slot (0 = empty)
@@ -158,8 +166,15 @@ class MultiLoraLinear(nn.Module):
         else:
             b, k = batch.slot_idx.shape
             A = A_all.index_select(0, batch.slot_idx.flatten())  # [batch*k, in, r]
-            A = A.view(b, self.in_features, rank) if k == 1 else A.view(b, k, self.in_features, rank).permute(0, 2, 1, 3).reshape(b, self.in_features, k * rank)
-            B = B_all.index_select(0, batch.slot_idx.flatten()).view(b, k, rank, self.out_features) * coeff[:, :, None, None]  # [batch, k, r, out]
+            A = (
+                A.view(b, self.in_features, rank)
+                if k == 1
+                else A.view(b, k, self.in_features, rank).permute(0, 2, 1, 3).reshape(b, self.in_features, k * rank)
+            )
+            B = (
+                B_all.index_select(0, batch.slot_idx.flatten()).view(b, k, rank, self.out_features)
+                * coeff[:, :, None, None]
+            )  # [batch, k, r, out]
             B = B.reshape(b, k * rank, self.out_features)  # [batch, k*r, out]
         self._cache = (A.contiguous(), B.contiguous())
         return self._cache
@@ -210,7 +225,12 @@ class WrappedModel:
                 layer.write_slot(slot, None, None, 0.0)
             else:
                 A, B, scale = entry
-                layer.write_slot(slot, A.to(layer.lora_A.device, layer.lora_A.dtype), B.to(layer.lora_B.device, layer.lora_B.dtype), scale)
+                layer.write_slot(
+                    slot,
+                    A.to(layer.lora_A.device, layer.lora_A.dtype),
+                    B.to(layer.lora_B.device, layer.lora_B.dtype),
+                    scale,
+                )
 
     def lora_batch(self, rows: Sequence[Mapping[int, float]] | None) -> LoraBatch | None:
         """Per-row slot weights packed for the layers (None: no adapter in any row)."""
@@ -234,7 +254,9 @@ class WrappedModel:
             yield b
 
 
-def wrap_model(model: nn.Module, num_slots: int, max_rank: int, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES) -> WrappedModel:
+def wrap_model(
+    model: nn.Module, num_slots: int, max_rank: int, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES
+) -> WrappedModel:
     """Replace every `nn.Linear` matching `target_modules` (last name component or glob) in place."""
     problems = []
     if num_slots < 1:
@@ -253,5 +275,7 @@ def wrap_model(model: nn.Module, num_slots: int, max_rank: int, target_modules: 
         layers[name] = wrapped
     if not layers:
         linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ConfigError([f"target_modules {list(target_modules)} match no nn.Linear of the model; its linear layers: {linears}"])
+        raise ConfigError(
+            [f"target_modules {list(target_modules)} match no nn.Linear of the model; its linear layers: {linears}"]
+        )
     return WrappedModel(model, context, layers, num_slots, max_rank)

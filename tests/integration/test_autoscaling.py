@@ -28,8 +28,15 @@ def test_hot_group_scales_up_and_back_while_cold_group_stays(server, roots):
 
     args = demo_args(*roots)
     for g in args["groups"]:
-        g["autoscaling"] = {"enabled": True, "min_replicas": 1, "max_replicas": 2, "target_load": 2, "upscale_delay_s": 0,
-                            "downscale_delay_s": 4, "look_back_period_s": 2}
+        g["autoscaling"] = {
+            "enabled": True,
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_load": 2,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 4,
+            "look_back_period_s": 2,
+        }
     serve.run(build_app(args), name="scaling", route_prefix="/scaling")
     url = f"http://127.0.0.1:{PORT}/scaling/v1/completions"
     prompts = [e.prompt for e in make_examples("entities", 16, seed=5, split="heldout")]
@@ -40,7 +47,17 @@ def test_hot_group_scales_up_and_back_while_cold_group_stays(server, roots):
         with httpx.Client(timeout=60) as c:
             n = 0
             while not stop.is_set():
-                codes.append(c.post(url, json={"model": "entities", "prompt": prompts[(i + n) % 16], "max_tokens": 32, "ignore_eos": True}).status_code)
+                codes.append(
+                    c.post(
+                        url,
+                        json={
+                            "model": "entities",
+                            "prompt": prompts[(i + n) % 16],
+                            "max_tokens": 32,
+                            "ignore_eos": True,
+                        },
+                    ).status_code
+                )
                 n += 1
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]

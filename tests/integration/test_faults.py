@@ -40,7 +40,11 @@ def test_killing_an_expert_replica_under_load_loses_nothing(server, roots):
             n = 0
             while not stop.is_set():
                 try:
-                    outcomes.append(c.post(url, json={"model": "entities", "prompt": prompts[(i + n) % 8], "max_tokens": 24}).status_code)
+                    outcomes.append(
+                        c.post(
+                            url, json={"model": "entities", "prompt": prompts[(i + n) % 8], "max_tokens": 24}
+                        ).status_code
+                    )
                 except httpx.HTTPError as e:  # a hang would surface here as a timeout
                     outcomes.append(repr(e))
                 n += 1
@@ -50,14 +54,20 @@ def test_killing_an_expert_replica_under_load_loses_nothing(server, roots):
         t.start()
     try:
         time.sleep(4)
-        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "chaos" in a["name"] and "expert_extraction" in a["name"])
+        victim = next(
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "chaos" in a["name"] and "expert_extraction" in a["name"]
+        )
         ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
         time.sleep(8)
     finally:
         stop.set()
         for t in threads:
             t.join()
-    assert outcomes and all(o in (200, 503) for o in outcomes), {str(o): outcomes.count(o) for o in set(map(str, outcomes))}
+    assert outcomes and all(o in (200, 503) for o in outcomes), {
+        str(o): outcomes.count(o) for o in set(map(str, outcomes))
+    }
     assert outcomes.count(200) >= 0.8 * len(outcomes)
     deadline = time.time() + 90
     while time.time() < deadline and running("chaos", "expert_extraction") < 2:
@@ -69,8 +79,12 @@ def test_killing_an_expert_replica_under_load_loses_nothing(server, roots):
 def test_corrupt_adapters_fail_alone_and_the_replica_keeps_serving(server, roots):
     managed, _ = roots
     cases = {
-        "broken/truncated": lambda p: (p / "adapter_model.safetensors").write_bytes((p / "adapter_model.safetensors").read_bytes()[:100]),
-        "broken/badshape": lambda p: (p / "adapter_config.json").write_text((p / "adapter_config.json").read_text()),  # replaced below
+        "broken/truncated": lambda p: (p / "adapter_model.safetensors").write_bytes(
+            (p / "adapter_model.safetensors").read_bytes()[:100]
+        ),
+        "broken/badshape": lambda p: (p / "adapter_config.json").write_text(
+            (p / "adapter_config.json").read_text()
+        ),  # replaced below
         "broken/nomodule": lambda p: None,
     }
     from safetensors.torch import load_file, save_file
@@ -86,14 +100,21 @@ def test_corrupt_adapters_fail_alone_and_the_replica_keeps_serving(server, roots
     st = load_file(str(managed / "broken/nomodule/adapter_model.safetensors"))
     st = {k.replace("q_proj", "zz_proj"): v for k, v in st.items()}
     save_file(st, str(managed / "broken/nomodule/adapter_model.safetensors"))
-    expected = {"broken/truncated": "cannot read adapter_model.safetensors", "broken/badshape": "do not fit the base layer",
-                "broken/nomodule": "target modules not in the base model"}
+    expected = {
+        "broken/truncated": "cannot read adapter_model.safetensors",
+        "broken/badshape": "do not fit the base layer",
+        "broken/nomodule": "target modules not in the base model",
+    }
     time.sleep(2.5)  # the ingress rescans adapter roots every 2 s
     e = make_examples("intent", 1, seed=3, split="heldout")[0]
     for name, msg in expected.items():
-        r = httpx.post(f"{server}/v1/completions", json={"model": name, "prompt": e.prompt, "max_tokens": 8}, timeout=60)
+        r = httpx.post(
+            f"{server}/v1/completions", json={"model": name, "prompt": e.prompt, "max_tokens": 8}, timeout=60
+        )
         assert r.status_code == 422 and msg in r.json()["error"]["message"], r.text
-    ok = httpx.post(f"{server}/v1/completions", json={"model": "intent", "prompt": e.prompt, "max_tokens": 8}, timeout=60)
+    ok = httpx.post(
+        f"{server}/v1/completions", json={"model": "intent", "prompt": e.prompt, "max_tokens": 8}, timeout=60
+    )
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
     for name in expected:
         shutil.rmtree(managed / name)
@@ -104,14 +125,27 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
 
     _, imports = roots
     shutil.copytree(DEMO / "adapters" / "entities", imports / "keep")
-    assert httpx.post(f"{server}/v1/adapters", json={"name": "kept/entities", "source": str(imports / "keep")}, timeout=60).status_code == 201
-    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "loraplex" in a["name"] and "RouterIngress" in a["name"])
+    assert (
+        httpx.post(
+            f"{server}/v1/adapters", json={"name": "kept/entities", "source": str(imports / "keep")}, timeout=60
+        ).status_code
+        == 201
+    )
+    victim = next(
+        a
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "loraplex" in a["name"] and "RouterIngress" in a["name"]
+    )
     ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
     e = make_examples("entities", 1, seed=4, split="heldout")[0]
     deadline, r = time.time() + 120, None
     while time.time() < deadline:
         try:
-            r = httpx.post(f"{server}/v1/completions", json={"model": "kept/entities", "prompt": e.prompt, "max_tokens": 32}, timeout=30)
+            r = httpx.post(
+                f"{server}/v1/completions",
+                json={"model": "kept/entities", "prompt": e.prompt, "max_tokens": 32},
+                timeout=30,
+            )
             if r.status_code == 200:
                 break
         except httpx.HTTPError:
@@ -119,7 +153,9 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
         time.sleep(1)
     assert r is not None and r.status_code == 200, r and r.text
     assert r.json()["routing"]["weights"] == {"kept/entities": 1.0}
-    assert "auto" in [m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]]  # router config back too
+    assert "auto" in [
+        m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]
+    ]  # router config back too
     assert httpx.delete(f"{server}/v1/adapters/kept/entities", timeout=30).status_code == 200
 
 
@@ -146,5 +182,7 @@ def test_client_disconnect_mid_stream_cancels_the_generation_and_frees_its_row(s
     assert after["cancelled"] == before["cancelled"] + 1, (before, after)
     assert after["inflight"] == 0
     assert after["tokens"] - before["tokens"] < budget  # decoding stopped early: the row was freed
-    ok = httpx.post(f"{server}/v1/completions", json={"model": "entities", "prompt": e.prompt, "max_tokens": 16}, timeout=60)
+    ok = httpx.post(
+        f"{server}/v1/completions", json={"model": "entities", "prompt": e.prompt, "max_tokens": 16}, timeout=60
+    )
     assert ok.status_code == 200

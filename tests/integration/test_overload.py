@@ -29,7 +29,9 @@ def test_overload_sheds_with_503_and_recovers(server, roots):
 
     def one(i: int):
         t0 = time.perf_counter()
-        r = httpx.post(url, json={"model": "entities", "prompt": prompts[i % 8], "max_tokens": 24, "ignore_eos": True}, timeout=120)
+        r = httpx.post(
+            url, json={"model": "entities", "prompt": prompts[i % 8], "max_tokens": 24, "ignore_eos": True}, timeout=120
+        )
         return r.status_code, r.headers.get("retry-after"), time.perf_counter() - t0
 
     with cf.ThreadPoolExecutor(48) as pool:

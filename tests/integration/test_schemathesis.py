@@ -19,12 +19,21 @@ def test_no_input_gives_a_server_error(server):
     for op in operations:
 
         @given(case=op.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def check(case):
             response = case.call(base_url=server, timeout=120)
             calls.append(response.status_code)
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code}: {response.text[:200]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code}: "
+                    f"{response.text[:200]}"
+                )
 
         check()
     assert len(calls) >= 2 * len(operations)

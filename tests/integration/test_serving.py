@@ -48,7 +48,10 @@ def test_completion_per_adapter_answers_the_task(client, task):
         assert r.usage.completion_tokens >= 1 and r.choices[0].finish_reason in ("stop", "length")
         assert r.model_extra["routing"]["group"] == ("extraction" if task == "entities" else "support")
         ok += text == e.answer.strip()
-        base_ok += client.completions.create(model="base", prompt=e.prompt, max_tokens=40).choices[0].text.strip() == e.answer.strip()
+        base_ok += (
+            client.completions.create(model="base", prompt=e.prompt, max_tokens=40).choices[0].text.strip()
+            == e.answer.strip()
+        )
     assert ok >= 10 and base_ok <= 1, f"{task}: adapter {ok}/12 exact, base {base_ok}/12"
 
 
@@ -59,7 +62,9 @@ def test_greedy_completion_equals_peft_generate(server, client):
     from tests.integration.conftest import DEMO
 
     tok = AutoTokenizer.from_pretrained(DEMO / "base")
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DEMO / "base"), DEMO / "adapters" / "intent", adapter_name="intent")
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(DEMO / "base"), DEMO / "adapters" / "intent", adapter_name="intent"
+    )
     for name in ("sentiment", "entities"):
         peft.load_adapter(DEMO / "adapters" / name, adapter_name=name)
     peft.eval()
@@ -68,14 +73,16 @@ def test_greedy_completion_equals_peft_generate(server, client):
             enc = tok([e.prompt], return_tensors="pt")
             with torch.inference_mode():
                 out = peft.generate(**enc, adapter_names=[task], max_new_tokens=24, do_sample=False)
-            want = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            want = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             got = client.completions.create(model=task, prompt=e.prompt, max_tokens=24, temperature=0).choices[0].text
             assert got == want, (task, got, want)
 
 
 def test_chat_completion(client):
     e = examples("sentiment", 1)[0]
-    r = client.chat.completions.create(model="sentiment", messages=[{"role": "user", "content": e.prompt}], max_tokens=8)
+    r = client.chat.completions.create(
+        model="sentiment", messages=[{"role": "user", "content": e.prompt}], max_tokens=8
+    )
     assert r.choices[0].message.content.strip() and r.model_extra["routing"]["weights"] == {"sentiment": 1.0}
     assert r.usage.prompt_tokens > 0
 
@@ -87,7 +94,10 @@ def test_auto_routing_picks_the_task_adapter(client):
         routing = r.model_extra["routing"]
         assert routing["mode"] == "auto" and max(routing["weights"], key=routing["weights"].get) == task
         assert routing["confidence"] > 0.6
-        assert r.choices[0].text.strip() == client.completions.create(model=task, prompt=e.prompt, max_tokens=40).choices[0].text.strip()
+        assert (
+            r.choices[0].text.strip()
+            == client.completions.create(model=task, prompt=e.prompt, max_tokens=40).choices[0].text.strip()
+        )
 
 
 def test_route_explains_and_is_unsure_on_a_bare_message(server):
@@ -101,8 +111,19 @@ COMPOSITIONS = [
     ("blend delta", {"mode": "blend", "weights": {"intent": 0.9, "sentiment": 0.1}}),
     ("blend logits", {"mode": "blend", "weights": {"intent": 0.9, "sentiment": 0.1}, "space": "logits"}),
     ("moe", {"mode": "moe", "top_k": 2, "weights": {"intent": 0.8, "entities": 0.2}}),
-    ("chain", {"mode": "chain", "stages": [{"adapter": "entities", "prompt": "Extract the order id and email as JSON.\n\nMessage: {input}\n\nAnswer:"},
-                                            {"adapter": "intent", "prompt": "What is the intent?\n\nMessage: {input}\n\nAnswer:"}]}),
+    (
+        "chain",
+        {
+            "mode": "chain",
+            "stages": [
+                {
+                    "adapter": "entities",
+                    "prompt": "Extract the order id and email as JSON.\n\nMessage: {input}\n\nAnswer:",
+                },
+                {"adapter": "intent", "prompt": "What is the intent?\n\nMessage: {input}\n\nAnswer:"},
+            ],
+        },
+    ),
 ]
 
 
@@ -113,7 +134,9 @@ def test_every_composition_mode(client, name, comp):
     r = client.completions.create(model="base", prompt=prompt, max_tokens=40, extra_body={"composition": comp})
     text = r.choices[0].text.strip()
     assert text and r.choices[0].finish_reason in ("stop", "length"), (name, text)
-    assert set(r.model_extra["routing"]["weights"]) == set(comp.get("weights", {})) | set(comp.get("adapters", [])) | {s["adapter"] for s in comp.get("stages", [])}
+    assert set(r.model_extra["routing"]["weights"]) == set(comp.get("weights", {})) | set(comp.get("adapters", [])) | {
+        s["adapter"] for s in comp.get("stages", [])
+    }
     if name == "chain":
         stages = r.choices[0].model_extra["stages"]
         assert len(stages) == 2 and stages[0].strip() and stages[1].strip() == text  # stage 1's output fed stage 2
@@ -125,8 +148,17 @@ def test_streaming_matches_non_streaming(server, client):
     chunks = list(client.completions.create(model="entities", prompt=e.prompt, max_tokens=40, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    with httpx.stream("POST", f"{server}/v1/chat/completions", json={"model": "intent", "stream": True, "stream_options": {"include_usage": True},
-                                                                     "messages": [{"role": "user", "content": examples("intent", 1)[0].prompt}]}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/chat/completions",
+        json={
+            "model": "intent",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": examples("intent", 1)[0].prompt}],
+        },
+        timeout=60,
+    ) as r:
         lines = [ln for ln in r.iter_lines() if ln]
     assert lines[-1] == "data: [DONE]"
     assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] >= 1
@@ -145,24 +177,85 @@ BAD = [
     ("wrong type", J({"model": "intent", "prompt": "x", "max_tokens": "ten"}), 400, "max_tokens"),
     ("missing prompt", J({"model": "intent"}), 400, "prompt: Field required"),
     ("missing model", J({"prompt": "x"}), 400, "model: Field required"),
-    ("huge max_tokens", J({"model": "intent", "prompt": "x", "max_tokens": 100000}), 400, "exceeds this server's limit of 256"),
-    ("negative max_tokens", J({"model": "intent", "prompt": "x", "max_tokens": -5}), 400, "max_tokens must be an integer >= 1, got -5"),
-    ("temperature out of range", J({"model": "intent", "prompt": "x", "temperature": -2}), 400, "temperature must be in [0, 100], got -2"),
-    ("top_p out of range", J({"model": "intent", "prompt": "x", "top_p": 1.5}), 400, "top_p must be in (0, 1], got 1.5"),
+    (
+        "huge max_tokens",
+        J({"model": "intent", "prompt": "x", "max_tokens": 100000}),
+        400,
+        "exceeds this server's limit of 256",
+    ),
+    (
+        "negative max_tokens",
+        J({"model": "intent", "prompt": "x", "max_tokens": -5}),
+        400,
+        "max_tokens must be an integer >= 1, got -5",
+    ),
+    (
+        "temperature out of range",
+        J({"model": "intent", "prompt": "x", "temperature": -2}),
+        400,
+        "temperature must be in [0, 100], got -2",
+    ),
+    (
+        "top_p out of range",
+        J({"model": "intent", "prompt": "x", "top_p": 1.5}),
+        400,
+        "top_p must be in (0, 1], got 1.5",
+    ),
     ("empty prompt", J({"model": "intent", "prompt": ""}), 400, "prompt must not be empty"),
     ("prompt over the limit", J({"model": "intent", "prompt": "x" * 9000}), 400, "the limit is 8000"),
     ("unknown model", J({"model": "nope", "prompt": "x"}), 404, "unknown adapter 'nope'; available adapters: ["),
     ("traversal name", J({"model": "../../etc/passwd", "prompt": "x"}), 400, "invalid adapter name '../../etc/passwd'"),
     ("absolute path name", J({"model": "/etc/passwd", "prompt": "x"}), 400, "no absolute paths"),
-    ("unknown adapter in composition", J({"model": "base", "prompt": "x", "composition": {"mode": "stack", "adapters": ["intent", "zz"]}}), 404, "unknown adapter 'zz'"),
+    (
+        "unknown adapter in composition",
+        J({"model": "base", "prompt": "x", "composition": {"mode": "stack", "adapters": ["intent", "zz"]}}),
+        404,
+        "unknown adapter 'zz'",
+    ),
     ("bad mode", J({"model": "base", "prompt": "x", "composition": {"mode": "mix"}}), 400, "valid modes"),
-    ("empty weights", J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {}}}), 400, "non-empty object of adapter -> weight"),
-    ("negative weight", J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": -1}}}), 400, "must be a finite number >= 0, got -1"),
-    ("NaN weight", b'{"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": NaN}}}', 400, "finite number"),
-    ("chain without stages", J({"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": []}}), 400, "list of 1..8 stages"),
-    ("bad template", J({"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": [{"adapter": "intent", "prompt": "{nope}"}]}}), 400, "valid placeholders"),
+    (
+        "empty weights",
+        J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {}}}),
+        400,
+        "non-empty object of adapter -> weight",
+    ),
+    (
+        "negative weight",
+        J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": -1}}}),
+        400,
+        "must be a finite number >= 0, got -1",
+    ),
+    (
+        "NaN weight",
+        b'{"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": NaN}}}',
+        400,
+        "finite number",
+    ),
+    (
+        "chain without stages",
+        J({"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": []}}),
+        400,
+        "list of 1..8 stages",
+    ),
+    (
+        "bad template",
+        J(
+            {
+                "model": "base",
+                "prompt": "x",
+                "composition": {"mode": "chain", "stages": [{"adapter": "intent", "prompt": "{nope}"}]},
+            }
+        ),
+        400,
+        "valid placeholders",
+    ),
     ("n=3", J({"model": "intent", "prompt": "x", "n": 3}), 400, "n=3 is not supported"),
-    ("unknown field", J({"model": "intent", "prompt": "x", "best_of": 2}), 400, "best_of: Extra inputs are not permitted"),
+    (
+        "unknown field",
+        J({"model": "intent", "prompt": "x", "best_of": 2}),
+        400,
+        "best_of: Extra inputs are not permitted",
+    ),
 ]
 
 
@@ -194,7 +287,9 @@ def test_concurrent_mixed_requests_are_batched_and_all_succeed(server):
     reqs = sum(after[g]["requests"] - before[g]["requests"] for g in after)
     steps = sum(after[g]["batches"] - before[g]["batches"] for g in after)
     rows = sum(after[g]["rows"] - before[g]["rows"] for g in after)
-    assert reqs == 24 and rows > steps  # decode steps really held several requests (one at a time would give rows == steps)
+    assert (
+        reqs == 24 and rows > steps
+    )  # decode steps really held several requests (one at a time would give rows == steps)
 
 
 def test_register_use_and_remove_an_adapter_at_run_time(server, roots):
@@ -222,9 +317,40 @@ def test_register_use_and_remove_an_adapter_at_run_time(server, roots):
 
 def test_concurrent_requests_for_different_adapters_equal_their_sequential_answers(server):
     """The regression the serving benchmark found: mixed-adapter batches must not mix up rows."""
-    bodies = [{"model": ADAPTERS[i % 3], "prompt": examples(ADAPTERS[(i + 1) % 3], 6)[i % 6].prompt, "max_tokens": 12, "ignore_eos": True}
-              for i in range(18)]
+    bodies = [
+        {
+            "model": ADAPTERS[i % 3],
+            "prompt": examples(ADAPTERS[(i + 1) % 3], 6)[i % 6].prompt,
+            "max_tokens": 12,
+            "ignore_eos": True,
+        }
+        for i in range(18)
+    ]
     sequential = [post(server, "/v1/completions", b).json()["choices"][0]["text"] for b in bodies]
     with cf.ThreadPoolExecutor(18) as pool:
         concurrent = list(pool.map(lambda b: post(server, "/v1/completions", b).json()["choices"][0]["text"], bodies))
     assert concurrent == sequential
+
+
+def test_reregistering_a_name_serves_its_new_weights(server, roots):
+    """Defect 3: after DELETE and a new registration under the same name, replicas kept the old cached weights."""
+    import shutil
+
+    from tests.integration.conftest import DEMO
+
+    _, imports = roots
+    e = examples("intent", 1)[0]
+    want = {
+        a: post(server, "/v1/completions", {"model": a, "prompt": e.prompt, "max_tokens": 8}).json()["choices"][0][
+            "text"
+        ]
+        for a in ("sentiment", "intent")
+    }
+    assert want["sentiment"] != want["intent"]
+    for version, source in enumerate(("sentiment", "intent")):
+        shutil.copytree(DEMO / "adapters" / source, imports / f"swap{version}")
+        r = post(server, "/v1/adapters", {"name": "team/swap", "source": str(imports / f"swap{version}")})
+        assert r.status_code == 201, r.text
+        got = post(server, "/v1/completions", {"model": "team/swap", "prompt": e.prompt, "max_tokens": 8}).json()
+        assert got["choices"][0]["text"] == want[source], version
+        assert httpx.delete(f"{server}/v1/adapters/team/swap").status_code == 200

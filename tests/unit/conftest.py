@@ -45,9 +45,16 @@ def _tokenizer():
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
 
 
 def make_base(path: Path, seed: int = 0, hidden: int = 64) -> Path:
@@ -55,8 +62,18 @@ def make_base(path: Path, seed: int = 0, hidden: int = 64) -> Path:
 
     tok = _tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)
@@ -71,7 +88,9 @@ def make_adapter(base_dir: Path, out: Path, seed: int, r: int = 4, targets=("q_p
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False, task_type="CAUSAL_LM", **extra)
+    cfg = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False, task_type="CAUSAL_LM", **extra
+    )
     model = get_peft_model(base, cfg)
     model.save_pretrained(out)
     return out
@@ -84,7 +103,14 @@ def tiny(tmp_path_factory):
     base = make_base(root / "base")
     adapters = root / "adapters"
     make_adapter(base, adapters / "a", seed=1, r=4)
-    make_adapter(base, adapters / "b", seed=2, r=8, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), use_rslora=True)
+    make_adapter(
+        base,
+        adapters / "b",
+        seed=2,
+        r=8,
+        targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        use_rslora=True,
+    )
     make_adapter(base, adapters / "c", seed=3, r=2, targets=("o_proj", "down_proj"), alpha_pattern={"down_proj": 7})
     return {"base": base, "roots": adapters}
 
@@ -94,7 +120,15 @@ def engine(tiny):
     from loraplex.config.engine import EngineConfig
     from loraplex.experts.engine import Engine
 
-    return Engine.from_config(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])], max_slots=4, max_host_adapters=8, max_rank=16))
+    return Engine.from_config(
+        EngineConfig(
+            base_model=str(tiny["base"]),
+            adapter_roots=[str(tiny["roots"])],
+            max_slots=4,
+            max_host_adapters=8,
+            max_rank=16,
+        )
+    )
 
 
 def peft_model(tiny, names=("a", "b", "c")):

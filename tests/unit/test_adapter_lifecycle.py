@@ -15,7 +15,9 @@ PROMPT = "my order ORD-12345 never arrived"
 
 
 def _engine(tiny, root, slots=2):
-    cfg = EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(root)], max_slots=slots, max_host_adapters=4, max_rank=16)
+    cfg = EngineConfig(
+        base_model=str(tiny["base"]), adapter_roots=[str(root)], max_slots=slots, max_host_adapters=4, max_rank=16
+    )
     return Engine.from_config(cfg)
 
 
@@ -32,7 +34,7 @@ def _text(engine, comp, max_tokens=10):
 
 
 def test_reregistering_a_name_with_new_weights_serves_the_new_weights(tiny, tmp_path, engine):
-    """Defect 3: the host tier keyed on the name and a device-slot hit skipped the reload, so `x` kept the old weights."""
+    """Defect 3: the host tier keyed on the name and a device-slot hit skipped the reload: `x` kept old weights."""
     root = _root(tiny, tmp_path, x="a")
     eng = _engine(tiny, root)
     first = _text(eng, "x")
@@ -51,7 +53,7 @@ def test_reregistering_a_name_with_new_weights_serves_the_new_weights(tiny, tmp_
 
 
 def test_removing_an_adapter_never_frees_the_slot_a_running_row_reads(tiny, tmp_path, engine):
-    """Defect 4: removal dropped the slot map entry while a row decoded from it, and the next acquire rewrote the slot."""
+    """Defect 4: removal dropped the slot map entry while a row decoded from it; the next acquire rewrote the slot."""
     root = _root(tiny, tmp_path, x="a", y="b", z="c")
     eng = _engine(tiny, root, slots=2)
     want = _text(eng, "x", max_tokens=24)

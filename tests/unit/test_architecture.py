@@ -99,36 +99,65 @@ def test_no_import_cycles():
 
 
 def test_no_imports_of_another_packages_private_names():
-    bad = [f"{mod} imports {target}.{name}" for mod, path in MODULES.items() for target, names in _imports(path)
-           if target.startswith("loraplex.") and _package(target) != _package(mod)
-           for name in names if name.startswith("_") and not name.startswith("__")]
+    bad = [
+        f"{mod} imports {target}.{name}"
+        for mod, path in MODULES.items()
+        for target, names in _imports(path)
+        if target.startswith("loraplex.") and _package(target) != _package(mod)
+        for name in names
+        if name.startswith("_") and not name.startswith("__")
+    ]
     assert bad == []
 
 
 def test_ray_only_in_the_serve_shells_and_the_benchmarks():
-    bad = [f"{mod} imports {target}" for mod, path in MODULES.items() if _package(mod) not in RAY_ALLOWED
-           for target, _ in _imports(path) if target == "ray" or target.startswith("ray.")]
+    bad = [
+        f"{mod} imports {target}"
+        for mod, path in MODULES.items()
+        if _package(mod) not in RAY_ALLOWED
+        for target, _ in _imports(path)
+        if target == "ray" or target.startswith("ray.")
+    ]
     assert bad == []
 
 
 def test_serving_code_never_imports_the_demo_or_the_benchmarks():
-    bad = [f"{mod} imports {target}" for mod, path in MODULES.items() if _package(mod) in SERVING
-           for target, _ in _imports(path) if target.startswith(("loraplex.demo", "loraplex.bench"))]
+    bad = [
+        f"{mod} imports {target}"
+        for mod, path in MODULES.items()
+        if _package(mod) in SERVING
+        for target, _ in _imports(path)
+        if target.startswith(("loraplex.demo", "loraplex.bench"))
+    ]
     assert bad == []
 
 
 def test_router_is_routing_only():
     allowed = {"router", "config", "experts"}  # experts: typed errors only
-    bad = [f"{mod} imports {target}" for mod, path in MODULES.items() if _package(mod) == "router"
-           for target, _ in _imports(path) if target.startswith("loraplex.") and _package(target) not in allowed]
-    bad += [f"{mod} imports {target}" for mod, path in MODULES.items() if _package(mod) == "router"
-            for target, _ in _imports(path) if target.startswith("loraplex.experts") and target != "loraplex.experts.errors"]
+    bad = [
+        f"{mod} imports {target}"
+        for mod, path in MODULES.items()
+        if _package(mod) == "router"
+        for target, _ in _imports(path)
+        if target.startswith("loraplex.") and _package(target) not in allowed
+    ]
+    bad += [
+        f"{mod} imports {target}"
+        for mod, path in MODULES.items()
+        if _package(mod) == "router"
+        for target, _ in _imports(path)
+        if target.startswith("loraplex.experts") and target != "loraplex.experts.errors"
+    ]
     assert bad == []
 
 
 def test_no_bare_top_level_imports_of_project_folders():
     """Everything imports through `loraplex.`; a bare `import experts` would load a second copy of the module."""
     files = list(MODULES.values()) + list((ROOT / "scripts").glob("*.py")) + list((ROOT / "tests").rglob("*.py"))
-    bad = [f"{p.relative_to(ROOT)} imports {target}" for p in files for target, _ in _imports(p)
-           if target.split(".")[0] in PACKAGES]
+    bad = [
+        f"{p.relative_to(ROOT)} imports {target}"
+        for p in files
+        for target, _ in _imports(p)
+        if target.split(".")[0] in PACKAGES
+    ]
     assert bad == []

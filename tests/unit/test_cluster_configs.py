@@ -1,4 +1,4 @@
-"""config/cluster/*.yaml: the KubeRay RayService (with its embedded Serve config) and the Ray cluster launcher config."""
+"""config/cluster/*.yaml: the KubeRay RayService (with its embedded Serve config) and the Ray cluster launcher."""
 
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def test_rayservice_shape(rayservice):
     assert cluster["rayVersion"] == version("ray")  # the image must run the Ray this project pins
     head = cluster["headGroupSpec"]
     assert all(_gpus(c) == 0 for c in _containers(head["template"])), "the head group is CPU only"
-    for c in _containers(head["template"]) + [c for g in cluster["workerGroupSpecs"] for c in _containers(g["template"])]:
+    for c in _containers(head["template"]) + [
+        c for g in cluster["workerGroupSpecs"] for c in _containers(g["template"])
+    ]:
         assert c["image"] == "loraplex:latest"
 
 
@@ -87,7 +89,9 @@ def test_gpu_worker_groups_request_gpus_within_bounds(rayservice):
 def test_every_expert_group_needs_a_gpu_and_autoscales_inside_the_budget(rayservice, serve_config):
     from loraplex.deployments.autoscaling import AppBudgetPolicy
 
-    max_gpus = sum(g["maxReplicas"] * max(_gpus(c) for c in _containers(g["template"])) for g in _gpu_groups(rayservice))
+    max_gpus = sum(
+        g["maxReplicas"] * max(_gpus(c) for c in _containers(g["template"])) for g in _gpu_groups(rayservice)
+    )
     for app in serve_config["applications"]:
         args = AppArgs(**app["args"])
         for g in args.groups:
@@ -110,13 +114,18 @@ def test_shared_volume_is_mounted_at_mnt_in_every_pod(manifests, rayservice):
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             assert "/mnt" in mounts
             assert vols[mounts["/mnt"]]["persistentVolumeClaim"]["claimName"] in claims
-        assert "ReadWriteMany" in next(d for d in manifests if d.get("kind") == "PersistentVolumeClaim")["spec"]["accessModes"]
+        assert (
+            "ReadWriteMany"
+            in next(d for d in manifests if d.get("kind") == "PersistentVolumeClaim")["spec"]["accessModes"]
+        )
 
 
 def test_serve_paths_live_on_the_shared_volume(serve_config):
     for app in serve_config["applications"]:
         args = AppArgs(**app["args"])
-        paths = [args.base_model, *args.adapter_roots, *args.import_roots] + ([args.routing.router_path] if args.routing.router_path else [])
+        paths = [args.base_model, *args.adapter_roots, *args.import_roots] + (
+            [args.routing.router_path] if args.routing.router_path else []
+        )
         assert all(p.startswith("/mnt/") for p in paths), paths
 
 

@@ -30,7 +30,9 @@ def test_serve_yaml_args_validate_as_app_args(path):
         args = AppArgs(**app["args"])
         host = doc.get("http_options", {}).get("host", "127.0.0.1")
         if host not in ("127.0.0.1", "localhost", "::1"):  # public bind needs a key (docs/security.md)
-            assert args.auth.has_api_key or args.auth.allow_public_without_key, f"{path.name} binds {host} without an API key"
+            assert args.auth.has_api_key or args.auth.allow_public_without_key, (
+                f"{path.name} binds {host} without an API key"
+            )
 
 
 BASE = yaml.safe_load((CONFIG_DIR / "serve.yaml").read_text())["applications"][0]["args"]
@@ -43,19 +45,36 @@ def _set(path: str, value):
         for k in keys[:-1]:
             cur = cur[int(k)] if k.isdigit() else cur[k]
         cur[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
+
     return change
 
 
 CASES = [
     ("unknown key", _set("slots", 3), "Extra inputs are not permitted"),
-    ("adapter in two groups", _set("groups.1.adapters", ["entities", "intent"]), "adapter 'intent' is pinned to both 'support' and 'extraction'"),
+    (
+        "adapter in two groups",
+        _set("groups.1.adapters", ["entities", "intent"]),
+        "adapter 'intent' is pinned to both 'support' and 'extraction'",
+    ),
     ("duplicate group", _set("groups.1.name", "support"), r"group names must be unique, repeated: \['support'\]"),
-    ("bad default group", _set("default_group", "nope"), r"default_group 'nope' is not a group; groups: \['support', 'extraction'\]"),
-    ("ongoing below batch", _set("groups.0.max_ongoing_requests", 4), r"max_ongoing_requests \(4\) must be >= max_batch_size \(16\)"),
+    (
+        "bad default group",
+        _set("default_group", "nope"),
+        r"default_group 'nope' is not a group; groups: \['support', 'extraction'\]",
+    ),
+    (
+        "ongoing below batch",
+        _set("groups.0.max_ongoing_requests", 4),
+        r"max_ongoing_requests \(4\) must be >= max_batch_size \(16\)",
+    ),
     ("too many pinned", _set("groups.0.max_slots", 1), r"2 pinned adapters exceed max_slots \(1\)"),
     ("bad fallback", _set("routing.fallback", "guess"), "Input should be 'base' or 'soft_topk'"),
     ("bad device", _set("device", "tpu"), "Input should be 'auto', 'cpu' or 'cuda'"),
-    ("default tokens over limit", _set("limits.default_max_tokens", 1000), r"default_max_tokens \(1000\) exceeds limits.max_tokens_limit \(256\)"),
+    (
+        "default tokens over limit",
+        _set("limits.default_max_tokens", 1000),
+        r"default_max_tokens \(1000\) exceeds limits.max_tokens_limit \(256\)",
+    ),
     ("bad group name", _set("groups.0.name", "Support Team"), "String should match pattern"),
 ]
 
@@ -93,9 +112,17 @@ def test_access_control(tmp_path, monkeypatch):
         (lambda: ac.check("Bearer nope"), AuthenticationError, "invalid API key"),
         (lambda: ac.check("Basic user-secret"), AuthenticationError, "missing API key"),
         (lambda: ac.check_admin("Bearer user-secret"), PermissionDeniedError, "use the admin key"),
-        (lambda: AccessControl(AuthConfig(api_key_env="NOT_SET_ANYWHERE")), ConfigError, "'NOT_SET_ANYWHERE' is not set"),
+        (
+            lambda: AccessControl(AuthConfig(api_key_env="NOT_SET_ANYWHERE")),
+            ConfigError,
+            "'NOT_SET_ANYWHERE' is not set",
+        ),
         (lambda: AccessControl(AuthConfig(api_key_file=str(tmp_path / "missing"))), ConfigError, "missing or empty"),
-        (lambda: AccessControl(AuthConfig(api_key_env="ADMIN_KEY")).check_admin("Bearer admin-secret"), PermissionDeniedError, "needs an admin key"),
+        (
+            lambda: AccessControl(AuthConfig(api_key_env="ADMIN_KEY")).check_admin("Bearer admin-secret"),
+            PermissionDeniedError,
+            "needs an admin key",
+        ),
     ]
     for fn, exc, match in cases:
         with pytest.raises(exc, match=match):

@@ -14,29 +14,70 @@ from loraplex.config.engine import EngineConfig
 from loraplex.experts.adapters.store import AdapterStore
 from loraplex.experts.composition import parse_composition
 from loraplex.experts.engine import Engine, Request
-from loraplex.experts.errors import AdapterNameError, AdapterValidationError, CapacityError, CompositionError, ConfigError, RequestError, SamplingError, UnknownAdapterError
+from loraplex.experts.errors import (
+    AdapterNameError,
+    AdapterValidationError,
+    CapacityError,
+    CompositionError,
+    ConfigError,
+    RequestError,
+    SamplingError,
+    UnknownAdapterError,
+)
 from loraplex.experts.sampling import SamplingParams
 
 COMPOSITION_CASES = [
-    ("unknown mode", {"mode": "mix"}, r"unknown composition mode 'mix'; valid modes: \['base', 'single', 'stack', 'blend', 'moe', 'chain'\]"),
+    (
+        "unknown mode",
+        {"mode": "mix"},
+        r"unknown composition mode 'mix'; valid modes: \['base', 'single', 'stack', 'blend', 'moe', 'chain'\]",
+    ),
     ("not an object", 3, "composition must be an object"),
     ("single without adapter", {"mode": "single"}, r"needs field\(s\) \['adapter'\]"),
-    ("extra field", {"mode": "single", "adapter": "a", "weight": 2}, r"unknown field\(s\) \['weight'\] for mode 'single'"),
+    (
+        "extra field",
+        {"mode": "single", "adapter": "a", "weight": 2},
+        r"unknown field\(s\) \['weight'\] for mode 'single'",
+    ),
     ("empty stack", {"mode": "stack", "adapters": []}, "non-empty list"),
     ("duplicate stack", {"mode": "stack", "adapters": ["a", "a"]}, r"\['a'\] more than once"),
     ("empty blend", {"mode": "blend", "weights": {}}, "non-empty object"),
-    ("negative weight", {"mode": "blend", "weights": {"a": -0.5}}, r"blend weights\['a'\] must be a finite number >= 0, got -0.5"),
+    (
+        "negative weight",
+        {"mode": "blend", "weights": {"a": -0.5}},
+        r"blend weights\['a'\] must be a finite number >= 0, got -0.5",
+    ),
     ("nan weight", {"mode": "blend", "weights": {"a": float("nan")}}, "finite number"),
     ("all zero", {"mode": "blend", "weights": {"a": 0, "b": 0}}, "at least one positive weight"),
-    ("bad space", {"mode": "blend", "weights": {"a": 1}, "space": "probs"}, r"unknown blend space 'probs'; valid spaces: \['delta', 'logits'\]"),
+    (
+        "bad space",
+        {"mode": "blend", "weights": {"a": 1}, "space": "probs"},
+        r"unknown blend space 'probs'; valid spaces: \['delta', 'logits'\]",
+    ),
     ("moe top_k 0", {"mode": "moe", "top_k": 0, "weights": {"a": 1}}, "top_k must be an integer >= 1, got 0"),
     ("moe without scores", {"mode": "moe", "top_k": 1}, r"needs field\(s\) \['weights'\]"),
     ("chain empty", {"mode": "chain", "stages": []}, "list of 1..8 stages"),
-    ("chain unknown placeholder", {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{query}"}]}, r"placeholder \{query\}; valid placeholders here: \['\{input\}'\]"),
-    ("chain previous in first stage", {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{previous}"}]}, "valid placeholders here"),
-    ("chain attribute access", {"mode": "chain", "stages": [{"prompt": "{input}"}, {"prompt": "{input.__class__}"}]}, r"placeholder \{input.__class__\}"),
+    (
+        "chain unknown placeholder",
+        {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{query}"}]},
+        r"placeholder \{query\}; valid placeholders here: \['\{input\}'\]",
+    ),
+    (
+        "chain previous in first stage",
+        {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{previous}"}]},
+        "valid placeholders here",
+    ),
+    (
+        "chain attribute access",
+        {"mode": "chain", "stages": [{"prompt": "{input}"}, {"prompt": "{input.__class__}"}]},
+        r"placeholder \{input.__class__\}",
+    ),
     ("chain unbalanced brace", {"mode": "chain", "stages": [{"prompt": "{input"}]}, "not a valid template"),
-    ("chain stage extra key", {"mode": "chain", "stages": [{"prompt": "{input}", "temperature": 1}]}, "optional 'adapter'"),
+    (
+        "chain stage extra key",
+        {"mode": "chain", "stages": [{"prompt": "{input}", "temperature": 1}]},
+        "optional 'adapter'",
+    ),
 ]
 
 
@@ -121,7 +162,11 @@ def _bad_shape(st):
 
 
 def _unknown_module(st):
-    return {**st, "base_model.model.model.layers.0.mlp.nonexistent.lora_A.weight": torch.zeros(4, 8), "base_model.model.model.layers.0.mlp.nonexistent.lora_B.weight": torch.zeros(8, 4)}
+    return {
+        **st,
+        "base_model.model.model.layers.0.mlp.nonexistent.lora_A.weight": torch.zeros(4, 8),
+        "base_model.model.model.layers.0.mlp.nonexistent.lora_B.weight": torch.zeros(8, 4),
+    }
 
 
 VALIDATION_CASES = [
@@ -129,12 +174,35 @@ VALIDATION_CASES = [
     ("not lora", lambda p: _edit_config(p, peft_type="IA3"), "peft_type is 'IA3'; only 'LORA'"),
     ("modules_to_save", lambda p: _edit_config(p, modules_to_save=["lm_head"]), r"modules_to_save=\['lm_head'\]"),
     ("rank above max", lambda p: _edit_weights(p, _grow_rank), "rank 8 exceeds max_rank 6"),
-    ("shape mismatch", lambda p: _edit_weights(p, _bad_shape), r"do not fit the base layer \(expected A\(r, 64\) B\(64, r\)\)"),
-    ("unknown module", lambda p: _edit_weights(p, _unknown_module), r"model.layers.0.mlp.nonexistent; adaptable layer kinds: \['down_proj'"),
+    (
+        "shape mismatch",
+        lambda p: _edit_weights(p, _bad_shape),
+        r"do not fit the base layer \(expected A\(r, 64\) B\(64, r\)\)",
+    ),
+    (
+        "unknown module",
+        lambda p: _edit_weights(p, _unknown_module),
+        r"model.layers.0.mlp.nonexistent; adaptable layer kinds: \['down_proj'",
+    ),
     ("broken json", lambda p: (p / "adapter_config.json").write_text("{"), "adapter_config.json is not valid JSON"),
-    ("no weights", lambda p: (p / "adapter_model.safetensors").unlink(), "no weights: neither adapter_model.safetensors"),
-    ("pickle refused", lambda p: (torch.save(load_file(str(p / "adapter_model.safetensors")), p / "adapter_model.bin"), (p / "adapter_model.safetensors").unlink()), "refusing pickle weights adapter_model.bin"),
-    ("corrupt safetensors", lambda p: (p / "adapter_model.safetensors").write_bytes(b"garbage"), "cannot read adapter_model.safetensors"),
+    (
+        "no weights",
+        lambda p: (p / "adapter_model.safetensors").unlink(),
+        "no weights: neither adapter_model.safetensors",
+    ),
+    (
+        "pickle refused",
+        lambda p: (
+            torch.save(load_file(str(p / "adapter_model.safetensors")), p / "adapter_model.bin"),
+            (p / "adapter_model.safetensors").unlink(),
+        ),
+        "refusing pickle weights adapter_model.bin",
+    ),
+    (
+        "corrupt safetensors",
+        lambda p: (p / "adapter_model.safetensors").write_bytes(b"garbage"),
+        "cannot read adapter_model.safetensors",
+    ),
 ]
 
 
@@ -219,7 +287,15 @@ def test_store_config_lists_every_problem(engine, tmp_path):
 
 def test_capacity_packs_batches_instead_of_failing(tiny):
     """More distinct adapters than slots in one call: the engine splits it into groups, nothing fails."""
-    eng = Engine.from_config(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])], max_slots=1, max_host_adapters=2, max_rank=16))
+    eng = Engine.from_config(
+        EngineConfig(
+            base_model=str(tiny["base"]),
+            adapter_roots=[str(tiny["roots"])],
+            max_slots=1,
+            max_host_adapters=2,
+            max_rank=16,
+        )
+    )
     out = eng.generate([Request.from_json("hi", n, max_tokens=2) for n in ("a", "b", "c", "a")])
     assert [r.completion_tokens for r in out] == [2, 2, 2, 2]
     # can never fit: a permanent 400 naming the limit, not a 503 "retry later" (defect: it was a CapacityError)

@@ -7,12 +7,12 @@ import torch
 from pydantic import ValidationError
 
 from loraplex.config.app import AppArgs
-from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.experts.errors import CompositionError, RequestError, SamplingError, UnknownAdapterError
 from loraplex.gateway.planner import Gateway
+from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.router.network import RouterNet
-from loraplex.router.router import Router
 from loraplex.router.policy import PolicyConfig
+from loraplex.router.router import Router
 
 
 class _KeywordFeat:
@@ -40,9 +40,13 @@ def _router():
 def gateway(tiny):
     from transformers import AutoTokenizer
 
-    args = AppArgs(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])],
-                   groups=[{"name": "g1", "adapters": ["a", "b"]}, {"name": "g2", "adapters": ["c"]}],
-                   routing={"confidence_floor": 0.6}, limits={"max_prompt_chars": 200, "max_tokens_limit": 32, "default_max_tokens": 8})
+    args = AppArgs(
+        base_model=str(tiny["base"]),
+        adapter_roots=[str(tiny["roots"])],
+        groups=[{"name": "g1", "adapters": ["a", "b"]}, {"name": "g2", "adapters": ["c"]}],
+        routing={"confidence_floor": 0.6},
+        limits={"max_prompt_chars": 200, "max_tokens_limit": 32, "default_max_tokens": 8},
+    )
     tok = AutoTokenizer.from_pretrained(tiny["base"])
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}A:"
     return Gateway(args, _router(), tok)
@@ -56,16 +60,33 @@ def test_models_lists_base_auto_and_every_adapter(gateway):
 
 def test_plans(gateway):
     p = gateway.plan_completion(CompletionRequest(model="c", prompt="hi"))
-    assert (p.group, p.payload["composition"], p.primary_adapter, p.payload["sampling"]["max_tokens"]) == ("g2", "c", "c", 8)
+    assert (p.group, p.payload["composition"], p.primary_adapter, p.payload["sampling"]["max_tokens"]) == (
+        "g2",
+        "c",
+        "c",
+        8,
+    )
     assert p.routing == {"mode": "single", "weights": {"c": 1.0}, "group": "g2", "confidence": None}
-    p = gateway.plan_completion(CompletionRequest(model="base", prompt="hi", composition={"mode": "blend", "weights": {"c": 0.2, "a": 0.3, "b": 0.5}}))
+    p = gateway.plan_completion(
+        CompletionRequest(
+            model="base", prompt="hi", composition={"mode": "blend", "weights": {"c": 0.2, "a": 0.3, "b": 0.5}}
+        )
+    )
     assert p.group == "g1" and p.routing["weights"] == {"c": 0.2, "a": 0.3, "b": 0.5}
     p = gateway.plan_completion(CompletionRequest(model="auto", prompt="this is about gamma"))
     assert p.group == "g2" and p.routing["mode"] == "auto" and p.routing["confidence"] > 0.9
     assert p.payload["composition"] == {"mode": "moe", "top_k": 1, "weights": {"c": 1.0}}
     p = gateway.plan_completion(CompletionRequest(model="auto", prompt="no keyword at all"))
-    assert p.routing["mode"] == "auto:fallback_soft_topk" and p.routing["confidence"] < 0.6 and len(p.routing["weights"]) == 2
-    p = gateway.plan_completion(CompletionRequest(model="base", prompt="x", composition={"mode": "blend", "weights": {"a": 0.5, "b": 0.5}, "space": "logits"}))
+    assert (
+        p.routing["mode"] == "auto:fallback_soft_topk"
+        and p.routing["confidence"] < 0.6
+        and len(p.routing["weights"]) == 2
+    )
+    p = gateway.plan_completion(
+        CompletionRequest(
+            model="base", prompt="x", composition={"mode": "blend", "weights": {"a": 0.5, "b": 0.5}, "space": "logits"}
+        )
+    )
     assert p.routing["weights"] == {"a": 0.5, "b": 0.5}
 
 
@@ -81,10 +102,25 @@ def test_explain(gateway):
 
 
 CASES = [
-    ("unknown model", dict(model="zz", prompt="x"), UnknownAdapterError, r"unknown adapter 'zz'; available adapters: \['a', 'auto', 'b', 'base', 'c'\]"),
-    ("unknown adapter in composition", dict(model="base", prompt="x", composition={"mode": "stack", "adapters": ["a", "q"]}), UnknownAdapterError, "unknown adapter 'q'"),
+    (
+        "unknown model",
+        dict(model="zz", prompt="x"),
+        UnknownAdapterError,
+        r"unknown adapter 'zz'; available adapters: \['a', 'auto', 'b', 'base', 'c'\]",
+    ),
+    (
+        "unknown adapter in composition",
+        dict(model="base", prompt="x", composition={"mode": "stack", "adapters": ["a", "q"]}),
+        UnknownAdapterError,
+        "unknown adapter 'q'",
+    ),
     ("bad composition", dict(model="base", prompt="x", composition={"mode": "nope"}), CompositionError, "valid modes"),
-    ("max_tokens over limit", dict(model="a", prompt="x", max_tokens=64), RequestError, "max_tokens 64 exceeds this server's limit of 32"),
+    (
+        "max_tokens over limit",
+        dict(model="a", prompt="x", max_tokens=64),
+        RequestError,
+        "max_tokens 64 exceeds this server's limit of 32",
+    ),
     ("prompt too long", dict(model="a", prompt="x" * 201), RequestError, "prompt has 201 characters; the limit is 200"),
     ("bad temperature", dict(model="a", prompt="x", temperature=-1), SamplingError, "temperature must be in"),
     ("auto on token ids", dict(model="auto", prompt=[1, 2]), RequestError, "routes on text"),
@@ -121,7 +157,9 @@ def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
     shutil.copytree(tiny["roots"] / "b", imports / "new")
     shutil.copytree(tiny["roots"] / "c", imports / "broken")
     (imports / "broken" / "adapter_config.json").write_text('{"use_dora": true, "lora_alpha": 4}')
-    shapes = linear_shapes(str(tiny["base"]), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    shapes = linear_shapes(
+        str(tiny["base"]), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     assert shapes == engine.wrapped.module_shapes  # meta-device shapes equal the real model's
     reg = AdapterRegistry(managed, [imports], [managed], shapes, max_rank=16, pinned=["a"])
     out = reg.register("team/new", str(imports / "new"))

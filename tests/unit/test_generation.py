@@ -8,7 +8,12 @@ from loraplex.experts.composition import parse_composition
 from loraplex.experts.engine import Request
 from tests.unit.conftest import peft_model
 
-PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice"]
+PROMPTS = [
+    "my order ORD-12345 never arrived",
+    "reset my password please",
+    "great service, thank you",
+    "the invoice was charged twice",
+]
 
 
 def _req(prompt, comp=None, **kw):
@@ -20,7 +25,7 @@ def _peft_greedy(ref, tok, prompt, adapter, n):
     enc = tok([prompt], return_tensors="pt")
     with torch.inference_mode():
         out = ref.generate(**enc, adapter_names=[adapter], max_new_tokens=n, do_sample=False, eos_token_id=None)
-    return out[0, enc["input_ids"].shape[1]:].tolist()
+    return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 def test_mixed_batch_greedy_equals_peft_generate_per_row(engine, tiny):
@@ -34,8 +39,17 @@ def test_mixed_batch_greedy_equals_peft_generate_per_row(engine, tiny):
 
 
 def test_rows_leaving_early_do_not_change_the_others(engine):
-    together = engine.generate([_req(PROMPTS[0], "a", max_tokens=1), _req(PROMPTS[1], "b", max_tokens=9), _req(PROMPTS[2], None, max_tokens=3)])
-    alone = [engine.generate([r])[0] for r in (_req(PROMPTS[0], "a", max_tokens=1), _req(PROMPTS[1], "b", max_tokens=9), _req(PROMPTS[2], None, max_tokens=3))]
+    together = engine.generate(
+        [_req(PROMPTS[0], "a", max_tokens=1), _req(PROMPTS[1], "b", max_tokens=9), _req(PROMPTS[2], None, max_tokens=3)]
+    )
+    alone = [
+        engine.generate([r])[0]
+        for r in (
+            _req(PROMPTS[0], "a", max_tokens=1),
+            _req(PROMPTS[1], "b", max_tokens=9),
+            _req(PROMPTS[2], None, max_tokens=3),
+        )
+    ]
     assert [r.text for r in together] == [r.text for r in alone]
     assert [r.completion_tokens for r in together] == [1, 9, 3]
     assert all(r.finish_reason == "length" for r in together)
@@ -46,7 +60,9 @@ def test_logits_blend_follows_the_reference_formula(engine, tiny):
     ref = peft_model(tiny)
     tok = engine.tokenizer
     weights = {"a": 0.6, "b": 0.9}
-    result = engine.generate([_req(PROMPTS[0], {"mode": "blend", "weights": weights, "space": "logits"}, max_tokens=6)])[0]
+    result = engine.generate(
+        [_req(PROMPTS[0], {"mode": "blend", "weights": weights, "space": "logits"}, max_tokens=6)]
+    )[0]
     ids = tok([PROMPTS[0]], return_tensors="pt")["input_ids"]
     want = []
     with torch.inference_mode():
@@ -66,16 +82,23 @@ def test_logits_blend_follows_the_reference_formula(engine, tiny):
 
 
 def test_moe_top_k_renormalises_router_scores(engine):
-    top1 = engine.generate([_req(PROMPTS[1], {"mode": "moe", "top_k": 1, "weights": {"a": 0.5, "b": 0.3, "c": 0.2}})])[0]
+    top1 = engine.generate([_req(PROMPTS[1], {"mode": "moe", "top_k": 1, "weights": {"a": 0.5, "b": 0.3, "c": 0.2}})])[
+        0
+    ]
     single = engine.generate([_req(PROMPTS[1], "a")])[0]
     assert top1.text == single.text
-    top2 = engine.generate([_req(PROMPTS[1], {"mode": "moe", "top_k": 2, "weights": {"a": 0.5, "b": 0.3, "c": 0.2}})])[0]
+    top2 = engine.generate([_req(PROMPTS[1], {"mode": "moe", "top_k": 2, "weights": {"a": 0.5, "b": 0.3, "c": 0.2}})])[
+        0
+    ]
     blend = engine.generate([_req(PROMPTS[1], {"mode": "blend", "weights": {"a": 0.625, "b": 0.375}})])[0]
     assert top2.text == blend.text
 
 
 def test_chain_feeds_each_stage_output_into_the_next_prompt(engine):
-    chain = {"mode": "chain", "stages": [{"adapter": "a", "prompt": "extract: {input}"}, {"adapter": "b", "prompt": "{previous} | {input}"}]}
+    chain = {
+        "mode": "chain",
+        "stages": [{"adapter": "a", "prompt": "extract: {input}"}, {"adapter": "b", "prompt": "{previous} | {input}"}],
+    }
     result = engine.generate([_req(PROMPTS[0], chain, max_tokens=4)])[0]
     first = engine.generate([_req(f"extract: {PROMPTS[0]}", "a", max_tokens=4)])[0]
     second = engine.generate([_req(f"{first.text} | {PROMPTS[0]}", "b", max_tokens=4)])[0]
@@ -87,9 +110,14 @@ def test_chain_feeds_each_stage_output_into_the_next_prompt(engine):
 
 
 def test_all_modes_in_one_mixed_batch_equal_their_solo_runs(engine):
-    comps = ["a", {"mode": "stack", "adapters": ["a", "b"]}, {"mode": "blend", "weights": {"b": 0.5, "c": 0.5}},
-             {"mode": "blend", "weights": {"a": 0.5, "c": 0.5}, "space": "logits"}, None,
-             {"mode": "chain", "stages": [{"adapter": "c", "prompt": "{input}"}, {"prompt": "{previous}"}]}]
+    comps = [
+        "a",
+        {"mode": "stack", "adapters": ["a", "b"]},
+        {"mode": "blend", "weights": {"b": 0.5, "c": 0.5}},
+        {"mode": "blend", "weights": {"a": 0.5, "c": 0.5}, "space": "logits"},
+        None,
+        {"mode": "chain", "stages": [{"adapter": "c", "prompt": "{input}"}, {"prompt": "{previous}"}]},
+    ]
     reqs = [_req(PROMPTS[i % 4], c, max_tokens=5) for i, c in enumerate(comps)]
     together = engine.generate(reqs)
     alone = [engine.generate([r])[0] for r in reqs]
@@ -129,10 +157,19 @@ def test_bad_request_fails_alone(engine):
 
 
 def test_parse_accepts_every_documented_mode():
-    for spec in ["a", None, {"mode": "single", "adapter": "a"}, {"mode": "stack", "adapters": ["a", "b"]},
-                 {"mode": "blend", "weights": {"a": 0.7, "b": 0.3}}, {"mode": "blend", "weights": {"a": 1}, "space": "logits"},
-                 {"mode": "moe", "top_k": 2, "weights": {"a": 0.9, "b": 0.1}},
-                 {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{input}"}, {"adapter": "b", "prompt": "{previous} {{x}}"}]}]:
+    for spec in [
+        "a",
+        None,
+        {"mode": "single", "adapter": "a"},
+        {"mode": "stack", "adapters": ["a", "b"]},
+        {"mode": "blend", "weights": {"a": 0.7, "b": 0.3}},
+        {"mode": "blend", "weights": {"a": 1}, "space": "logits"},
+        {"mode": "moe", "top_k": 2, "weights": {"a": 0.9, "b": 0.1}},
+        {
+            "mode": "chain",
+            "stages": [{"adapter": "a", "prompt": "{input}"}, {"adapter": "b", "prompt": "{previous} {{x}}"}],
+        },
+    ]:
         parse_composition(spec)
 
 
@@ -147,11 +184,18 @@ def test_cancelled_request_leaves_the_batch_and_others_finish(engine):
         if len(seen) == 2:
             cancel.set()
 
-    out = engine.generate([Request.from_json(PROMPTS[0], "a", on_token=on_token, cancel=cancel, max_tokens=20, ignore_eos=True),
-                           _req(PROMPTS[1], "b", max_tokens=8, ignore_eos=True)])
+    out = engine.generate(
+        [
+            Request.from_json(PROMPTS[0], "a", on_token=on_token, cancel=cancel, max_tokens=20, ignore_eos=True),
+            _req(PROMPTS[1], "b", max_tokens=8, ignore_eos=True),
+        ]
+    )
     assert out[0].finish_reason == "cancelled" and out[0].completion_tokens <= 3
     assert out[1].completion_tokens == 8
-    chain = {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{input}"}, {"adapter": "b", "prompt": "{previous}"}]}
+    chain = {
+        "mode": "chain",
+        "stages": [{"adapter": "a", "prompt": "{input}"}, {"adapter": "b", "prompt": "{previous}"}],
+    }
     done = threading.Event()
     done.set()
     r = engine.generate([Request.from_json(PROMPTS[0], chain, cancel=done, max_tokens=5)])[0]

@@ -7,7 +7,12 @@ import torch
 from tests.unit.conftest import peft_model
 
 ATOL = 1e-4
-PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice"]
+PROMPTS = [
+    "my order ORD-12345 never arrived",
+    "reset my password please",
+    "great service, thank you",
+    "the invoice was charged twice",
+]
 
 
 def _enc(engine, prompts=PROMPTS):

@@ -4,9 +4,9 @@ typed outcomes per request, a worker thread that survives every failure."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from concurrent.futures import ThreadPoolExecutor
 
 from loraplex.config.engine import EngineConfig
 from loraplex.experts.engine import Request
@@ -14,11 +14,18 @@ from loraplex.experts.errors import CompositionError, InternalError, RequestErro
 from loraplex.experts.replica import NativeReplica
 from loraplex.experts.request import Result
 
-PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice"]
+PROMPTS = [
+    "my order ORD-12345 never arrived",
+    "reset my password please",
+    "great service, thank you",
+    "the invoice was charged twice",
+]
 
 
 def _server(tiny, engine, **kw):
-    return NativeReplica(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), [], engine=engine, **kw)
+    return NativeReplica(
+        EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), [], engine=engine, **kw
+    )
 
 
 def _payload(i, **sampling):
@@ -29,7 +36,10 @@ def test_concurrent_callers_join_one_running_batch_and_get_their_solo_answers(ti
     server = _server(tiny, engine, max_batch_size=8)
     with ThreadPoolExecutor(12) as pool:
         got = list(pool.map(lambda i: server.submit(_payload(i)).result(timeout=60), range(12)))
-    solo = [engine.generate([Request.from_json(p["prompt"], p["composition"], **p["sampling"])])[0] for p in map(_payload, range(12))]
+    solo = [
+        engine.generate([Request.from_json(p["prompt"], p["composition"], **p["sampling"])])[0]
+        for p in map(_payload, range(12))
+    ]
     assert [g.text for g in got] == [s.text for s in solo]
     s = server.stats()
     assert s["requests"] == 12 and s["errors"] == 0 and s["inflight"] == 0
@@ -69,7 +79,9 @@ def test_cancel_frees_a_running_row(tiny, engine):
 
 
 def test_one_batch_mixes_good_and_bad_requests(tiny, engine):
-    server = NativeReplica(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), ["a"], engine=engine)
+    server = NativeReplica(
+        EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])]), ["a"], engine=engine
+    )
     payloads = [
         {"prompt": "hi", "composition": "a", "sampling": {"max_tokens": 3}},
         {"prompt": "hi", "composition": "zz", "sampling": {"max_tokens": 3}},
@@ -104,7 +116,11 @@ def _tokenizer_raises(server, monkeypatch):
 
 def _fail_lease(server, monkeypatch):
     real = server.engine.lease
-    monkeypatch.setattr(server.engine, "lease", lambda names: (_ for _ in ()).throw(RuntimeError("slot copy failed")) if "b" in names else real(names))
+    monkeypatch.setattr(
+        server.engine,
+        "lease",
+        lambda names: (_ for _ in ()).throw(RuntimeError("slot copy failed")) if "b" in names else real(names),
+    )
 
 
 def _fail_add(server, monkeypatch):
@@ -120,14 +136,28 @@ def _fail_add(server, monkeypatch):
 
 # name, inject, bad payload, expected error class, message fragment
 FAILURES = [
-    ("tokenizer TypeError at check", _tokenizer_raises, {"prompt": "explode", "composition": "a"}, InternalError, "TypeError"),
+    (
+        "tokenizer TypeError at check",
+        _tokenizer_raises,
+        {"prompt": "explode", "composition": "a"},
+        InternalError,
+        "TypeError",
+    ),
     ("adapter lease fails", _fail_lease, {"prompt": "hello", "composition": "b"}, InternalError, "slot copy failed"),
-    ("bug in admission", _fail_add, {"prompt": "poison", "composition": "a"}, InternalError, "KeyError: 'bookkeeping bug'"),
+    (
+        "bug in admission",
+        _fail_add,
+        {"prompt": "poison", "composition": "a"},
+        InternalError,
+        "KeyError: 'bookkeeping bug'",
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,inject,bad,exc,match", FAILURES, ids=[f[0] for f in FAILURES])
-def test_any_exception_on_the_engine_thread_answers_its_request_and_the_thread_keeps_serving(tiny, engine, monkeypatch, name, inject, bad, exc, match):
+def test_any_exception_on_the_engine_thread_answers_its_request_and_the_thread_keeps_serving(
+    tiny, engine, monkeypatch, name, inject, bad, exc, match
+):
     """Defect 11: a TypeError in the tokenizer killed the worker thread; the request never got an answer and
     `inflight` grew by one each time."""
     server = _server(tiny, engine)

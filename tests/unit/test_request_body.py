@@ -52,11 +52,27 @@ def test_reading_stops_at_the_first_chunk_over_the_limit():
 
 BAD = [
     # name, raw body, message fragment
-    ("100,000 nested arrays", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", f"nested deeper than {MAX_JSON_DEPTH} levels"),
-    ("too deep for the walk", json.dumps({"composition": json.loads("[" * 40 + "]" * 40)}).encode(), "nested deeper than"),
-    ("lone surrogate in a value", b'{"model": "a", "prompt": "\\ud800 hi"}', r"body.prompt: string holds a lone UTF-16 surrogate (\ud800)"),
+    (
+        "100,000 nested arrays",
+        b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        f"nested deeper than {MAX_JSON_DEPTH} levels",
+    ),
+    (
+        "too deep for the walk",
+        json.dumps({"composition": json.loads("[" * 40 + "]" * 40)}).encode(),
+        "nested deeper than",
+    ),
+    (
+        "lone surrogate in a value",
+        b'{"model": "a", "prompt": "\\ud800 hi"}',
+        r"body.prompt: string holds a lone UTF-16 surrogate (\ud800)",
+    ),
     ("lone surrogate in a key", b'{"\\udfff": 1}', "lone UTF-16 surrogate"),
-    ("lone surrogate deep inside", b'{"messages": [{"role": "user", "content": "ok \\udc80"}]}', "body.messages[0].content"),
+    (
+        "lone surrogate deep inside",
+        b'{"messages": [{"role": "user", "content": "ok \\udc80"}]}',
+        "body.messages[0].content",
+    ),
     ("not an object", b"[1, 2]", "body must be a JSON object, got list"),
     ("not JSON", b"{nope", "body is not valid JSON"),
 ]
@@ -64,14 +80,18 @@ BAD = [
 
 @pytest.mark.parametrize("name,raw,match", BAD, ids=[c[0] for c in BAD])
 def test_bad_bodies_are_400s(name, raw, match):
-    """Defects 11 and 12: a lone surrogate reached the tokenizer on the engine thread; deep nesting was a RecursionError (500)."""
+    """Defects 11 and 12: a lone surrogate reached the tokenizer on the engine thread; deep nesting was a 500
+    (RecursionError)."""
     with pytest.raises(RequestError) as e:
         parse_json(raw)
     assert match in str(e.value) and e.value.status == 400
 
 
 def test_valid_unicode_and_reasonable_nesting_pass():
-    body = {"prompt": "héllo 👋 \u4e16\u754c", "composition": {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{input}"}]}}
+    body = {
+        "prompt": "héllo 👋 \u4e16\u754c",
+        "composition": {"mode": "chain", "stages": [{"adapter": "a", "prompt": "{input}"}]},
+    }
     assert parse_json(json.dumps(body).encode()) == body  # a surrogate *pair* (\ud83d\udc4b) is valid JSON for 👋
 
 

@@ -12,7 +12,12 @@ from loraplex.experts.engine import Engine, Request
 from loraplex.experts.scheduler import Scheduler
 from tests.unit.conftest import peft_model
 
-PROMPTS = ["my order ORD-12345 never arrived", "reset my password please", "great service, thank you", "the invoice was charged twice, refund me"]
+PROMPTS = [
+    "my order ORD-12345 never arrived",
+    "reset my password please",
+    "great service, thank you",
+    "the invoice was charged twice, refund me",
+]
 
 
 def _req(prompt, comp=None, **kw):
@@ -44,9 +49,15 @@ def test_rows_joining_mid_decode_equal_their_solo_runs_and_peft(engine, tiny):
     reqs = {
         "first": _req(PROMPTS[1], "a", max_tokens=12),
         "longer": _req(PROMPTS[3] + " " + PROMPTS[0], "b", max_tokens=6),
-        "shorter_logits_blend": _req("hi", {"mode": "blend", "weights": {"a": 0.5, "c": 0.7}, "space": "logits"}, max_tokens=7),
+        "shorter_logits_blend": _req(
+            "hi", {"mode": "blend", "weights": {"a": 0.5, "c": 0.7}, "space": "logits"}, max_tokens=7
+        ),
         "stack": _req(PROMPTS[2], {"mode": "stack", "adapters": ["a", "c"]}, max_tokens=5),
-        "chain": _req(PROMPTS[0], {"mode": "chain", "stages": [{"adapter": "c", "prompt": "{input}"}, {"prompt": "{previous}"}]}, max_tokens=4),
+        "chain": _req(
+            PROMPTS[0],
+            {"mode": "chain", "stages": [{"adapter": "c", "prompt": "{input}"}, {"prompt": "{previous}"}]},
+            max_tokens=4,
+        ),
         "base": _req(PROMPTS[0], None, max_tokens=9),
     }
     got = Collect()
@@ -68,16 +79,30 @@ def test_rows_joining_mid_decode_equal_their_solo_runs_and_peft(engine, tiny):
     ref, tok = peft_model(tiny), engine.tokenizer
     enc = tok([reqs["longer"].prompt], return_tensors="pt")
     with torch.inference_mode():
-        want = ref.generate(**enc, adapter_names=["b"], max_new_tokens=6, do_sample=False, eos_token_id=None)[0, enc["input_ids"].shape[1]:]
+        want = ref.generate(**enc, adapter_names=["b"], max_new_tokens=6, do_sample=False, eos_token_id=None)[
+            0, enc["input_ids"].shape[1] :
+        ]
     assert got.results["longer"].text == tok.decode(want, skip_special_tokens=True)
 
 
 def test_leased_slots_are_never_evicted_and_the_queue_is_fifo(tiny):
-    engine = Engine.from_config(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(tiny["roots"])], max_slots=2, max_host_adapters=4, max_rank=16))
+    engine = Engine.from_config(
+        EngineConfig(
+            base_model=str(tiny["base"]),
+            adapter_roots=[str(tiny["roots"])],
+            max_slots=2,
+            max_host_adapters=4,
+            max_rank=16,
+        )
+    )
     got = Collect()
     s = Scheduler(engine, max_requests=8)
-    reqs = {"a": _req(PROMPTS[0], "a", max_tokens=4), "b": _req(PROMPTS[1], "b", max_tokens=10),
-            "c": _req(PROMPTS[2], "c", max_tokens=3), "a2": _req(PROMPTS[3], "a", max_tokens=3)}
+    reqs = {
+        "a": _req(PROMPTS[0], "a", max_tokens=4),
+        "b": _req(PROMPTS[1], "b", max_tokens=10),
+        "c": _req(PROMPTS[2], "c", max_tokens=3),
+        "a2": _req(PROMPTS[3], "a", max_tokens=3),
+    }
     for name in ("a", "b", "c", "a2"):
         s.add(reqs[name], got(name))
     s.step()
