@@ -29,11 +29,16 @@ import platform
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from loraplex.demo import data as demo_data
+from loraplex.demo.training_loop import progress_bar, warmup_cosine
+
+if TYPE_CHECKING:  # torch loads lazily: `demo_is_built` and the constants stay cheap to import
+    import torch
 
 ADAPTER_TASKS = demo_data.TASKS  # adapter name == task name
 BASE_DIRNAME = "base"
@@ -101,14 +106,10 @@ class DemoConfig:
     # adapters
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_lr: dict[str, float] = field(
-        default_factory=lambda: {"intent": 2.5e-3, "sentiment": 2e-3, "entities": 2e-3}
-    )
+    lora_lr: dict[str, float] = field(default_factory=lambda: {"intent": 2.5e-3, "sentiment": 2e-3, "entities": 2e-3})
     lora_batch: int = 32
     lora_warmup: int = 10
-    lora_steps: dict[str, int] = field(
-        default_factory=lambda: {"intent": 120, "sentiment": 120, "entities": 150}
-    )
+    lora_steps: dict[str, int] = field(default_factory=lambda: {"intent": 120, "sentiment": 120, "entities": 150})
     train_examples: dict[str, int] = field(
         default_factory=lambda: {"intent": 3000, "sentiment": 3000, "entities": 6000}
     )
@@ -145,8 +146,10 @@ def demo_is_built(out_dir: Path) -> bool:
         base / "tokenizer_config.json",
     ]
     for name in ADAPTER_TASKS:
-        needed += [adapter_dir(out_dir, name) / "adapter_config.json",
-                   adapter_dir(out_dir, name) / "adapter_model.safetensors"]
+        needed += [
+            adapter_dir(out_dir, name) / "adapter_config.json",
+            adapter_dir(out_dir, name) / "adapter_model.safetensors",
+        ]
     return all(p.is_file() for p in needed)
 
 
@@ -185,10 +188,12 @@ def train_tokenizer(corpus_text: str, vocab_size: int = 1536):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -257,18 +262,18 @@ def make_base_model(tokenizer, cfg: DemoConfig, seed: int):
 class CircuitScales:
     """Magnitudes of the hand-initialised copy circuit (see :func:`install_copy_circuit`)."""
 
-    embed_std: float = 0.05       # std of the token-identity part of the embeddings
-    const: float = 0.2            # value of the constant embedding coordinate
-    prev_qk: float = 2.5          # layer-0 previous-token head: q/k weight on the constant
-    prev_pairs: int = 4           # number of highest-frequency RoPE pairs it uses
-    prev_out: float = 0.045       # layer-0 o_proj gain into the "previous token" subspace
-    ind_q: float = 2.2            # layer-1 induction head: query gain
-    ind_k: float = 2.2            # layer-1 induction head: key gain
-    ind_out: float = 0.25         # layer-1 o_proj gain back into the token subspace
-    max_angle: float = 0.5        # RoPE pairs usable for matching: theta_m * max_pos <= this
+    embed_std: float = 0.05  # std of the token-identity part of the embeddings
+    const: float = 0.2  # value of the constant embedding coordinate
+    prev_qk: float = 2.5  # layer-0 previous-token head: q/k weight on the constant
+    prev_pairs: int = 4  # number of highest-frequency RoPE pairs it uses
+    prev_out: float = 0.045  # layer-0 o_proj gain into the "previous token" subspace
+    ind_q: float = 2.2  # layer-1 induction head: query gain
+    ind_k: float = 2.2  # layer-1 induction head: key gain
+    ind_out: float = 0.25  # layer-1 o_proj gain back into the token subspace
+    max_angle: float = 0.5  # RoPE pairs usable for matching: theta_m * max_pos <= this
 
 
-def _orthonormal_rows(rows: int, cols: int, gen) -> "torch.Tensor":
+def _orthonormal_rows(rows: int, cols: int, gen) -> torch.Tensor:
     import torch
 
     q, _ = torch.linalg.qr(torch.randn(cols, rows, generator=gen))
@@ -296,7 +301,10 @@ def install_copy_circuit(model, seed: int, scales: CircuitScales = CircuitScales
     import torch
 
     cfg = model.config
-    H, d = cfg.hidden_size, cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // cfg.num_attention_heads
+    H, d = (
+        cfg.hidden_size,
+        cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // cfg.num_attention_heads,
+    )
     half = d // 2
     if cfg.num_hidden_layers < 2 or H - d - 1 < d:
         raise ValueError("copy circuit needs >= 2 layers and hidden_size >= 2*head_dim + 1")
@@ -313,8 +321,8 @@ def install_copy_circuit(model, seed: int, scales: CircuitScales = CircuitScales
         raise ValueError("rope_theta too small for a distance-independent match; raise it")
     match_dims = torch.tensor(match_pairs + [m + half for m in match_pairs])
 
-    V = _orthonormal_rows(d, n_tok, gen)          # token -> previous-token payload
-    U = _orthonormal_rows(d, n_tok, gen)          # token -> induction value
+    V = _orthonormal_rows(d, n_tok, gen)  # token -> previous-token payload
+    U = _orthonormal_rows(d, n_tok, gen)  # token -> induction value
     G = _orthonormal_rows(match_dims.numel(), d, gen)  # payload -> match space
 
     with torch.no_grad():
@@ -348,23 +356,7 @@ def install_copy_circuit(model, seed: int, scales: CircuitScales = CircuitScales
     return {"match_pairs": len(match_pairs), "scales": asdict(scales)}
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return f
-
-
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=True,
-                dynamic_ncols=True, mininterval=0.5)
-
-
-def pack_documents(tokenizer, docs: Sequence[str], seq_len: int) -> "torch.Tensor":
+def pack_documents(tokenizer, docs: Sequence[str], seq_len: int) -> torch.Tensor:
     """``<s> doc </s>`` streams packed into rows of ``seq_len`` tokens."""
     import torch
 
@@ -377,8 +369,7 @@ def pack_documents(tokenizer, docs: Sequence[str], seq_len: int) -> "torch.Tenso
     return torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
 
 
-def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True,
-             on_step=None) -> dict:
+def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True, on_step=None) -> dict:
     """Causal-LM pretraining on the support-domain corpus; returns stats.
 
     ``on_step(step, model)`` (optional) is called after every optimiser step.
@@ -389,18 +380,17 @@ def pretrain(model, tokenizer, cfg: DemoConfig, seed: int, progress: bool = True
     rows = pack_documents(tokenizer, docs, cfg.pretrain_seq_len)
     gen = torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(rows.shape[0], generator=gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.98),
-                            weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.pretrain_warmup, cfg.pretrain_steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.pretrain_warmup, cfg.pretrain_steps))
     model.train()
     losses: list[float] = []
-    bar = _progress(range(cfg.pretrain_steps), cfg.pretrain_steps, "pretrain base", progress)
+    bar = progress_bar(range(cfg.pretrain_steps), cfg.pretrain_steps, "pretrain base", progress)
     pos = 0
     for step in bar:
         if pos + cfg.pretrain_batch > order.numel():
             order = torch.randperm(rows.shape[0], generator=gen)
             pos = 0
-        batch = rows[order[pos: pos + cfg.pretrain_batch]]
+        batch = rows[order[pos : pos + cfg.pretrain_batch]]
         pos += cfg.pretrain_batch
         out = model(input_ids=batch, labels=batch)
         out.loss.backward()
@@ -447,7 +437,7 @@ def collate_supervised(items: Sequence[tuple[list[int], int]], pad_id: int):
     for i, (ids, n_prompt) in enumerate(items):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
-        labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
     return input_ids, attention, labels
 
 
@@ -460,7 +450,7 @@ def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> list[list[i
     """
     order = list(range(n))
     rng.shuffle(order)
-    batches = [order[i: i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
     return batches[::-1]
 
 
@@ -477,8 +467,9 @@ def lora_config(cfg: DemoConfig, base_path: str | None = None):
     )
 
 
-def train_adapter(base_model, tokenizer, task: str, cfg: DemoConfig, seed: int,
-                  base_path: str | None = None, progress: bool = True):
+def train_adapter(
+    base_model, tokenizer, task: str, cfg: DemoConfig, seed: int, base_path: str | None = None, progress: bool = True
+):
     """Wrap ``base_model`` with a fresh LoRA, train it on ``task``; returns ``(peft_model, stats)``.
 
     The caller must ``unload()`` the returned model to get the untouched base back.
@@ -494,12 +485,12 @@ def train_adapter(base_model, tokenizer, task: str, cfg: DemoConfig, seed: int,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lora_lr[task], weight_decay=cfg.weight_decay)
     steps = cfg.lora_steps[task]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.lora_warmup, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.lora_warmup, steps))
     rng = random.Random(task_seed)
     batches: list[list[int]] = []
     losses: list[float] = []
     model.train()
-    bar = _progress(range(steps), steps, f"adapter {task}", progress)
+    bar = progress_bar(range(steps), steps, f"adapter {task}", progress)
     for step in bar:
         if not batches:
             batches = shuffled_batches(len(data), cfg.lora_batch, rng)
@@ -541,12 +532,14 @@ def _sha256(path: Path) -> str:
 def _dir_files(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     return {
         str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(path.rglob("*")) if p.is_file()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
     }
 
 
-def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool = True,
-               config: DemoConfig | None = None) -> dict:
+def build_demo(
+    out_dir: Path, seed: int = 0, force: bool = False, progress: bool = True, config: DemoConfig | None = None
+) -> dict:
     """Build tokenizer + base model + the three adapters into ``out_dir``.
 
     Returns the manifest. If the demo is already built and ``force`` is false, the
@@ -599,8 +592,9 @@ def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool
         adapter_stats: dict[str, dict] = {}
         for task in ADAPTER_TASKS:
             t0 = time.perf_counter()
-            peft_model, stats = train_adapter(model, tokenizer, task, cfg, seed,
-                                              base_path=str(base_path), progress=progress)
+            peft_model, stats = train_adapter(
+                model, tokenizer, task, cfg, seed, base_path=str(base_path), progress=progress
+            )
             for pcfg in peft_model.peft_config.values():
                 pcfg.base_model_name_or_path = str(base_path)
             peft_model.save_pretrained(adapter_dir(tmp_dir, task))
@@ -649,8 +643,10 @@ def build_demo(out_dir: Path, seed: int = 0, force: bool = False, progress: bool
                 "intents": list(demo_data.INTENTS),
                 "sentiments": list(demo_data.SENTIMENTS),
                 "instruction_phrasings": {
-                    t: {"train": len(demo_data.instructions_for(t, "train")),
-                        "heldout": len(demo_data.instructions_for(t, "heldout"))}
+                    t: {
+                        "train": len(demo_data.instructions_for(t, "train")),
+                        "heldout": len(demo_data.instructions_for(t, "heldout")),
+                    }
                     for t in demo_data.TASKS
                 },
                 "train_examples": dict(cfg.train_examples),

@@ -158,51 +158,211 @@ INSTRUCTIONS: dict[str, tuple[str, ...]] = {
 # --------------------------------------------------------------------------- #
 
 _FIRST = (
-    "jane", "john", "maria", "david", "sarah", "michael", "emma", "liam", "olivia",
-    "noah", "ava", "lucas", "mia", "ethan", "sofia", "james", "chloe", "daniel",
-    "grace", "henry", "lily", "jack", "anna", "leo", "ruby", "oscar", "zoe", "adam",
-    "nina", "paul", "laura", "peter", "alice", "tom", "kate", "sam", "rosa", "omar",
-    "yuki", "ivan", "elena", "marco", "priya", "ahmed", "fatima", "chen", "hana",
-    "diego", "lena", "max",
+    "jane",
+    "john",
+    "maria",
+    "david",
+    "sarah",
+    "michael",
+    "emma",
+    "liam",
+    "olivia",
+    "noah",
+    "ava",
+    "lucas",
+    "mia",
+    "ethan",
+    "sofia",
+    "james",
+    "chloe",
+    "daniel",
+    "grace",
+    "henry",
+    "lily",
+    "jack",
+    "anna",
+    "leo",
+    "ruby",
+    "oscar",
+    "zoe",
+    "adam",
+    "nina",
+    "paul",
+    "laura",
+    "peter",
+    "alice",
+    "tom",
+    "kate",
+    "sam",
+    "rosa",
+    "omar",
+    "yuki",
+    "ivan",
+    "elena",
+    "marco",
+    "priya",
+    "ahmed",
+    "fatima",
+    "chen",
+    "hana",
+    "diego",
+    "lena",
+    "max",
 )
 _FIRST_HELDOUT = (
-    "clara", "felix", "nora", "hugo", "iris", "victor", "maya", "felipe", "tara",
-    "bruno", "ines", "kenji", "selma", "arjun", "wanda",
+    "clara",
+    "felix",
+    "nora",
+    "hugo",
+    "iris",
+    "victor",
+    "maya",
+    "felipe",
+    "tara",
+    "bruno",
+    "ines",
+    "kenji",
+    "selma",
+    "arjun",
+    "wanda",
 )
 _LAST = (
-    "doe", "smith", "garcia", "brown", "miller", "wilson", "lopez", "clark", "lee",
-    "walker", "hall", "young", "king", "wright", "scott", "green", "baker", "adams",
-    "nelson", "hill", "moore", "taylor", "white", "harris", "martin", "thompson",
-    "lewis", "allen", "wood", "gray", "reed", "cook", "bell", "murphy", "rivera",
-    "kim", "patel", "nguyen", "kowalski", "rossi", "silva", "novak", "jensen",
-    "fischer", "dubois", "tanaka", "singh", "costa", "berg", "moreau",
+    "doe",
+    "smith",
+    "garcia",
+    "brown",
+    "miller",
+    "wilson",
+    "lopez",
+    "clark",
+    "lee",
+    "walker",
+    "hall",
+    "young",
+    "king",
+    "wright",
+    "scott",
+    "green",
+    "baker",
+    "adams",
+    "nelson",
+    "hill",
+    "moore",
+    "taylor",
+    "white",
+    "harris",
+    "martin",
+    "thompson",
+    "lewis",
+    "allen",
+    "wood",
+    "gray",
+    "reed",
+    "cook",
+    "bell",
+    "murphy",
+    "rivera",
+    "kim",
+    "patel",
+    "nguyen",
+    "kowalski",
+    "rossi",
+    "silva",
+    "novak",
+    "jensen",
+    "fischer",
+    "dubois",
+    "tanaka",
+    "singh",
+    "costa",
+    "berg",
+    "moreau",
 )
 _LAST_HELDOUT = (
-    "vance", "okafor", "lindqvist", "petrov", "haddad", "ferreira", "brennan",
-    "yilmaz", "sato", "oconnor", "schmidt", "mendes", "quinn", "varga", "holt",
+    "vance",
+    "okafor",
+    "lindqvist",
+    "petrov",
+    "haddad",
+    "ferreira",
+    "brennan",
+    "yilmaz",
+    "sato",
+    "oconnor",
+    "schmidt",
+    "mendes",
+    "quinn",
+    "varga",
+    "holt",
 )
 _DOMAINS = (
-    "example.com", "example.org", "mail.com", "inbox.net", "post.io", "shop.net",
-    "webmail.com", "company.com", "fastmail.net", "home.org",
+    "example.com",
+    "example.org",
+    "mail.com",
+    "inbox.net",
+    "post.io",
+    "shop.net",
+    "webmail.com",
+    "company.com",
+    "fastmail.net",
+    "home.org",
 )
 _DOMAINS_HELDOUT = ("letters.io", "mailbox.org", "corp.net")
 
 _PRODUCTS = (
-    "wireless headphones", "laptop stand", "coffee maker", "running shoes",
-    "smart watch", "phone case", "desk lamp", "backpack", "bluetooth speaker",
-    "yoga mat", "water bottle", "gaming mouse", "mechanical keyboard", "air fryer",
-    "winter jacket", "tablet", "office chair", "blender", "camera lens", "sunglasses",
-    "electric kettle", "monitor", "vacuum cleaner", "hair dryer", "router",
-    "printer", "smart bulb", "fitness tracker", "travel mug", "rain boots",
+    "wireless headphones",
+    "laptop stand",
+    "coffee maker",
+    "running shoes",
+    "smart watch",
+    "phone case",
+    "desk lamp",
+    "backpack",
+    "bluetooth speaker",
+    "yoga mat",
+    "water bottle",
+    "gaming mouse",
+    "mechanical keyboard",
+    "air fryer",
+    "winter jacket",
+    "tablet",
+    "office chair",
+    "blender",
+    "camera lens",
+    "sunglasses",
+    "electric kettle",
+    "monitor",
+    "vacuum cleaner",
+    "hair dryer",
+    "router",
+    "printer",
+    "smart bulb",
+    "fitness tracker",
+    "travel mug",
+    "rain boots",
 )
 _PRODUCTS_HELDOUT = (
-    "espresso grinder", "standing desk", "noise cancelling earbuds", "tent",
-    "robot vacuum", "webcam", "e-reader", "ceiling fan",
+    "espresso grinder",
+    "standing desk",
+    "noise cancelling earbuds",
+    "tent",
+    "robot vacuum",
+    "webcam",
+    "e-reader",
+    "ceiling fan",
 )
 
 _GREETINGS = (
-    "Hi,", "Hello,", "Hey there,", "Hi team,", "Dear support,", "Hello support team,",
-    "Good morning,", "Hi there,", "Greetings,", "Hey,",
+    "Hi,",
+    "Hello,",
+    "Hey there,",
+    "Hi team,",
+    "Dear support,",
+    "Hello support team,",
+    "Good morning,",
+    "Hi there,",
+    "Greetings,",
+    "Hey,",
 )
 _GREETINGS_HELDOUT = ("Good afternoon,", "To whom it may concern,", "Hiya,")
 
@@ -493,8 +653,9 @@ class _Message:
     product: str
 
 
-def _make_message(rng: random.Random, pools: _Pools, intent: str | None = None,
-                  sentiment: str | None = None) -> _Message:
+def _make_message(
+    rng: random.Random, pools: _Pools, intent: str | None = None, sentiment: str | None = None
+) -> _Message:
     intent = intent or rng.choice(INTENTS)
     sentiment = sentiment or rng.choice(SENTIMENTS)
     first, last = rng.choice(pools.first), rng.choice(pools.last)
@@ -613,15 +774,21 @@ _AGENT_OPENERS = (
 # The agent's tone mirrors the customer's mood (so the base model learns to track it).
 _AGENT_TONE: dict[str, tuple[str, ...]] = {
     "positive": (
-        "Thank you for the kind words!", "We're so glad you're happy with us!",
-        "It's great to hear you're enjoying our service!", "Thanks, your feedback made our day!",
+        "Thank you for the kind words!",
+        "We're so glad you're happy with us!",
+        "It's great to hear you're enjoying our service!",
+        "Thanks, your feedback made our day!",
     ),
     "negative": (
-        "I'm very sorry about the frustration.", "We apologize, this should not have happened.",
-        "I understand you're upset and I'm sorry.", "Sorry for the bad experience, let me fix it.",
+        "I'm very sorry about the frustration.",
+        "We apologize, this should not have happened.",
+        "I understand you're upset and I'm sorry.",
+        "Sorry for the bad experience, let me fix it.",
     ),
     "neutral": (
-        "Here is what I found.", "Let me take a look.", "I checked this for you.",
+        "Here is what I found.",
+        "Let me take a look.",
+        "I checked this for you.",
         "Here is an update.",
     ),
 }
@@ -691,12 +858,16 @@ _FAQ = (
     "Technical issues with the app are usually fixed by an update.",
 )
 _REVIEW_POS = (
-    "Great {product}, works perfectly.", "I love this {product}, highly recommended.",
-    "Fast shipping and friendly support.", "Excellent quality, very happy.",
+    "Great {product}, works perfectly.",
+    "I love this {product}, highly recommended.",
+    "Fast shipping and friendly support.",
+    "Excellent quality, very happy.",
 )
 _REVIEW_NEG = (
-    "The {product} broke after a week, very disappointed.", "Terrible support, never again.",
-    "Late delivery and rude service.", "Awful quality, I want my money back.",
+    "The {product} broke after a week, very disappointed.",
+    "Terrible support, never again.",
+    "Late delivery and rude service.",
+    "Awful quality, I want my money back.",
 )
 # Notes that naturally repeat ids/emails: they teach the base model to copy.
 _NOTES = (
@@ -709,9 +880,9 @@ _NOTES = (
     "Reminder for {e}: order {o} arrives tomorrow. Thanks, {e}!",
     "The customer {e} asked about {o}. We replied to {e} and updated {o}.",
     "Case {o} | customer <{e}> | order {o} | reply to <{e}>",
-    "Hello {n}, your order {o} has shipped. Order {o} will arrive soon. We sent the receipt to \"{e}\".",
+    'Hello {n}, your order {o} has shipped. Order {o} will arrive soon. We sent the receipt to "{e}".',
     "{n} ({e}) called about order {o}. Order {o} was found. Email sent to {e}.",
-    "Ticket for {o}: the customer {e} wants an update on {o}. Owner: support. Contact: \"{e}\".",
+    'Ticket for {o}: the customer {e} wants an update on {o}. Owner: support. Contact: "{e}".',
 )
 
 
@@ -726,19 +897,32 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
         # whose tone and content follow the customer's mood and request.
         reply = [rng.choice(_AGENT_OPENERS).format(name=name), rng.choice(_AGENT_TONE[msg.sentiment])]
         if msg.order_id:
-            reply.append(rng.choice((
-                "Your order {o} is being processed.", "I looked up order {o} for you.",
-                "Thanks for the order number {o}.", "About {o}: we are on it.",
-                "Order {o} is noted.",
-            )).format(o=msg.order_id))
-        reply.append(rng.choice(_AGENT_BODIES[msg.intent]).format(
-            product=msg.product, email_or_you=msg.email or "your email"))
+            reply.append(
+                rng.choice(
+                    (
+                        "Your order {o} is being processed.",
+                        "I looked up order {o} for you.",
+                        "Thanks for the order number {o}.",
+                        "About {o}: we are on it.",
+                        "Order {o} is noted.",
+                    )
+                ).format(o=msg.order_id)
+            )
+        reply.append(
+            rng.choice(_AGENT_BODIES[msg.intent]).format(product=msg.product, email_or_you=msg.email or "your email")
+        )
         if msg.email:
-            reply.append(rng.choice((
-                "We will write to {e} when it is done.", "A confirmation was sent to {e}.",
-                "We have {e} on file for you.", "Your email \"{e}\" is verified.",
-                "Contact: <{e}>.",
-            )).format(e=msg.email))
+            reply.append(
+                rng.choice(
+                    (
+                        "We will write to {e} when it is done.",
+                        "A confirmation was sent to {e}.",
+                        "We have {e} on file for you.",
+                        'Your email "{e}" is verified.',
+                        "Contact: <{e}>.",
+                    )
+                ).format(e=msg.email)
+            )
         reply.append(rng.choice(_AGENT_CLOSERS))
         return f"Customer: {msg.text}\nAgent: {' '.join(reply)}"
     if kind < 0.62:
@@ -747,8 +931,7 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
             # two different cases in one document: copy the right one
             first, last = rng.choice(pools.first), rng.choice(pools.last)
             o2, e2 = _order_id(rng), _email(rng, first, last, pools)
-            return (notes[0].format(o=oid, e=email, n=name) + "\n"
-                    + notes[1].format(o=o2, e=e2, n=_display(first)))
+            return notes[0].format(o=oid, e=email, n=name) + "\n" + notes[1].format(o=o2, e=e2, n=_display(first))
         return " ".join(n.format(o=oid, e=email, n=name) for n in notes)
     if kind < 0.68:
         return " ".join(rng.sample(_FAQ, 3))

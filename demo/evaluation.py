@@ -51,7 +51,7 @@ def evaluate(
     first ``n_samples`` (gold, prediction) pairs for inspection.
     """
     tasks = [t for t in TASKS if t in tasks_examples] + [t for t in tasks_examples if t not in TASKS]
-    rows: list[tuple[str, str | None]] = ([(BASE_ROW, None)] if include_base else [])
+    rows: list[tuple[str, str | None]] = [(BASE_ROW, None)] if include_base else []
     rows += [(a, a) for a in adapters]
     correct: dict[str, dict[str, int]] = {}
     accuracy: dict[str, dict[str, float]] = {}
@@ -82,8 +82,7 @@ def evaluate(
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The transfer matrix as a Markdown table (rows: base/adapters, columns: tasks)."""
     tasks = list(results["tasks"])
-    header = "| model \\ held-out task | " + " | ".join(
-        f"{t} (n={results['n'][t]})" for t in tasks) + " |"
+    header = "| model \\ held-out task | " + " | ".join(f"{t} (n={results['n'][t]})" for t in tasks) + " |"
     sep = "|---|" + "---:|" * len(tasks)
     lines = [header, sep]
     for row in results["rows"]:
@@ -141,7 +140,7 @@ def peft_generate_fn(
             raise TypeError("prompts must be strings")
         outputs: list[str] = []
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start: start + batch_size]
+            chunk = prompts[start : start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=True)
             with torch.inference_mode():
                 gen = model.generate(
@@ -152,7 +151,7 @@ def peft_generate_fn(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1] :]
             for row in new.tolist():
                 if tokenizer.eos_token_id in row:
                     row = row[: row.index(tokenizer.eos_token_id)]
@@ -170,8 +169,9 @@ def heldout_examples(n: int, seed: int = 0, tasks: Sequence[str] = TASKS) -> dic
     return {t: make_examples(t, n, seed, "heldout") for t in tasks}
 
 
-def evaluate_demo(models_dir: str | Path, n: int = 200, seed: int = 0,
-                  max_new_tokens: int = 48, batch_size: int = 64) -> dict[str, Any]:
+def evaluate_demo(
+    models_dir: str | Path, n: int = 200, seed: int = 0, max_new_tokens: int = 48, batch_size: int = 64
+) -> dict[str, Any]:
     """Full held-out eval of a built demo directory with the PEFT backend."""
     models_dir = Path(models_dir)
     gen = peft_generate_fn(models_dir / "base", models_dir / "adapters", max_new_tokens, batch_size)

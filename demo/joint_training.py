@@ -1,7 +1,7 @@
 """Joint training of the MoE router and the LoRA experts (plain torch + PEFT-format I/O, no Ray).
 
-The separate pipeline (``loraplex.demo.build`` + ``loraplex.router.training``) trains each adapter on its own
-task and then a router on frozen features. Here both are trained *together* on the mixed multi-task
+The separate pipeline (``loraplex.demo.build`` + ``loraplex.demo.router_training``) trains each adapter on its
+own task and then a router on frozen features. Here both are trained *together* on the mixed multi-task
 stream, with soft routing, in one loop:
 
 * a frozen base model (``models/demo/base``);
@@ -36,30 +36,24 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from loraplex.demo import data as demo_data
-from loraplex.demo.build import (
-    LORA_TARGET_MODULES,
-    DemoConfig,
-    _lr_lambda,
-    _progress,
-    collate_supervised,
-    encode_supervised,
-    lora_config,
-)
+from loraplex.demo.build import LORA_TARGET_MODULES, DemoConfig, collate_supervised, encode_supervised
+from loraplex.demo.training_loop import progress_bar, warmup_cosine
+from loraplex.experts.lora.targets import target_linears
 from loraplex.router.featurizers import HiddenStateFeaturizer
 from loraplex.router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
 from loraplex.router.network import RouterNet
-from loraplex.router.router import Router
 from loraplex.router.policy import PolicyConfig
+from loraplex.router.router import Router
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -97,13 +91,19 @@ class MixedLoraLinear(nn.Module):
     With no weights set (``ctx.weights is None``) the layer is the bare base layer.
     """
 
-    def __init__(self, base: nn.Linear, n_experts: int, r: int, alpha: float, ctx: MixContext, use_rslora: bool = False):
+    def __init__(
+        self, base: nn.Linear, n_experts: int, r: int, alpha: float, ctx: MixContext, use_rslora: bool = False
+    ):
         super().__init__()
         self.base, self.ctx, self.n_experts, self.r = base, ctx, n_experts, r
         self.scale = alpha / math.sqrt(r) if use_rslora else alpha / r
         dev, dt = base.weight.device, base.weight.dtype
-        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(r, base.in_features, device=dev, dtype=dt)) for _ in range(n_experts)])
-        self.lora_B = nn.ParameterList([nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=dt)) for _ in range(n_experts)])
+        self.lora_A = nn.ParameterList(
+            [nn.Parameter(torch.empty(r, base.in_features, device=dev, dtype=dt)) for _ in range(n_experts)]
+        )
+        self.lora_B = nn.ParameterList(
+            [nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=dt)) for _ in range(n_experts)]
+        )
         for a in self.lora_A:  # PEFT's default LoRA init (init_lora_weights=True): B stays zero
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
 
@@ -122,19 +122,27 @@ class MixedLoraLinear(nn.Module):
 class LoraMixer:
     """Installs :class:`MixedLoraLinear` in every targeted linear of a causal LM; saves/loads experts."""
 
-    def __init__(self, model: nn.Module, experts: Sequence[str], r: int = _DEMO.lora_r, alpha: float = _DEMO.lora_alpha,
-                 target_modules: Sequence[str] = LORA_TARGET_MODULES, use_rslora: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        experts: Sequence[str],
+        r: int = _DEMO.lora_r,
+        alpha: float = _DEMO.lora_alpha,
+        target_modules: Sequence[str] = LORA_TARGET_MODULES,
+        use_rslora: bool = False,
+    ):
         self.model, self.experts, self.r, self.alpha = model, list(experts), r, alpha
         self.target_modules, self.use_rslora = list(target_modules), use_rslora
         self.ctx = MixContext()
         self.layers: dict[str, MixedLoraLinear] = {}
         for p in model.parameters():
             p.requires_grad_(False)
-        targets = [(name, mod) for name, mod in model.named_modules()
-                   if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in self.target_modules]
+        # the engine's own rule (last name component or glob, never the LM head): the mixer wraps exactly
+        # the layers a served adapter with these target_modules would touch
+        targets = target_linears(model, self.target_modules)
         if not targets:
-            raise ValueError(f"no nn.Linear named {self.target_modules} in the model")
-        for name, mod in targets:
+            raise ValueError(f"target_modules {self.target_modules} match no nn.Linear of the model")
+        for name, mod in targets.items():
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             layer = MixedLoraLinear(mod, len(self.experts), r, alpha, self.ctx, use_rslora)
@@ -171,9 +179,15 @@ class LoraMixer:
     def lora_config(self, base_path: str | None = None):
         from peft import LoraConfig
 
-        return LoraConfig(task_type="CAUSAL_LM", r=self.r, lora_alpha=self.alpha, lora_dropout=0.0,
-                          target_modules=list(self.target_modules), use_rslora=self.use_rslora,
-                          base_model_name_or_path=base_path)
+        return LoraConfig(
+            task_type="CAUSAL_LM",
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=0.0,
+            target_modules=list(self.target_modules),
+            use_rslora=self.use_rslora,
+            base_model_name_or_path=base_path,
+        )
 
     def save_adapter(self, expert: int, path: Path, base_path: str | None = None) -> Path:
         from safetensors.torch import save_file
@@ -192,9 +206,15 @@ class LoraMixer:
 
         path = Path(path)
         cfg = json.loads((path / "adapter_config.json").read_text())
-        if int(cfg["r"]) != self.r or float(cfg["lora_alpha"]) != float(self.alpha) or bool(cfg.get("use_rslora")) != self.use_rslora:
-            raise ValueError(f"{path}: r={cfg['r']} alpha={cfg['lora_alpha']} rslora={cfg.get('use_rslora')} "
-                             f"does not match the mixer (r={self.r}, alpha={self.alpha}, rslora={self.use_rslora})")
+        if (
+            int(cfg["r"]) != self.r
+            or float(cfg["lora_alpha"]) != float(self.alpha)
+            or bool(cfg.get("use_rslora")) != self.use_rslora
+        ):
+            raise ValueError(
+                f"{path}: r={cfg['r']} alpha={cfg['lora_alpha']} rslora={cfg.get('use_rslora')} "
+                f"does not match the mixer (r={self.r}, alpha={self.alpha}, rslora={self.use_rslora})"
+            )
         state = load_file(str(path / ADAPTER_WEIGHTS))
         missing = []
         with torch.no_grad():
@@ -285,7 +305,10 @@ def prompt_features(featurizer: HiddenStateFeaturizer, mixer: LoraMixer, prompts
 
 
 def joint_lora_lr(recorded: float | dict[str, float]) -> float:
-    """One optimiser trains every expert: the largest of the demo's per-task LoRA LRs (older manifests record one LR)."""
+    """One optimiser trains every expert: the largest of the demo's per-task LoRA LRs.
+
+    Older manifests record a single LR.
+    """
     return max(recorded.values()) if isinstance(recorded, dict) else float(recorded)
 
 
@@ -347,11 +370,17 @@ def mixed_stream(tokenizer, cfg: JointConfig) -> list[list[tuple[tuple[list[int]
             order.extend(fresh)
         pool.extend((encoded[i], examples[i].prompt, ti) for i in order[: counts[task]])
     rng.shuffle(pool)
-    return [pool[i * cfg.batch: (i + 1) * cfg.batch] for i in range(cfg.steps)]
+    return [pool[i * cfg.batch : (i + 1) * cfg.batch] for i in range(cfg.steps)]
 
 
-def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None = None,
-                init_adapters: Mapping[str, Path] | None = None, progress: bool = True) -> JointResult:
+def train_joint(
+    base_model,
+    tokenizer,
+    cfg: JointConfig,
+    base_path: str | None = None,
+    init_adapters: Mapping[str, Path] | None = None,
+    progress: bool = True,
+) -> JointResult:
     """Train the router and the experts together on the mixed stream; ``base_model`` stays frozen.
 
     ``base_model`` gets :class:`MixedLoraLinear` layers installed (``result.mixer.remove()`` undoes it).
@@ -376,20 +405,22 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
     batches = mixed_stream(tokenizer, cfg)
     if cfg.standardize_features:  # statistics from the first (shuffled, mixed) training prompts
         calib = [b[1] for batch in batches[:8] for b in batch]
-        x = torch.cat([prompt_features(featurizer, mixer, calib[i: i + 64]) for i in range(0, len(calib), 64)])
+        x = torch.cat([prompt_features(featurizer, mixer, calib[i : i + 64]) for i in range(0, len(calib), 64)])
         router: nn.Module = StandardizedRouter(net, x.mean(0), x.std(0).clamp_min(1e-4))
     else:
         router = net
-    opt = torch.optim.AdamW([
-        {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": _DEMO.weight_decay},
-        {"params": list(net.parameters()), "lr": cfg.router_lr, "weight_decay": cfg.router_weight_decay},
-    ])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.steps))
+    opt = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": _DEMO.weight_decay},
+            {"params": list(net.parameters()), "lr": cfg.router_lr, "weight_decay": cfg.router_weight_decay},
+        ]
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     n = len(cfg.experts)
     history: list[dict] = []
     window: list[dict] = []
     router.train()
-    bar = _progress(batches, len(batches), "joint router+adapters", progress)
+    bar = progress_bar(batches, len(batches), "joint router+adapters", progress)
     for step, batch in enumerate(bar):
         items = [b[0] for b in batch]
         prompts = [b[1] for b in batch]
@@ -415,14 +446,25 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             acc = float((logits.argmax(-1) == tasks).float().mean())
-            window.append({"loss": float(loss), "ce": float(ce), "balance": float(bal), "z": float(zl),
-                           "router_ce": float(rce), "router_acc": acc,
-                           "entropy": float(routing_entropy(logits.softmax(-1)))})
+            window.append(
+                {
+                    "loss": float(loss),
+                    "ce": float(ce),
+                    "balance": float(bal),
+                    "z": float(zl),
+                    "router_ce": float(rce),
+                    "router_acc": acc,
+                    "entropy": float(routing_entropy(logits.softmax(-1))),
+                }
+            )
         if step % 10 == 9 or step == len(batches) - 1:
             with torch.no_grad():
                 share = expert_share(logits)
-            entry = {"step": step + 1, **{k: round(sum(d[k] for d in window) / len(window), 5) for k in window[0]},
-                     "share": [round(float(s), 3) for s in share]}
+            entry = {
+                "step": step + 1,
+                **{k: round(sum(d[k] for d in window) / len(window), 5) for k in window[0]},
+                "share": [round(float(s), 3) for s in share],
+            }
             history.append(entry)
             window = []
             bar.set_postfix(ce=f"{entry['ce']:.4f}", racc=f"{entry['router_acc']:.2f}", bal=f"{entry['balance']:.2f}")
@@ -436,13 +478,18 @@ def train_joint(base_model, tokenizer, cfg: JointConfig, base_path: str | None =
         "cpu_s": round(time.process_time() - cpu_start, 2),  # this process's CPU time: less load-dependent than wall
         "steps": cfg.steps,
         "examples_seen": cfg.steps * cfg.batch,
-        "trainable_params": {"lora": sum(p.numel() for p in lora_params), "router": sum(p.numel() for p in net.parameters())},
+        "trainable_params": {
+            "lora": sum(p.numel() for p in lora_params),
+            "router": sum(p.numel() for p in net.parameters()),
+        },
         "final": history[-1] if history else {},
     }
     return JointResult(mixer, net, featurizer, history, stats)
 
 
-def save_joint(result: JointResult, out: Path, base_path: str | None = None, metrics: dict | None = None) -> dict[str, Path]:
+def save_joint(
+    result: JointResult, out: Path, base_path: str | None = None, metrics: dict | None = None
+) -> dict[str, Path]:
     """``out/adapters/{expert}`` (PEFT folders) and ``out/router`` (``Router.save``)."""
     out = Path(out)
     paths = {}

@@ -23,14 +23,22 @@ class RoutingData:
     experts: list[str]
 
 
-def routing_data(split: str, n_per_task: int, seed: int, bare_fraction: float = 0.25, experts: tuple[str, ...] = TASKS) -> RoutingData:
+def routing_data(
+    split: str, n_per_task: int, seed: int, bare_fraction: float = 0.25, experts: tuple[str, ...] = TASKS
+) -> RoutingData:
+    """``n_per_task`` task prompts per expert plus ``bare_fraction`` as many bare messages per expert, from
+    the demo generator's ``split`` (``"train"`` or ``"heldout"``: disjoint phrasings, names and products)."""
     texts, labels = [], []
     for i, task in enumerate(experts):
         for ex in make_examples(task, n_per_task, seed, split):
             texts.append(ex.prompt)
             labels.append(i)
     rng = random.Random(seed)
-    bare = [ex.message for task in experts for ex in make_examples(task, max(1, int(n_per_task * bare_fraction)), seed + 1, split)]
+    bare = [
+        ex.message
+        for task in experts
+        for ex in make_examples(task, max(1, int(n_per_task * bare_fraction)), seed + 1, split)
+    ]
     rng.shuffle(bare)
     texts += bare
     labels += [-1] * len(bare)

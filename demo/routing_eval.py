@@ -3,21 +3,24 @@
 Every system runs through the real engine (one mixed batch per system), scored by exact match:
 base alone, each adapter on each task (transfer matrix), task-label oracle, per-example oracle,
 MoE top-1, MoE top-2 soft, the confidence-gated policy, and a uniform delta blend of all adapters.
+:func:`render_markdown` and :func:`plot_confusion` turn the report into docs/routing.md's table and
+confusion plot, so ``scripts/eval_routing.py`` stays a command line.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from loraplex.demo.data import TASKS, Example
 from loraplex.demo.evaluation import is_match
 from loraplex.experts.engine import Engine, Request
-from loraplex.router.router import Router
 from loraplex.router.policy import PolicyConfig, decide
+from loraplex.router.router import Router
 
 
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> float:
@@ -32,7 +35,10 @@ def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: 
 
 
 def _run(engine: Engine, prompts: list[str], comps: list, max_tokens: int) -> list[str]:
-    return [r.text for r in engine.generate([Request.from_json(p, c, max_tokens=max_tokens) for p, c in zip(prompts, comps)])]
+    return [
+        r.text
+        for r in engine.generate([Request.from_json(p, c, max_tokens=max_tokens) for p, c in zip(prompts, comps)])
+    ]
 
 
 def latency_ms(router: Router, texts: Sequence[str], batch: int, repeats: int) -> dict:
@@ -45,10 +51,16 @@ def latency_ms(router: Router, texts: Sequence[str], batch: int, repeats: int) -
         router.route(chunk)
         per_request.append((time.perf_counter() - t0) * 1000 / batch)
     per_request.sort()
-    return {"p50": round(statistics.median(per_request), 3), "p99": round(per_request[min(len(per_request) - 1, int(0.99 * len(per_request)))], 3), "batch": batch}
+    return {
+        "p50": round(statistics.median(per_request), 3),
+        "p99": round(per_request[min(len(per_request) - 1, int(0.99 * len(per_request)))], 3),
+        "batch": batch,
+    }
 
 
-def evaluate_routing(engine: Engine, router: Router, examples: dict[str, list[Example]], max_tokens: int = 40, latency_repeats: int = 200) -> dict:
+def evaluate_routing(
+    engine: Engine, router: Router, examples: dict[str, list[Example]], max_tokens: int = 40, latency_repeats: int = 200
+) -> dict:
     tasks = [t for t in TASKS if t in examples]
     adapters = router.experts
     flat = [(t, e) for t in tasks for e in examples[t]]
@@ -69,7 +81,11 @@ def evaluate_routing(engine: Engine, router: Router, examples: dict[str, list[Ex
     systems["oracle:task_label"] = from_ok(task_oracle_ok)
     systems["oracle:per_example"] = from_ok(any_ok)
     logits = torch.cat([router.logits(prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
-    policies = {"moe:top1": PolicyConfig(top_k=1, confidence_floor=0.0), "moe:top2_soft": PolicyConfig(top_k=2, confidence_floor=0.0), "moe:policy": router.policy}
+    policies = {
+        "moe:top1": PolicyConfig(top_k=1, confidence_floor=0.0),
+        "moe:top2_soft": PolicyConfig(top_k=2, confidence_floor=0.0),
+        "moe:policy": router.policy,
+    }
     for name, pol in policies.items():
         comps = [d.composition() for d in decide(logits, adapters, pol)]
         systems[name] = score(_run(engine, prompts, comps, max_tokens))
@@ -80,7 +96,11 @@ def evaluate_routing(engine: Engine, router: Router, examples: dict[str, list[Ex
     table = {}
     for name, s in systems.items():
         gap = (s["mean"] - base) / (oracle - base) if oracle > base else float("nan")
-        table[name] = {**{t: round(v, 4) for t, v in s["per_task"].items()}, "mean": round(s["mean"], 4), "gap_recovered": round(gap, 4)}
+        table[name] = {
+            **{t: round(v, 4) for t, v in s["per_task"].items()},
+            "mean": round(s["mean"], 4),
+            "gap_recovered": round(gap, 4),
+        }
 
     probs = logits.softmax(-1)
     gold = torch.tensor([adapters.index(t) for t, _ in flat])
@@ -96,7 +116,10 @@ def evaluate_routing(engine: Engine, router: Router, examples: dict[str, list[Ex
             "confusion": {"labels": adapters, "matrix": confusion.tolist()},
             "ece": round(expected_calibration_error(conf, pred == gold), 4),
             "mean_confidence": round(float(conf.mean()), 4),
-            "latency_ms": {"batch_1": latency_ms(router, prompts, 1, latency_repeats), "batch_32": latency_ms(router, prompts, 32, max(10, latency_repeats // 10))},
+            "latency_ms": {
+                "batch_1": latency_ms(router, prompts, 1, latency_repeats),
+                "batch_32": latency_ms(router, prompts, 32, max(10, latency_repeats // 10)),
+            },
         },
         "n_per_task": {t: len(examples[t]) for t in tasks},
     }
@@ -105,4 +128,59 @@ def evaluate_routing(engine: Engine, router: Router, examples: dict[str, list[Ex
 def reference_example(router: Router, text: str = "I need to reset my password. This is frustrating!") -> dict:
     """The reference article's routing example (a bare message, no instruction)."""
     d = router.route([text])[0]
-    return {"text": text, "mode": d.mode, "weights": d.weights, "confidence": round(d.confidence, 4), "probs": d.probs, "fallback": d.fallback}
+    return {
+        "text": text,
+        "mode": d.mode,
+        "weights": d.weights,
+        "confidence": round(d.confidence, 4),
+        "probs": d.probs,
+        "fallback": d.fallback,
+    }
+
+
+def render_markdown(report: dict) -> str:
+    """The systems table, the router line (accuracy, ECE, latency) and the reference example, as Markdown."""
+    table = report["table"]
+    tasks = [k for k in next(iter(table.values())) if k not in ("mean", "gap_recovered")]
+    lines = ["| system | " + " | ".join(tasks) + " | mean | gap recovered |", "|---|" + "---:|" * (len(tasks) + 2)]
+    for name, row in table.items():
+        cells = " | ".join(f"{100 * row[t]:.1f}%" for t in tasks)
+        lines.append(f"| {name} | {cells} | {100 * row['mean']:.1f}% | {row['gap_recovered']:.3f} |")
+    r = report["router"]
+    lat = r["latency_ms"]
+    lines += [
+        "",
+        f"Router accuracy {100 * r['accuracy']:.2f}%, ECE {r['ece']:.4f}, mean confidence {r['mean_confidence']:.3f}; "
+        f"latency per request p50/p99: batch 1 {lat['batch_1']['p50']:.2f}/{lat['batch_1']['p99']:.2f} ms, "
+        f"batch 32 {lat['batch_32']['p50']:.2f}/{lat['batch_32']['p99']:.2f} ms.",
+    ]
+    ref = report["reference_example"]
+    lines += [
+        "",
+        f"Reference example {ref['text']!r}: confidence {ref['confidence']:.3f}, fallback={ref['fallback']}, "
+        f"probs {ref['probs']}, weights {ref['weights']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(report: dict, path: Path) -> None:
+    """The router's confusion matrix (task x routed-to) as a PNG; matplotlib is a dev dependency, imported here only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = report["router"]["confusion"]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(c["matrix"], cmap="Blues")
+    ax.set_xticks(range(len(c["labels"])), c["labels"])
+    ax.set_yticks(range(len(c["labels"])), c["labels"])
+    for i, row in enumerate(c["matrix"]):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xlabel("routed to")
+    ax.set_ylabel("task")
+    ax.set_title(f"router confusion (acc {100 * report['router']['accuracy']:.1f}%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

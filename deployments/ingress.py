@@ -1,15 +1,17 @@
 """Router ingress: OpenAI-compatible HTTP over FastAPI. Planning, routing, response shapes, body checks and the
 error mapping live in `loraplex.gateway`; this file only maps HTTP <-> gateway <-> expert handles, and turns
-Ray's own exceptions into typed errors."""
+Ray's own exceptions into typed errors.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the route signatures (`request: Request`) at
+run time, and string annotations inside a Serve-wrapped class make it treat `request` as a body field (422).
+"""
 
 import asyncio
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from loraplex.config.app import AppArgs
@@ -39,6 +41,8 @@ app = FastAPI(title="loraplex", description="Multi-LoRA serving with per-request
 
 def typed(e: Exception) -> Exception:
     """Ray's exceptions as our typed errors (the mapping to HTTP stays in one place, `gateway.http_errors`)."""
+    if isinstance(e, RayTaskError) and isinstance(e.cause, Exception):  # raised inside a replica method
+        return typed(e.cause)
     if isinstance(e, BackPressureError):
         return CapacityError(f"server overloaded, retry later ({e})")
     if isinstance(e, REPLICA_GONE):

@@ -1,8 +1,12 @@
 """Train the router network on precomputed features (the featurizer stays frozen).
 
-Loss = CE(task labels) + balance_coef * load_balancing_loss + z_coef * z_loss. Examples without an
-instruction (a bare customer message) get a *uniform* target, so the router learns to say "I don't
-know" there instead of guessing confidently, and the confidence floor can act on it.
+Loss = CE(soft targets) + balance_coef * load_balancing_loss + z_coef * z_loss. Targets are
+distributions, not labels, so a caller can give an ambiguous example (e.g. a bare customer message
+with no instruction) a *uniform* target: the router learns to say "I don't know" there instead of
+guessing confidently, and the confidence floor can act on it.
+
+This module knows nothing about where features and targets come from; the demo's routing data and
+its train-evaluate-save wrapper live on the demo side (`demo/router_training.py`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ class TrainConfig:
     seed: int = 0
 
 
-def train_router(features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, progress: bool = True) -> tuple[RouterNet, list[dict]]:
+def train_router(
+    features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, progress: bool = True
+) -> tuple[RouterNet, list[dict]]:
     """`features: [n, dim]`, `targets: [n, experts]` (rows sum to 1) -> trained net and per-epoch logs."""
     torch.manual_seed(cfg.seed)
     n, dim = features.shape
@@ -62,37 +68,26 @@ def train_router(features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig
         with torch.no_grad():
             logits = net(features)
             labelled = targets.max(dim=1).values > 0.99
-            acc = float((logits[labelled].argmax(1) == targets[labelled].argmax(1)).float().mean()) if labelled.any() else float("nan")
+            acc = (
+                float((logits[labelled].argmax(1) == targets[labelled].argmax(1)).float().mean())
+                if labelled.any()
+                else float("nan")
+            )
             share = expert_share(logits[labelled] if labelled.any() else logits)
-            entry = {"epoch": epoch, **{k: round(v, 5) for k, v in sums.items()}, "accuracy": round(acc, 4),
-                     "share": [round(float(s), 3) for s in share], "entropy": round(float(routing_entropy(logits.softmax(-1))), 4)}
+            entry = {
+                "epoch": epoch,
+                **{k: round(v, 5) for k, v in sums.items()},
+                "accuracy": round(acc, 4),
+                "share": [round(float(s), 3) for s in share],
+                "entropy": round(float(routing_entropy(logits.softmax(-1))), 4),
+            }
         history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{acc:.3f}", bal=f"{entry['balance']:.3f}")
         if float(share.max()) > cfg.collapse_share:
-            log.warning("router collapse: expert %d takes %.0f%% of the traffic at epoch %d", int(share.argmax()), 100 * float(share.max()), epoch)
+            log.warning(
+                "router collapse: expert %d takes %.0f%% of the traffic at epoch %d",
+                int(share.argmax()),
+                100 * float(share.max()),
+                epoch,
+            )
     return net, history
-
-
-def train_demo_router(out, featurizer, n_per_task: int = 800, cfg: TrainConfig = TrainConfig(), policy=None, progress: bool = True) -> dict:
-    """Train a router over the demo adapters on `featurizer` features, evaluate it on held-out phrasings, save it to `out`."""
-    from loraplex.demo.routing_data import routing_data
-    from loraplex.router.router import Router
-    from loraplex.router.policy import PolicyConfig
-
-    train = routing_data("train", n_per_task, cfg.seed)
-    held = routing_data("heldout", max(50, n_per_task // 4), cfg.seed + 100)
-
-    def encode(texts):
-        return torch.cat([featurizer.encode(texts[i : i + 64]) for i in tqdm(range(0, len(texts), 64), desc="features", disable=not progress)])
-
-    x_train, x_held = encode(train.texts), encode(held.texts)
-    net, history = train_router(x_train, train.targets, cfg, progress)
-    with torch.no_grad():
-        logits = net.eval()(x_held)
-    labels = torch.tensor(held.labels)
-    labelled = labels >= 0
-    acc = float((logits[labelled].argmax(1) == labels[labelled]).float().mean())
-    bare_conf = float(logits[~labelled].softmax(-1).max(-1).values.mean())
-    metrics = {"train": history[-1], "heldout_accuracy": round(acc, 4), "heldout_bare_message_confidence": round(bare_conf, 4), "n_train": len(train.texts)}
-    Router(featurizer, net, train.experts, policy or PolicyConfig(), metrics).save(out)
-    return metrics

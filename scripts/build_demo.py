@@ -20,13 +20,11 @@ from loraplex.demo import build as demo_build
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Build the embedded demo: tokenizer, tiny Llama base model and the "
-                    "intent/sentiment/entities LoRA adapters, offline and deterministically.",
+        "intent/sentiment/entities LoRA adapters, offline and deterministically.",
     )
-    parser.add_argument("--out", type=Path, default=Path("models/demo"),
-                        help="output directory (default: models/demo)")
+    parser.add_argument("--out", type=Path, default=Path("models/demo"), help="output directory (default: models/demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--force", action="store_true",
-                        help="rebuild even if the demo is already built")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the demo is already built")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
@@ -37,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo already built at {args.out} (use --force to rebuild)")
         return 0
     start = time.perf_counter()
-    manifest = demo_build.build_demo(args.out, seed=args.seed, force=args.force,
-                                     progress=not args.no_progress)
+    manifest = demo_build.build_demo(args.out, seed=args.seed, force=args.force, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
     summary = {
         "out": str(args.out),

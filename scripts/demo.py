@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run the embedded demo: build it if missing, then answer one request per composition mode.
+"""Run the embedded demo: build it if missing, then answer one request per composition mode, all in
+one engine call (the cases: loraplex.demo.tour).
 
     python scripts/demo.py --models models/demo
     python scripts/demo.py --message "Where is my order ORD-12345? jane@example.com"
@@ -12,46 +13,37 @@ import sys
 import time
 from pathlib import Path
 
+from loraplex.demo.tour import DEFAULT_MESSAGE
 
-def parse_args() -> argparse.Namespace:
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=Path("models/demo"), help="demo artifacts folder (built if missing)")
-    p.add_argument("--message", default="Hi, I was charged twice for order ORD-48213 and I'm really annoyed. Reach me at sam.lee@example.com",
-                   help="customer message to run through every composition")
-    p.add_argument("--max-tokens", type=int, default=24)
-    return p.parse_args()
+    p.add_argument("--message", default=DEFAULT_MESSAGE, help="customer message to run through every composition")
+    p.add_argument("--max-tokens", type=int, default=24, help="generation budget per request")
+    return p.parse_args(argv)
 
 
-def main() -> int:
-    a = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     from loraplex.config.engine import EngineConfig
     from loraplex.demo.build import build_demo, demo_is_built
-    from loraplex.demo.data import format_prompt
+    from loraplex.demo.tour import composition_tour
     from loraplex.experts.engine import Engine, Request
 
     if not demo_is_built(a.models):
         print(f"building the demo into {a.models} (first run only, a few minutes)...", flush=True)
         build_demo(a.models)
-    engine = Engine.from_config(EngineConfig(base_model=str(a.models / "base"), adapter_roots=[str(a.models / "adapters")], max_slots=4, max_host_adapters=8))
+    engine = Engine.from_config(
+        EngineConfig(
+            base_model=str(a.models / "base"),
+            adapter_roots=[str(a.models / "adapters")],
+            max_slots=4,
+            max_host_adapters=8,
+        )
+    )
     print(f"adapters: {engine.store.available()}")
-    ask = {
-        "intent": format_prompt("What is the customer's intent?", a.message),
-        "sentiment": format_prompt("How does the customer feel? Answer positive, negative or neutral.", a.message),
-        "entities": format_prompt("Extract the order id and email as JSON.", a.message),
-    }
-    cases = [
-        ("base model", ask["intent"], None),
-        ("single intent", ask["intent"], {"mode": "single", "adapter": "intent"}),
-        ("single sentiment", ask["sentiment"], {"mode": "single", "adapter": "sentiment"}),
-        ("single entities", ask["entities"], {"mode": "single", "adapter": "entities"}),
-        ("stack intent+sentiment", ask["intent"], {"mode": "stack", "adapters": ["intent", "sentiment"]}),
-        ("blend delta 0.8/0.2", ask["sentiment"], {"mode": "blend", "weights": {"sentiment": 0.8, "intent": 0.2}}),
-        ("blend logits 0.8/0.2", ask["sentiment"], {"mode": "blend", "weights": {"sentiment": 0.8, "intent": 0.2}, "space": "logits"}),
-        ("moe top-2 (given scores)", ask["entities"], {"mode": "moe", "top_k": 2, "weights": {"entities": 0.9, "intent": 0.1}}),
-        ("chain entities -> intent", a.message, {"mode": "chain", "stages": [
-            {"adapter": "entities", "prompt": format_prompt("Extract the order id and email as JSON.", "{input}")},
-            {"adapter": "intent", "prompt": format_prompt("Given the extracted fields {previous}, what is the intent?", "{input}")}]}),
-    ]
+    cases = composition_tour(a.message)
     t0 = time.perf_counter()
     results = engine.generate([Request.from_json(p, c, max_tokens=a.max_tokens) for _, p, c in cases])
     dt = time.perf_counter() - t0

@@ -20,10 +20,11 @@ from loraplex.demo import evaluation as demo_eval
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Evaluate the demo base model and each LoRA adapter on every held-out "
-                    "task (greedy decoding, exact match) with the PEFT multi-adapter backend.",
+        "task (greedy decoding, exact match) with the PEFT multi-adapter backend.",
     )
-    parser.add_argument("--models", type=Path, default=Path("models/demo"),
-                        help="built demo directory (default: models/demo)")
+    parser.add_argument(
+        "--models", type=Path, default=Path("models/demo"), help="built demo directory (default: models/demo)"
+    )
     parser.add_argument("--n", type=int, default=200, help="held-out examples per task (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="held-out data seed (default: 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch size (default: 64)")
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    results = demo_eval.evaluate_demo(args.models, n=args.n, seed=args.seed,
-                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    results = demo_eval.evaluate_demo(
+        args.models, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     results["eval_seconds"] = round(time.perf_counter() - start, 1)
     table = demo_eval.render_markdown(results)
     print(table)

@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Train the MoE router over the demo adapters and save it (router.safetensors + router.json).
 
+The router learns from the demo's routing prompts (loraplex.demo.routing_data), is checked on held-out
+phrasings and saved where the serving app loads it (logic: loraplex.demo.router_training).
+
     python scripts/train_router.py --out models/demo/router
-    python scripts/train_router.py --featurizer hidden_state --base-model models/demo/base --out models/demo/router_hidden
+    python scripts/train_router.py --out models/demo/router_hidden \
+        --featurizer hidden_state --base-model models/demo/base
 """
 
 from __future__ import annotations
@@ -14,46 +18,88 @@ import sys
 from pathlib import Path
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from loraplex.router.featurizers import DTYPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("models/demo/router"), help="output folder")
-    p.add_argument("--featurizer", choices=["sentence", "hidden_state"], default="sentence")
-    p.add_argument("--sentence-model", default="default", help="sentence-transformers folder ('default' = packaged all-MiniLM-L6-v2)")
-    p.add_argument("--whole-prompt", action="store_true", help="sentence featurizer: embed the prompt as one text instead of per paragraph ([mean, max] over blank-line separated paragraphs)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="sentence featurizer: tokens kept per paragraph (default: the encoder's max_seq_length); fewer is faster")
-    p.add_argument("--num-layers", type=int, default=4,
-                   help="sentence featurizer: keep only the encoder's first N layers; 0 = all. Default 4 of MiniLM's 6: "
-                        "100%% held-out routing on the demo and ~1.45x faster than all 6 (docs/routing.md)")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="sentence encoder dtype (auto: bf16 on CPUs with AVX512-BF16, fp16 on CUDA, else fp32)")
+    p.add_argument(
+        "--featurizer",
+        choices=["sentence", "hidden_state"],
+        default="sentence",
+        help="router input: a sentence encoder (default, independent of the base model) "
+        "or the base model's last hidden state",
+    )
+    p.add_argument(
+        "--sentence-model",
+        default="default",
+        help="sentence-transformers folder ('default' = packaged all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--whole-prompt",
+        action="store_true",
+        help="sentence featurizer: embed the prompt as one text instead of per paragraph "
+        "([mean, max] over blank-line separated paragraphs)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="sentence featurizer: tokens kept per paragraph (default: the encoder's max_seq_length); fewer is faster",
+    )
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=4,
+        help="sentence featurizer: keep only the encoder's first N layers; 0 = all. Default 4 of MiniLM's 6: "
+        "100%% held-out routing on the demo and ~1.45x faster than all 6 (docs/routing.md)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="sentence encoder dtype (auto: bf16 on CPUs with AVX512-BF16, fp16 on CUDA, else fp32)",
+    )
     p.add_argument("--base-model", default="models/demo/base", help="causal LM folder for --featurizer hidden_state")
     p.add_argument("--pooling", choices=["mean", "first"], default="mean", help="hidden_state pooling")
     p.add_argument("--n-per-task", type=int, default=800, help="training prompts per task")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=40, help="passes over the training prompts")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     p.add_argument("--balance-coef", type=float, default=0.01, help="weight of the Switch load-balancing loss")
     p.add_argument("--z-coef", type=float, default=1e-3, help="weight of the router z-loss")
     p.add_argument("--confidence-floor", type=float, default=0.6, help="below it the fallback applies")
-    p.add_argument("--fallback", choices=["base", "soft_topk"], default="soft_topk")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    p.add_argument(
+        "--fallback",
+        choices=["base", "soft_topk"],
+        default="soft_topk",
+        help="what a low-confidence request gets: the bare base model or the soft top-k blend",
+    )
+    p.add_argument("--top-k", type=int, default=1, help="adapters a confident request is routed to")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training data and the network init")
+    return p.parse_args(argv)
 
 
-def main() -> int:
-    a = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
 
+    from loraplex.demo.router_training import train_demo_router
     from loraplex.router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
     from loraplex.router.policy import PolicyConfig
-    from loraplex.router.training import TrainConfig, train_demo_router
+    from loraplex.router.training import TrainConfig
 
     torch.manual_seed(a.seed)
-    feat = SentenceFeaturizer(a.sentence_model, dtype=a.dtype, paragraphs=not a.whole_prompt, max_length=a.max_length, num_layers=a.num_layers or None) if a.featurizer == "sentence" else HiddenStateFeaturizer.from_path(a.base_model, a.pooling)
+    if a.featurizer == "sentence":
+        feat = SentenceFeaturizer(
+            a.sentence_model,
+            dtype=a.dtype,
+            paragraphs=not a.whole_prompt,
+            max_length=a.max_length,
+            num_layers=a.num_layers or None,
+        )
+    else:
+        feat = HiddenStateFeaturizer.from_path(a.base_model, a.pooling)
     cfg = TrainConfig(epochs=a.epochs, lr=a.lr, balance_coef=a.balance_coef, z_coef=a.z_coef, seed=a.seed)
     policy = PolicyConfig(top_k=a.top_k, confidence_floor=a.confidence_floor, fallback=a.fallback)
     metrics = train_demo_router(a.out, feat, a.n_per_task, cfg, policy)

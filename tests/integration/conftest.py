@@ -29,10 +29,11 @@ def ensure_demo() -> Path:
     if not demo_is_built(DEMO):
         build_demo(DEMO, progress=False)
     if not (DEMO / "router" / "router.json").is_file():
+        from loraplex.demo.router_training import train_demo_router
         from loraplex.router.featurizers import SentenceFeaturizer
-        from loraplex.router.training import train_demo_router
 
-        train_demo_router(DEMO / "router", SentenceFeaturizer(num_layers=4), progress=False)  # as scripts/train_router.py
+        # the same featurizer as scripts/train_router.py's defaults
+        train_demo_router(DEMO / "router", SentenceFeaturizer(num_layers=4), progress=False)
     return DEMO
 
 
@@ -77,13 +78,8 @@ def server(ray_cluster, roots):
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(build_app(demo_args(*roots)), name="loraplex", route_prefix="/")
     url = f"http://127.0.0.1:{PORT}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    from loraplex.bench.cluster import wait_healthy
+
+    wait_healthy(url, timeout_s=120)  # raises naming the URL instead of yielding an app that never came up
     yield url
     serve.shutdown()

@@ -19,8 +19,18 @@ def _llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -43,7 +53,12 @@ def peft_adapters(tmp_path_factory):
     paths = []
     for i in range(3):
         torch.manual_seed(10 + i)
-        model = get_peft_model(_llama(), LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(TARGETS), init_lora_weights=False, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            _llama(),
+            LoraConfig(
+                r=R, lora_alpha=ALPHA, target_modules=list(TARGETS), init_lora_weights=False, task_type="CAUSAL_LM"
+            ),
+        )
         model.save_pretrained(root / f"e{i}")
         paths.append(root / f"e{i}")
     return paths
@@ -119,7 +134,9 @@ def test_soft_weights_equal_weighted_sum_of_deltas(peft_adapters):
     w = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.25, 0.75]])
     with torch.no_grad(), mixer.use(w):
         ours = layer(x)
-    want = layer.base(x) + sum(w[:, i, None, None] * layer.scale * (x @ layer.lora_A[i].T @ layer.lora_B[i].T) for i in range(3))
+    want = layer.base(x) + sum(
+        w[:, i, None, None] * layer.scale * (x @ layer.lora_A[i].T @ layer.lora_B[i].T) for i in range(3)
+    )
     torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
 
 
@@ -131,7 +148,9 @@ def test_gate_weights_topk_renormalised():
     p = logits[0, :2].softmax(-1)
     torch.testing.assert_close(w[0, :2], p)
     assert torch.equal(gate_weights(logits, 1), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
-    torch.testing.assert_close(gate_weights(logits, 1, renormalize=False).max(-1).values, logits.softmax(-1).max(-1).values)
+    torch.testing.assert_close(
+        gate_weights(logits, 1, renormalize=False).max(-1).values, logits.softmax(-1).max(-1).values
+    )
 
 
 @pytest.mark.parametrize("top_k,renormalize,selected", [(2, True, (0, 1)), (1, False, (0,))])
@@ -157,7 +176,9 @@ def test_gradients_reach_router_and_selected_adapters_only(peft_adapters, top_k,
     for i in range(3):
         grads = [p.grad for p in mixer.parameters(i)]
         if i in selected:
-            assert all(g is not None and g.abs().sum() > 0 for g in grads), f"expert {i} is selected but got no gradient"
+            assert all(g is not None and g.abs().sum() > 0 for g in grads), (
+                f"expert {i} is selected but got no gradient"
+            )
         else:
             assert all(g is None or g.abs().max() == 0 for g in grads), f"unselected expert {i} got a gradient"
     assert all(p.grad is None for p in mixer.model.parameters() if not p.requires_grad)  # the base stays frozen
@@ -193,22 +214,40 @@ def test_saved_adapters_reload_in_peft_and_adapter_store(peft_adapters, tmp_path
 
 def test_train_joint_end_to_end_tiny(tmp_path):
     """A few steps of the real loop on a tiny model; saves PEFT adapters + a loadable Router."""
-    from tests.unit.conftest import _tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from loraplex.demo.joint_training import JointConfig, save_joint, train_joint
     from loraplex.router.router import Router
+    from tests.unit.conftest import _tokenizer
 
     tok = _tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     model.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = JointConfig(steps=3, batch=4, lora_r=4, lora_alpha=8, router_hidden=16, router_ce_coef=1.0,
-                      train_examples={"intent": 8, "sentiment": 8, "entities": 8})
+    cfg = JointConfig(
+        steps=3,
+        batch=4,
+        lora_r=4,
+        lora_alpha=8,
+        router_hidden=16,
+        router_ce_coef=1.0,
+        train_examples={"intent": 8, "sentiment": 8, "entities": 8},
+    )
     res = train_joint(model, tok, cfg, base_path=str(tmp_path / "base"), progress=False)
     assert res.history and res.history[-1]["step"] == 3 and res.stats["examples_seen"] == 12
     assert any(float(p.abs().sum()) > 0 for p in res.mixer.parameters() if p.shape[0] != 4)  # some B left zero init

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from pydantic import ValidationError
 import torch
+from pydantic import ValidationError
 
 from loraplex.experts.errors import ConfigError
 from loraplex.router.losses import expert_share, load_balancing_loss, routing_entropy, soft_cross_entropy, z_loss
 from loraplex.router.network import RouterNet
-from loraplex.router.router import Router
 from loraplex.router.policy import PolicyConfig, decide, top_k_renormalised
+from loraplex.router.router import Router
 from loraplex.router.training import TrainConfig, train_router
 
 EXPERTS = ["intent", "sentiment", "entities"]
@@ -64,8 +64,18 @@ def test_top_k_renormalisation():
 POLICY_CASES = [
     # name, probs, policy, expected (mode, weights, fallback)
     ("confident top1", [0.9, 0.06, 0.04], PolicyConfig(top_k=1), ("moe", {"intent": 1.0}, False)),
-    ("confident top2", [0.7, 0.2, 0.1], PolicyConfig(top_k=2, confidence_floor=0.5), ("moe", {"intent": 0.7 / 0.9, "sentiment": 0.2 / 0.9}, False)),
-    ("unsure -> soft top2", [0.4, 0.35, 0.25], PolicyConfig(top_k=1, confidence_floor=0.5), ("moe", {"intent": 0.4 / 0.75, "sentiment": 0.35 / 0.75}, True)),
+    (
+        "confident top2",
+        [0.7, 0.2, 0.1],
+        PolicyConfig(top_k=2, confidence_floor=0.5),
+        ("moe", {"intent": 0.7 / 0.9, "sentiment": 0.2 / 0.9}, False),
+    ),
+    (
+        "unsure -> soft top2",
+        [0.4, 0.35, 0.25],
+        PolicyConfig(top_k=1, confidence_floor=0.5),
+        ("moe", {"intent": 0.4 / 0.75, "sentiment": 0.35 / 0.75}, True),
+    ),
     ("unsure -> base", [0.4, 0.35, 0.25], PolicyConfig(confidence_floor=0.5, fallback="base"), ("base", {}, True)),
 ]
 
@@ -124,7 +134,9 @@ def test_training_learns_and_uniform_targets_give_low_confidence(tmp_path):
     feat = _Feat()
     texts = ["intent please", "how do they feel", "extract ids", "no instruction here"] * 30
     targets = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1 / 3, 1 / 3, 1 / 3]] * 30)
-    net, hist = train_router(feat.encode(texts), targets, TrainConfig(epochs=60, balance_coef=0.01, hidden=16, dropout=0.0), progress=False)
+    net, hist = train_router(
+        feat.encode(texts), targets, TrainConfig(epochs=60, balance_coef=0.01, hidden=16, dropout=0.0), progress=False
+    )
     assert hist[-1]["accuracy"] == 1.0 and hist[-1]["loss"] < hist[0]["loss"]
     router = Router(feat, net, EXPERTS, PolicyConfig(confidence_floor=0.6))
     router.save(tmp_path / "r")
@@ -207,7 +219,9 @@ def test_reduced_precision_sentence_features_match_float32(dtype):
 def test_unknown_featurizer_dtype_names_the_choices():
     from loraplex.router.featurizers import SentenceFeaturizer
 
-    with pytest.raises(ConfigError, match=r"unknown featurizer dtype 'int4'; valid: \['auto', 'float32', 'bfloat16', 'float16'\]"):
+    with pytest.raises(
+        ConfigError, match=r"unknown featurizer dtype 'int4'; valid: \['auto', 'float32', 'bfloat16', 'float16'\]"
+    ):
         SentenceFeaturizer(dtype="int4")
 
 
