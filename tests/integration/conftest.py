@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -53,7 +51,13 @@ def demo_args(managed: Path, imports: Path) -> dict:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 2**20, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=300 * 2**20,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+    )
     yield
     ray.shutdown()
 
