@@ -1,4 +1,4 @@
-"""Which linear layers LoRA wraps: one rule for the engine, the adapter registry and the demo build."""
+"""Which linear layers LoRA wraps: one rule for the engine, the adapter registry and the demo's joint-training mixer."""
 
 from __future__ import annotations
 
