@@ -11,10 +11,9 @@ from ray import serve
 
 from loraplex.config.engine import EngineConfig
 from loraplex.deployments.metrics import ExpertMetrics
-from loraplex.experts.errors import LoraplexError
+from loraplex.experts.errors import LoraplexError, as_error
 from loraplex.experts.protocol import GenerationPayload, Outcome
 from loraplex.experts.replica import NativeReplica
-from loraplex.experts.scheduler import as_error
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
 

@@ -131,3 +131,8 @@ class ConfigError(LoraplexError, ValueError):
         self.problems = list(problems)
         joined = "\n  - ".join(self.problems)
         super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n  - {joined}")
+
+
+def as_error(e: BaseException) -> LoraplexError:
+    """Typed errors pass through; anything else is our bug, answered as a 500 that names it."""
+    return e if isinstance(e, LoraplexError) else InternalError(f"internal error: {type(e).__name__}: {e}")

@@ -20,10 +20,10 @@ from concurrent.futures import Future
 from loraplex.config.engine import EngineConfig
 from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.engine import Engine
-from loraplex.experts.errors import LoraplexError, RequestError
+from loraplex.experts.errors import LoraplexError, RequestError, as_error
 from loraplex.experts.protocol import GenerationPayload, Outcome
 from loraplex.experts.request import Request, Result
-from loraplex.experts.scheduler import Scheduler, as_error
+from loraplex.experts.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Protocol
 from loraplex.experts.adapters.store import Lease
 from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder, GenItem, GenOutput, TokenCallback
-from loraplex.experts.errors import CapacityError, InternalError, LoraplexError
+from loraplex.experts.errors import CapacityError, LoraplexError, as_error
 from loraplex.experts.request import Request, Result
 
 Done = Callable[[Result | LoraplexError], None]
@@ -40,11 +40,6 @@ class BatchEngine(Protocol):
     def release(self, lease: Lease) -> None: ...
 
     def new_decoder(self) -> Decoder: ...
-
-
-def as_error(e: Exception) -> LoraplexError:
-    """Typed errors pass through; anything else is our bug, answered as a 500 that names it."""
-    return e if isinstance(e, LoraplexError) else InternalError(f"internal error: {type(e).__name__}: {e}")
 
 
 @dataclass
