@@ -133,6 +133,19 @@ class ConfigError(LoraplexError, ValueError):
         super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n  - {joined}")
 
 
+class DatasetError(LoraplexError, ValueError):
+    """Training data for the router is unusable; lists every problem at once, with line numbers (HTTP 400)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        joined = "\n  - ".join(self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s) in the routing data:\n  - {joined}")
+
+
 def as_error(e: BaseException) -> LoraplexError:
     """Typed errors pass through; anything else is our bug, answered as a 500 that names it."""
     return e if isinstance(e, LoraplexError) else InternalError(f"internal error: {type(e).__name__}: {e}")

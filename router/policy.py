@@ -15,7 +15,9 @@ import torch
 
 from loraplex.config.app import PolicyConfig
 
-__all__ = ["Decision", "PolicyConfig", "decide", "top_k_renormalised"]
+__all__ = ["BASE", "Decision", "PolicyConfig", "decide", "top_k_renormalised"]
+
+BASE = "base"  # a router class meaning "no adapter": such requests get the base model (as `model: "base"`)
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,17 @@ class Decision:
     """What the engine runs: `mode` is `moe` (weights over adapters) or `base` (no adapter)."""
 
     mode: str
-    weights: dict[str, float]  # the renormalised top-k, empty for base
+    weights: dict[str, float]  # adapter -> weight in the renormalised top-k, empty for base
     confidence: float  # max routing probability
     probs: dict[str, float]  # the full distribution, for explanations and metrics
     fallback: bool = False
+    base_weight: float = 0.0  # the `base` class's share of the top-k (no adapter: a zero delta)
 
     def composition(self) -> dict | None:
         if self.mode == "base":
             return None
+        if self.base_weight > 0:  # part of the mix is "no adapter": a delta blend whose weights sum to < 1
+            return {"mode": "blend", "weights": self.weights, "space": "delta"}
         return {"mode": "moe", "top_k": len(self.weights), "weights": self.weights}
 
 
@@ -52,10 +57,19 @@ def decide(logits: torch.Tensor, experts: Sequence[str], cfg: PolicyConfig) -> l
         c = float(conf[r])
         if c >= cfg.confidence_floor:
             w = {experts[int(i)]: float(v) for v, i in zip(main_v[r], main_i[r])}
-            out.append(Decision("moe", w, c, full))
+            out.append(_decision(w, c, full, fallback=False))
         elif cfg.fallback == "base":
             out.append(Decision("base", {}, c, full, fallback=True))
         else:
             w = {experts[int(i)]: float(v) for v, i in zip(fb_v[r], fb_i[r])}
-            out.append(Decision("moe", w, c, full, fallback=True))
+            out.append(_decision(w, c, full, fallback=True))
     return out
+
+
+def _decision(weights: dict[str, float], confidence: float, probs: dict[str, float], fallback: bool) -> Decision:
+    """A mix of the chosen classes. The `base` class carries no adapter: its share is a zero delta, so the
+    adapters keep their own weights (not renormalised to 1), and `base` alone is the base model."""
+    adapters = {a: w for a, w in weights.items() if a != BASE}
+    if not adapters:
+        return Decision("base", {}, confidence, probs, fallback=fallback)
+    return Decision("moe", adapters, confidence, probs, fallback=fallback, base_weight=weights.get(BASE, 0.0))

@@ -29,17 +29,23 @@ class Router:
         experts: Sequence[str],
         policy: PolicyConfig,
         metrics: dict | None = None,
+        calibration: float = 1.0,
     ):
+        """`calibration`: the temperature fitted on held-out data at training time (`calibrate_temperature`);
+        logits are divided by it before the policy's own temperature applies."""
         if net.n_experts != len(experts):
             raise ConfigError(
                 [f"router network has {net.n_experts} outputs but {len(experts)} experts are named: {list(experts)}"]
             )
         self.featurizer, self.net, self.experts, self.policy = featurizer, net.eval(), list(experts), policy
         self.metrics = metrics or {}
+        if not calibration > 0:
+            raise ConfigError([f"calibration temperature must be > 0, got {calibration}"])
+        self.calibration = float(calibration)
 
     @torch.inference_mode()
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.net(self.featurizer.encode(texts))  # [batch, experts]
+        return self.net(self.featurizer.encode(texts)) / self.calibration  # [batch, experts]
 
     def route(self, texts: Sequence[str], policy: PolicyConfig | None = None) -> list[Decision]:
         return decide(self.logits(texts), self.experts, policy or self.policy)
@@ -52,6 +58,7 @@ class Router:
             "experts": self.experts,
             "network": {"dim": self.net.dim, "hidden": self.net.hidden, "dropout": self.net.dropout},
             "policy": {k: getattr(self.policy, k) for k in PolicyConfig.model_fields},
+            "calibration_temperature": self.calibration,
             "metrics": self.metrics,
         }
         (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
@@ -78,4 +85,5 @@ class Router:
         feat = featurizer or make_featurizer(cfg["featurizer"], base_model)
         if feat.dim != net.dim:
             raise ConfigError([f"featurizer gives {feat.dim}-d features but the router was trained on {net.dim}-d"])
-        return cls(feat, net, cfg["experts"], policy or PolicyConfig(**cfg["policy"]), cfg.get("metrics"))
+        policy = policy or PolicyConfig(**cfg["policy"])
+        return cls(feat, net, cfg["experts"], policy, cfg.get("metrics"), cfg.get("calibration_temperature", 1.0))

@@ -35,12 +35,20 @@ class TrainConfig:
     z_coef: float = 1e-3
     collapse_share: float = 0.8  # warn when one expert wins more than this share of a batch-epoch
     seed: int = 0
+    patience: int = 5  # with held-out data: stop after this many epochs without a better held-out loss
 
 
 def train_router(
-    features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, progress: bool = True
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: TrainConfig,
+    progress: bool = True,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[RouterNet, list[dict]]:
-    """`features: [n, dim]`, `targets: [n, experts]` (rows sum to 1) -> trained net and per-epoch logs."""
+    """`features: [n, dim]`, `targets: [n, experts]` (rows sum to 1) -> trained net and per-epoch logs.
+
+    With `val` (held-out features and targets), training stops early once the held-out cross-entropy has
+    not improved for `cfg.patience` epochs, and the best epoch's weights are returned."""
     torch.manual_seed(cfg.seed)
     n, dim = features.shape
     net = RouterNet(dim, targets.shape[1], cfg.hidden, cfg.dropout)
@@ -48,6 +56,7 @@ def train_router(
     history = []
     bar = tqdm(range(cfg.epochs), desc="router", disable=not progress)
     g = torch.Generator().manual_seed(cfg.seed)
+    best: tuple[float, int, dict] | None = None  # (held-out loss, epoch, weights)
     for epoch in bar:
         net.train()
         order = torch.randperm(n, generator=g)
@@ -81,8 +90,16 @@ def train_router(
                 "share": [round(float(s), 3) for s in share],
                 "entropy": round(float(routing_entropy(logits.softmax(-1))), 4),
             }
+            if val is not None:
+                entry["val_ce"] = round(float(soft_cross_entropy(net(val[0]), val[1])), 5)
         history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{acc:.3f}", bal=f"{entry['balance']:.3f}")
+        if val is not None:
+            if best is None or entry["val_ce"] < best[0]:
+                best = (entry["val_ce"], epoch, {k: v.clone() for k, v in net.state_dict().items()})
+            elif epoch - best[1] >= cfg.patience:
+                log.info("early stop at epoch %d: held-out loss best at epoch %d", epoch, best[1])
+                break
         if float(share.max()) > cfg.collapse_share:
             log.warning(
                 "router collapse: expert %d takes %.0f%% of the traffic at epoch %d",
@@ -90,4 +107,25 @@ def train_router(
                 100 * float(share.max()),
                 epoch,
             )
-    return net, history
+    if best is not None:
+        net.load_state_dict(best[2])
+        history[best[1]]["best"] = True
+    return net.eval(), history
+
+
+def calibrate_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> float:
+    """The temperature T minimising held-out cross-entropy of `softmax(logits / T)` (Guo et al. 2017).
+
+    Why: the confidence floor compares max probabilities against a fixed number, so they must mean what
+    they say; a network trained to near-zero loss is overconfident on anything it has not seen. One scalar,
+    fitted on held-out data, keeps the argmax (accuracy unchanged) and fixes the scale.
+    """
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([log_t], lr=0.05)
+    logits, targets = logits.detach().float(), targets.float()
+    for _ in range(steps):
+        loss = soft_cross_entropy(logits / log_t.exp(), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(log_t.detach().exp().clamp(0.05, 20.0))

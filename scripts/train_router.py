@@ -1,8 +1,16 @@
 #!/usr/bin/env python
-"""Train the MoE router over the demo adapters and save it (router.safetensors + router.json).
+"""Train the MoE router and save it (router.safetensors + router.json), on your own data or the demo's.
 
-The router learns from the demo's routing prompts (loraplex.demo.routing_data), is checked on held-out
-phrasings and saved where the serving app loads it (logic: loraplex.demo.router_training).
+Your own adapters: one JSON object per line, {"prompt": ..., "adapter": name | null} or
+{"prompt": ..., "weights": {name: w, ...}} (a soft label); null means "no adapter, the base model".
+Adapter names are checked against --adapter-roots. A stratified share is held out for early stopping
+and temperature calibration; report.json (accuracy, per-adapter precision/recall, ECE, expert share)
+and confusion.png land next to the router (logic: loraplex.router.fitting).
+
+    python scripts/train_router.py --data my_prompts.jsonl --adapter-roots /models/adapters --out routers/v1
+    python scripts/train_router.py --data train.jsonl --test heldout.jsonl --adapter-roots A --out routers/v2
+
+Without --data: the demo router, from the demo generator's prompts (logic: loraplex.demo.router_training).
 
     python scripts/train_router.py --out models/demo/router
     python scripts/train_router.py --out models/demo/router_hidden \
@@ -23,6 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("models/demo/router"), help="output folder")
+    p.add_argument("--data", type=Path, default=None, help="your labelled prompts (JSONL); omit for the demo router")
+    p.add_argument("--test", type=Path, default=None, help="separate held-out JSONL to report on (with --data)")
+    p.add_argument(
+        "--adapter-roots",
+        nargs="+",
+        default=None,
+        help="folders holding the adapters --data names (every name must exist there); required with --data",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out (with --data)")
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better held-out loss")
     p.add_argument(
         "--featurizer",
         choices=["sentence", "hidden_state"],
@@ -79,31 +97,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_user_data(a: argparse.Namespace):
+    """(train, test or None) from --data/--test, checked against the adapter roots before any model loads."""
+    from loraplex.experts.adapters.store import find_adapters
+    from loraplex.router.dataset import load_jsonl
+
+    if not a.adapter_roots:
+        raise SystemExit("--data needs --adapter-roots: the folders holding the adapters your data names")
+    available = find_adapters(a.adapter_roots)
+    return load_jsonl(a.data, available), (load_jsonl(a.test, available) if a.test else None)
+
+
+def make_featurizer(a: argparse.Namespace):
+    from loraplex.router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
+
+    if a.featurizer == "hidden_state":
+        return HiddenStateFeaturizer.from_path(a.base_model, a.pooling)
+    return SentenceFeaturizer(
+        a.sentence_model,
+        dtype=a.dtype,
+        paragraphs=not a.whole_prompt,
+        max_length=a.max_length,
+        num_layers=a.num_layers or None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
 
-    from loraplex.demo.router_training import train_demo_router
-    from loraplex.router.featurizers import HiddenStateFeaturizer, SentenceFeaturizer
+    from loraplex.experts.errors import DatasetError
     from loraplex.router.policy import PolicyConfig
     from loraplex.router.training import TrainConfig
 
     torch.manual_seed(a.seed)
-    if a.featurizer == "sentence":
-        feat = SentenceFeaturizer(
-            a.sentence_model,
-            dtype=a.dtype,
-            paragraphs=not a.whole_prompt,
-            max_length=a.max_length,
-            num_layers=a.num_layers or None,
-        )
-    else:
-        feat = HiddenStateFeaturizer.from_path(a.base_model, a.pooling)
-    cfg = TrainConfig(epochs=a.epochs, lr=a.lr, balance_coef=a.balance_coef, z_coef=a.z_coef, seed=a.seed)
+    cfg = TrainConfig(
+        epochs=a.epochs, lr=a.lr, balance_coef=a.balance_coef, z_coef=a.z_coef, seed=a.seed, patience=a.patience
+    )
     policy = PolicyConfig(top_k=a.top_k, confidence_floor=a.confidence_floor, fallback=a.fallback)
-    metrics = train_demo_router(a.out, feat, a.n_per_task, cfg, policy)
-    print(json.dumps({"out": str(a.out), **metrics}, indent=2))
+    if a.data is None:
+        from loraplex.demo.router_training import train_demo_router
+
+        metrics = train_demo_router(a.out, make_featurizer(a), a.n_per_task, cfg, policy)
+        print(json.dumps({"out": str(a.out), **metrics}, indent=2))
+        return 0
+    try:
+        data, test = load_user_data(a)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from loraplex.router.fitting import fit_router_on_data
+    from loraplex.router.report import plot_confusion
+
+    result = fit_router_on_data(data, make_featurizer(a), cfg, policy, a.val_fraction, test)
+    result.router.save(a.out)
+    (a.out / "report.json").write_text(json.dumps(result.report, indent=2))
+    plot_confusion(result.report, a.out / "confusion.png")
+    print(json.dumps({"out": str(a.out), **{k: v for k, v in result.report.items() if k != "confusion"}}, indent=2))
     return 0
 
 

@@ -32,6 +32,7 @@ CASES = [
     ("CapacityError", ("x",), 503, "overloaded_error", "1"),
     ("UnavailableError", ("x",), 503, "overloaded_error", "2"),
     ("ConfigError", (["p1", "p2"],), 500, "configuration_error", None),
+    ("DatasetError", ("data.jsonl", ["data.jsonl:3: bad"]), 400, "invalid_request_error", None),
 ]
 
 
