@@ -26,10 +26,11 @@ from loraplex.demo.build import ADAPTER_TASKS, adapter_dir, base_dir
 from loraplex.demo.data import Example
 from loraplex.demo.evaluation import heldout_examples, is_match
 from loraplex.demo.joint_training import JointConfig, joint_lora_lr, save_joint, train_joint
-from loraplex.demo.router_training import featurize, fit_router
+from loraplex.demo.router_training import fit_router
 from loraplex.demo.routing_data import routing_data
 from loraplex.experts.engine import Engine, Request
 from loraplex.router.featurizers import HiddenStateFeaturizer
+from loraplex.router.fitting import featurize
 from loraplex.router.policy import PolicyConfig, decide
 from loraplex.router.router import Router
 from loraplex.router.training import TrainConfig

@@ -8,19 +8,11 @@ router learns low confidence exactly where a guess would be arbitrary.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 
 from loraplex.demo.data import TASKS, make_examples
-
-
-@dataclass
-class RoutingData:
-    texts: list[str]
-    targets: torch.Tensor  # [n, experts], rows sum to 1
-    labels: list[int]  # expert index, -1 for bare messages
-    experts: list[str]
+from loraplex.router.dataset import RoutingData
 
 
 def routing_data(
@@ -48,4 +40,4 @@ def routing_data(
         if lab >= 0:
             targets[r] = 0.0
             targets[r, lab] = 1.0
-    return RoutingData(texts, targets, labels, list(experts))
+    return RoutingData(texts, targets, list(experts))  # .labels: the task index, -1 for bare messages

@@ -1,15 +1,18 @@
-"""The demo's routing data and its train -> held-out check -> save wrapper, with a cheap featurizer."""
+"""The demo's routing data and its training through the user-data path, with a cheap featurizer."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
+import pytest
 import torch
 
 from loraplex.demo.data import TASKS
-from loraplex.demo.router_training import FEATURE_BATCH, featurize, fit_router, train_demo_router
+from loraplex.demo.router_training import TRAIN_FILE, train_demo_router
 from loraplex.demo.routing_data import routing_data
+from loraplex.router.dataset import load_jsonl
+from loraplex.router.fitting import FEATURE_BATCH, featurize
 from loraplex.router.policy import PolicyConfig
 from loraplex.router.router import Router
 from loraplex.router.training import TrainConfig
@@ -59,20 +62,20 @@ def test_featurize_encodes_in_fixed_chunks():
     torch.testing.assert_close(x, feat.encode(texts))
 
 
-def test_train_demo_router_saves_a_loadable_router(tmp_path):
+def test_train_demo_router_goes_through_the_user_data_path(tmp_path):
     feat = HashedWords()
     cfg = TrainConfig(epochs=15, hidden=32, dropout=0.0)
-    metrics = train_demo_router(
-        str(tmp_path / "router"), feat, n_per_task=40, cfg=cfg, policy=PolicyConfig(top_k=2), progress=False
-    )
-    assert list(metrics) == ["train", "heldout_accuracy", "heldout_bare_message_confidence", "n_train"]
-    assert metrics["n_train"] == 40 * len(TASKS) + 10 * len(TASKS)
-    assert metrics["heldout_accuracy"] > 0.4  # above chance (1/3) on unseen phrasings: held-out data really is scored
-    saved = json.loads((tmp_path / "router" / "router.json").read_text())
+    out = tmp_path / "router"
+    metrics = train_demo_router(str(out), feat, n_per_task=40, cfg=cfg, policy=PolicyConfig(top_k=2), progress=False)
+    # the demo's data went through the JSONL file a user would write, and back
+    written = load_jsonl(out / TRAIN_FILE, available=TASKS)
+    assert len(written.texts) == 40 * len(TASKS) + 10 * len(TASKS) and written.experts == sorted(TASKS)
+    assert metrics["n_train"] + metrics["n_validation"] == len(written.texts)
+    assert metrics["report_split"] == "test" and metrics["heldout_accuracy"] > 0.4  # above chance on unseen phrasings
+    assert 0 < metrics["heldout_bare_message_confidence"] < 1 and metrics["calibration_temperature"] > 0
+    saved = json.loads((out / "router.json").read_text())
     assert saved["metrics"] == metrics and saved["policy"]["top_k"] == 2
-    router = Router.load(tmp_path / "router", featurizer=feat)
-    assert router.experts == list(TASKS)
-    # the same seed and data train the same network as the bare fit the joint comparison uses
-    net, _ = fit_router(feat, routing_data("train", 40, cfg.seed), cfg, progress=False)
-    probe = routing_data("heldout", 5, seed=1).texts
-    torch.testing.assert_close(net.eval()(feat.encode(probe)), router.logits(probe))
+    assert saved["calibration_temperature"] == pytest.approx(metrics["calibration_temperature"], abs=1e-4)
+    assert json.loads((out / "report.json").read_text())["accuracy"] == metrics["heldout_accuracy"]
+    router = Router.load(out, featurizer=feat)
+    assert router.experts == sorted(TASKS)
