@@ -14,12 +14,14 @@ from typing import Any
 from loraplex.config.app import AppArgs
 from loraplex.experts.adapters.store import check_name, find_adapters
 from loraplex.experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import RequestError, UnknownAdapterError
+from loraplex.experts.errors import ConfigError, RequestError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
+from loraplex.router.policy import BASE
 
 RESERVED_MODELS = ("base", "auto")
+ALTERNATIVES = 2  # runner-up classes `/v1/route` and auto responses list after the winner
 
 
 @dataclass
@@ -45,6 +47,20 @@ class Gateway:
         self.policy = args.routing  # a PolicyConfig: the app's routing knobs, one source of their defaults
         self._ttl = adapters_ttl_s
         self._adapters: tuple[float, list[str]] = (0.0, [])
+        if router is not None:
+            self.check_router_experts()
+
+    def check_router_experts(self) -> None:
+        """At start-up: a router naming adapters the roots do not hold would fail `auto` requests one by one at
+        run time; refuse to start instead, naming the missing adapters and the ones that exist."""
+        missing = [e for e in self.router.experts if e != BASE and e not in self.adapters()]
+        if missing:
+            raise ConfigError(
+                [
+                    f"the router at routing.router_path routes to adapter(s) {missing} that no adapter root holds; "
+                    f"adapters: {self.adapters()}. Retrain the router (scripts/train_router.py --data) or add them."
+                ]
+            )
 
     # ---- names -----------------------------------------------------------------------------
     def adapters(self) -> list[str]:
@@ -128,6 +144,9 @@ class Gateway:
         }
         if decision is not None:
             info["probs"] = decision.probs
+            info["head"] = "trained"  # which part of the router decided (the trained classifier)
+            ranked = sorted(decision.probs.items(), key=lambda kv: -kv[1])
+            info["alternatives"] = [{"adapter": name, "prob": prob} for name, prob in ranked[1 : ALTERNATIVES + 1]]
         return info
 
     def group_for(self, comp) -> str:

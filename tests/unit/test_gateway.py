@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from loraplex.config.app import AppArgs
-from loraplex.experts.errors import CompositionError, RequestError, SamplingError, UnknownAdapterError
+from loraplex.experts.errors import CompositionError, ConfigError, RequestError, SamplingError, UnknownAdapterError
 from loraplex.gateway.planner import Gateway
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.router.network import RouterNet
@@ -192,3 +192,21 @@ def test_registry_register_validate_and_remove(engine, tiny, tmp_path):
     reg.remove("team/new")
     with pytest.raises(UnknownAdapterError):
         store.get("team/new")
+
+
+def test_a_router_naming_missing_adapters_refuses_to_start(gateway, tiny):
+    net = RouterNet(3, 3, hidden=3, dropout=0.0)
+    router = Router(_KeywordFeat(), net, ["a", "ghost", "phantom"], PolicyConfig())
+    with pytest.raises(ConfigError, match=r"routes to adapter\(s\) \['ghost', 'phantom'\] that no adapter root holds"):
+        Gateway(gateway.args, router, gateway.tokenizer)
+    Gateway(
+        gateway.args, Router(_KeywordFeat(), net, ["a", "b", "base"], PolicyConfig()), gateway.tokenizer
+    )  # base is no adapter
+
+
+def test_route_explanations_name_the_head_and_the_runners_up(gateway):
+    routing = gateway.explain(RouteRequest(prompt="beta things"))["routing"]
+    assert routing["head"] == "trained" and routing["weights"] == {"b": 1.0}
+    assert {a["adapter"] for a in routing["alternatives"]} == {"a", "c"}  # the two runners-up (a tie here)
+    probs = [routing["probs"]["b"]] + [a["prob"] for a in routing["alternatives"]]
+    assert probs == sorted(probs, reverse=True)
