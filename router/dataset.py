@@ -19,7 +19,7 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +43,6 @@ class RoutingData:
         """The argmax class of each row, -1 where the target is soft (no single class above 0.5)."""
         vals, idx = self.targets.max(dim=1)
         return [int(i) if v > 0.5 else -1 for v, i in zip(vals, idx)]
-
-    def subset(self, rows: Sequence[int]) -> RoutingData:
-        return RoutingData([self.texts[i] for i in rows], self.targets[list(rows)], self.experts)
 
     def write_jsonl(self, path: Path) -> None:
         """The same data as a JSONL file `load_jsonl` reads back (how the demo hands its data to training)."""
