@@ -236,6 +236,12 @@ class RoutingConfig(PolicyConfig):
     router_path: str | None = Field(
         default=None, description="Trained router folder (router.json + router.safetensors); none disables model=auto."
     )
+    reload_interval_s: float | None = Field(
+        default=30.0,
+        ge=1,
+        description="How often each ingress replica checks router_path for a retrained router and swaps it in "
+        "(none: only on POST /v1/router/reload).",
+    )
 
 
 class LimitsConfig(_Strict):

@@ -31,6 +31,7 @@ from loraplex.gateway.protocol import (
     openapi_body,
 )
 from loraplex.gateway.request_body import parse_body, read_limited
+from loraplex.gateway.router_reload import RouterReloader
 from loraplex.gateway.routing_stage import RoutingStage
 
 REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
@@ -79,6 +80,13 @@ class RouterIngress:
 
             router = Router.load(self.args.routing.router_path)
         self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
+        self.reloader = None
+        if router is not None:
+            self.reloader = RouterReloader(
+                self.args.routing.router_path, router, self._install_router, self.gateway.check_router_experts
+            )
+            if self.args.routing.reload_interval_s:
+                self.reloader.poll(self.args.routing.reload_interval_s)
         self.routing = RoutingStage(self.args.limits.max_routing_queue)
         self.experts = experts  # group name -> DeploymentHandle
         self.metrics = IngressMetrics()
@@ -97,6 +105,9 @@ class RouterIngress:
                 list(a.group_of),
                 a.max_adapter_mb,
             )
+
+    def _install_router(self, router) -> None:
+        self.gateway.router = router  # one assignment: in-flight requests keep the router they read
 
     async def _body(self, request: Request, model):
         raw = await read_limited(request.stream(), self.args.max_body_bytes, request.headers.get("content-length"))
@@ -189,11 +200,11 @@ class RouterIngress:
         except Exception as e:
             return error_response(e)
 
-    async def _admin(self, request: Request, action) -> JSONResponse:
-        """Admin key first, then the registry action (returns (body, status))."""
+    async def _admin(self, request: Request, action, needs_registry: bool = True) -> JSONResponse:
+        """Admin key first, then the action (returns (body, status))."""
         try:
             self.access.check_admin(request.headers.get("authorization"))
-            if self.registry is None:
+            if needs_registry and self.registry is None:
                 raise RequestError("run-time adapter registration is off; set import_roots in the app config")
             out, status = await action()
             self.gateway.invalidate()
@@ -215,6 +226,17 @@ class RouterIngress:
             return await asyncio.to_thread(self.registry.remove, name), 200
 
         return await self._admin(request, action)
+
+    @app.post("/v1/router/reload")
+    async def reload_router(self, request: Request):
+        """Swap in the router now on disk (this replica; the others pick it up at their poll interval)."""
+
+        async def action():
+            if self.reloader is None:
+                raise RequestError("no router is configured (routing.router_path); nothing to reload")
+            return await asyncio.to_thread(self.reloader.reload, True), 200
+
+        return await self._admin(request, action, needs_registry=False)
 
     @app.get("/v1/models")
     async def models(self, request: Request):

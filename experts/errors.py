@@ -146,6 +146,13 @@ class DatasetError(LoraplexError, ValueError):
         super().__init__(f"{source}: {len(self.problems)} problem(s) in the routing data:\n  - {joined}")
 
 
+class RouterReloadError(LoraplexError):
+    """Router files on disk could not replace the serving router; the old one keeps serving (HTTP 422)."""
+
+    status = 422
+    error_type = "invalid_router"
+
+
 def as_error(e: BaseException) -> LoraplexError:
     """Typed errors pass through; anything else is our bug, answered as a 500 that names it."""
     return e if isinstance(e, LoraplexError) else InternalError(f"internal error: {type(e).__name__}: {e}")

@@ -50,10 +50,11 @@ class Gateway:
         if router is not None:
             self.check_router_experts()
 
-    def check_router_experts(self) -> None:
-        """At start-up: a router naming adapters the roots do not hold would fail `auto` requests one by one at
-        run time; refuse to start instead, naming the missing adapters and the ones that exist."""
-        missing = [e for e in self.router.experts if e != BASE and e not in self.adapters()]
+    def check_router_experts(self, router=None) -> None:
+        """At start-up (and before a reload swaps a router in): a router naming adapters the roots do not hold
+        would fail `auto` requests one by one at run time; refuse it, naming the missing and existing adapters."""
+        router = router or self.router
+        missing = [e for e in router.experts if e != BASE and e not in self.adapters()]
         if missing:
             raise ConfigError(
                 [
@@ -115,9 +116,10 @@ class Gateway:
         if model == "base":
             return None, self._routing(Base(), None)
         if model == "auto":
-            if self.router is None:
+            router = self.router  # read once: a reload may swap it while this request routes
+            if router is None:
                 raise UnknownAdapterError("auto", self.model_ids())
-            decision = self.router.route([text], self.policy)[0]
+            decision = router.route([text], self.policy)[0]
             spec = decision.composition()
             return spec, self._routing(parse_composition(spec), decision.confidence, decision)
         self._check_adapter(model)

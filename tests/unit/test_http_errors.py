@@ -33,6 +33,7 @@ CASES = [
     ("UnavailableError", ("x",), 503, "overloaded_error", "2"),
     ("ConfigError", (["p1", "p2"],), 500, "configuration_error", None),
     ("DatasetError", ("data.jsonl", ["data.jsonl:3: bad"]), 400, "invalid_request_error", None),
+    ("RouterReloadError", ("x",), 422, "invalid_router", None),
 ]
 
 
