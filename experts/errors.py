@@ -13,6 +13,11 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 
+def bullet_list(problems: list[str]) -> str:
+    """Every problem on its own line, the way all "lists every problem at once" errors print them."""
+    return "\n  - " + "\n  - ".join(problems)
+
+
 def _rebuild(cls: type[LoraplexError], message: str, state: dict) -> LoraplexError:
     """Unpickle without calling the subclass's `__init__` (whose signature may not be `(message,)`)."""
     err = cls.__new__(cls)
@@ -89,8 +94,7 @@ class AdapterValidationError(LoraplexError):
     def __init__(self, name: str, problems: list[str]):
         self.name = name
         self.problems = list(problems)
-        joined = "\n  - ".join(self.problems)
-        super().__init__(f"adapter {name!r} is invalid ({len(self.problems)} problem(s)):\n  - {joined}")
+        super().__init__(f"adapter {name!r} is invalid ({len(self.problems)} problem(s)):{bullet_list(self.problems)}")
 
 
 class AuthenticationError(LoraplexError):
@@ -129,8 +133,7 @@ class ConfigError(LoraplexError, ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        joined = "\n  - ".join(self.problems)
-        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n  - {joined}")
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):{bullet_list(self.problems)}")
 
 
 class DatasetError(LoraplexError, ValueError):
@@ -142,8 +145,7 @@ class DatasetError(LoraplexError, ValueError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = list(problems)
-        joined = "\n  - ".join(self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s) in the routing data:\n  - {joined}")
+        super().__init__(f"{source}: {len(self.problems)} problem(s) in the routing data:{bullet_list(self.problems)}")
 
 
 class RouterReloadError(LoraplexError):

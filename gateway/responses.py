@@ -12,35 +12,29 @@ from loraplex.experts.request import Result
 from loraplex.gateway.planner import Plan
 
 
-def completion_response(plan: Plan, result: Result) -> dict:
-    choice: dict = {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}
+def _response(plan: Plan, result: Result, prefix: str, obj: str, choice: dict) -> dict:
+    """The body both endpoints share; `choice` holds what differs (`text` or `message`)."""
+    choice.update(index=0, finish_reason=result.finish_reason, logprobs=None)
     if result.stages:
         choice["stages"] = result.stages
     return {
-        "id": f"cmpl-{plan.id}",
-        "object": "text_completion",
+        "id": f"{prefix}-{plan.id}",
+        "object": obj,
         "created": plan.created,
         "model": plan.model,
         "choices": [choice],
         "usage": result.usage,
         "routing": plan.routing,
     }
+
+
+def completion_response(plan: Plan, result: Result) -> dict:
+    return _response(plan, result, "cmpl", "text_completion", {"text": result.text})
 
 
 def chat_response(plan: Plan, result: Result) -> dict:
     message = {"role": "assistant", "content": result.text}
-    choice: dict = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
-    if result.stages:
-        choice["stages"] = result.stages
-    return {
-        "id": f"chatcmpl-{plan.id}",
-        "object": "chat.completion",
-        "created": plan.created,
-        "model": plan.model,
-        "choices": [choice],
-        "usage": result.usage,
-        "routing": plan.routing,
-    }
+    return _response(plan, result, "chatcmpl", "chat.completion", {"message": message})
 
 
 def stream_chunk(
