@@ -242,6 +242,19 @@ class RoutingConfig(PolicyConfig):
         description="How often each ingress replica checks router_path for a retrained router and swaps it in "
         "(none: only on POST /v1/router/reload).",
     )
+    learn_from_traffic: bool = Field(
+        default=False,
+        description="Keep a bounded per-adapter sample of the prompt embeddings (never the text) of requests that "
+        "name their adapter, and route model=auto with them (docs/security.md says what is stored).",
+    )
+    traffic_examples_per_adapter: int = Field(
+        default=64, ge=1, le=4096, description="Reservoir size per adapter when learn_from_traffic is on."
+    )
+    traffic_min_examples: int = Field(
+        default=8,
+        ge=1,
+        description="Samples an adapter the router was not trained on needs before learned traffic makes it routable.",
+    )
 
 
 class LimitsConfig(_Strict):

@@ -87,7 +87,9 @@ class RouterIngress:
             )
             if self.args.routing.reload_interval_s:
                 self.reloader.poll(self.args.routing.reload_interval_s)
+        self.gateway.refresh_routing()  # embed the adapters' routing examples before the first request
         self.routing = RoutingStage(self.args.limits.max_routing_queue)
+        self._learning: set[asyncio.Task] = set()
         self.experts = experts  # group name -> DeploymentHandle
         self.metrics = IngressMetrics()
         self.registry = None
@@ -136,7 +138,26 @@ class RouterIngress:
         self.metrics.observe(
             plan.routing if plan else None, plan.primary_adapter if plan else None, response.status_code
         )
+        if plan is not None and plan.learn_text and response.status_code < 400:
+            self._learn(plan.model, plan.learn_text)
         return response
+
+    def _learn(self, adapter: str, text: str) -> None:
+        """Offer a request that named its adapter to the traffic reservoir, in the background and only when the
+        routing stage is idle: learning must never queue in front of a request."""
+        if self.routing.waiting:
+            return
+
+        async def learn():
+            try:
+                await self.routing.run(self.gateway.learn, adapter, text)
+                self.metrics.observe_examples(self.gateway.examples.counts())
+            except Exception:  # a full stage or an encoder hiccup costs one sample, nothing else
+                pass
+
+        task = asyncio.ensure_future(learn())
+        self._learning.add(task)  # keep a reference until it finishes
+        task.add_done_callback(self._learning.discard)
 
     @staticmethod
     async def _generate(handle, payload: GenerationPayload) -> Outcome:
@@ -216,16 +237,33 @@ class RouterIngress:
     async def register_adapter(self, request: Request):
         async def action():
             body = await self._body(request, AdapterRegistration)
-            return await asyncio.to_thread(self.registry.register, body.name, body.source), 201
+            out = await asyncio.to_thread(self.registry.register, body.name, body.source, body.routing_examples)
+            await self._refresh_routing()
+            return out, 201
 
         return await self._admin(request, action)
 
     @app.delete("/v1/adapters/{name:path}")
     async def remove_adapter(self, name: str, request: Request):
         async def action():
-            return await asyncio.to_thread(self.registry.remove, name), 200
+            out = await asyncio.to_thread(self.registry.remove, name)
+            await self._refresh_routing()
+            return out, 200
 
         return await self._admin(request, action)
+
+    async def _refresh_routing(self) -> None:
+        """Embed a new adapter's routing examples (or drop a removed one's) before the admin call returns."""
+        await asyncio.to_thread(self.gateway.refresh_routing)
+        self.metrics.observe_examples(self.gateway.examples.counts())
+
+    @app.get("/v1/adapters/{name:path}")
+    async def describe_adapter(self, name: str, request: Request):
+        try:
+            self.access.check(request.headers.get("authorization"))
+            return JSONResponse(await asyncio.to_thread(self.gateway.describe_adapter, name))
+        except Exception as e:
+            return error_response(e)
 
     @app.post("/v1/router/reload")
     async def reload_router(self, request: Request):

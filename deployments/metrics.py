@@ -27,12 +27,37 @@ class IngressMetrics:
             tag_keys=("adapter",),
         )
 
+        self.routing_head = Counter(
+            "loraplex_routing_head",
+            description="model=auto decisions by the head that made them: trained (classifier) or prototype.",
+            tag_keys=("head",),
+        )
+        self.routing_examples = Gauge(
+            "loraplex_routing_examples",
+            description="Routing examples this ingress replica holds per adapter, by source: registered "
+            "(routing_examples.jsonl) or traffic (learned embeddings, routing.learn_from_traffic).",
+            tag_keys=("adapter", "source"),
+        )
+        self._example_tags: set[tuple[str, str]] = set()
+
+    def observe_examples(self, counts: dict[str, dict[str, int]]) -> None:
+        tags = set()
+        for adapter, by_source in counts.items():
+            for source, n in by_source.items():
+                self.routing_examples.set(n, tags={"adapter": adapter, "source": source})
+                tags.add((adapter, source))
+        for adapter, source in self._example_tags - tags:  # removed adapters read 0, not their last count
+            self.routing_examples.set(0, tags={"adapter": adapter, "source": source})
+        self._example_tags = tags
+
     def observe(self, routing: dict | None, adapter: str | None, status: int) -> None:
         group = (routing or {}).get("group") or "none"
         self.requests.inc(tags={"group": group, "adapter": adapter or "base", "status": str(status)})
         if routing and routing.get("mode", "").startswith("auto"):
             if routing.get("confidence") is not None:
                 self.confidence.observe(routing["confidence"], tags={"group": group})
+            if routing.get("head"):
+                self.routing_head.inc(tags={"head": routing["head"]})
             for a, w in routing.get("weights", {}).items():
                 self.expert_share.inc(w, tags={"adapter": a})
 

@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplex.config.app import AppArgs
-from loraplex.experts.adapters.store import check_name, find_adapters
+from loraplex.experts.adapters import routing_examples
+from loraplex.experts.adapters.registry import MARKER
+from loraplex.experts.adapters.store import adapter_folder, check_name, find_adapters
 from loraplex.experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
 from loraplex.experts.errors import ConfigError, RequestError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
+from loraplex.gateway.routing_examples import RoutingExamples
 from loraplex.router.policy import BASE
+from loraplex.router.reservoir import Reservoir
 
 RESERVED_MODELS = ("base", "auto")
 ALTERNATIVES = 2  # runner-up classes `/v1/route` and auto responses list after the winner
@@ -35,6 +39,7 @@ class Plan:
     primary_adapter: str | None  # replica-affinity key (multiplexed model id)
     stream: bool = False
     include_usage: bool = False
+    learn_text: str | None = None  # the routing text of a request that named one adapter (a labelled example)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -47,6 +52,16 @@ class Gateway:
         self.policy = args.routing  # a PolicyConfig: the app's routing knobs, one source of their defaults
         self._ttl = adapters_ttl_s
         self._adapters: tuple[float, list[str]] = (0.0, [])
+        routing = args.routing
+        reservoir = Reservoir(routing.traffic_examples_per_adapter) if routing.learn_from_traffic else None
+        # registered adapters' example prompts (and learned traffic): the prototype head beside the trained one
+        self.examples = RoutingExamples(
+            args.adapter_roots,
+            args.adapter_roots[0] if args.import_roots else None,
+            reservoir,
+            routing.traffic_min_examples,
+            adapters_ttl_s,
+        )
         if router is not None:
             self.check_router_experts()
 
@@ -119,11 +134,51 @@ class Gateway:
             router = self.router  # read once: a reload may swap it while this request routes
             if router is None:
                 raise UnknownAdapterError("auto", self.model_ids())
-            decision = router.route([text], self.policy)[0]
+            decision = router.route([text], self.policy, self.prototype_head(router))[0]
             spec = decision.composition()
             return spec, self._routing(parse_composition(spec), decision.confidence, decision)
         self._check_adapter(model)
         return model, self._routing(parse_composition(model), None)
+
+    def prototype_head(self, router, force: bool = False):
+        """The prototype head for the adapters served now; a registration on any replica shows at once."""
+        if self.examples.stamp_changed():
+            self.invalidate()
+            force = True
+        return self.examples.head(router, self.adapters(), force)
+
+    def refresh_routing(self) -> None:
+        """After a registration or removal on this replica: embed its examples before the call returns."""
+        router = self.router
+        self.invalidate()
+        if router is not None:
+            self.examples.stamp_changed()
+            self.examples.head(router, self.adapters(), force=True)
+
+    def learn(self, adapter: str, text: str) -> bool:
+        """A request that named `adapter`: offer its routing text to the traffic reservoir (opt-in)."""
+        router = self.router
+        if router is None or adapter not in self.adapters():
+            return False
+        return self.examples.learn(router, adapter, text)
+
+    def describe_adapter(self, name: str) -> dict:
+        """`GET /v1/adapters/{name}`: where it lives, its group, and how `auto` knows it."""
+        self._check_adapter(name)
+        folder = adapter_folder(self.args.adapter_roots, name)
+        router = self.router
+        counts = self.examples.counts().get(name, {})
+        return {
+            "name": name,
+            "object": "adapter",
+            "group": self.args.group_of.get(name, self.args.fallback_group),
+            "registered": (folder / MARKER).is_file(),
+            "routing": {
+                "trained": router is not None and name in router.experts,
+                "routing_examples": len(routing_examples.read_examples(folder)),
+                "traffic_examples": counts.get("traffic", 0),
+            },
+        }
 
     def _routing(self, comp, confidence: float | None, decision=None) -> dict:
         if isinstance(comp, Chain):
@@ -146,7 +201,7 @@ class Gateway:
         }
         if decision is not None:
             info["probs"] = decision.probs
-            info["head"] = "trained"  # which part of the router decided (the trained classifier)
+            info["head"] = decision.head  # which head decided: "trained" (the classifier) or "prototype" (examples)
             ranked = sorted(decision.probs.items(), key=lambda kv: -kv[1])
             info["alternatives"] = [{"adapter": name, "prob": prob} for name, prob in ranked[1 : ALTERNATIVES + 1]]
         return info
@@ -206,7 +261,7 @@ class Gateway:
             raise RequestError("model 'auto' routes on text; send the prompt as a string")
         sampling = self._sampling(req)
         spec, routing = self.resolve(req.model, req.composition, text)
-        return self._plan(req, {"prompt": req.prompt, "composition": spec, "sampling": sampling}, routing)
+        return self._plan(req, {"prompt": req.prompt, "composition": spec, "sampling": sampling}, routing, text)
 
     def plan_chat(self, req: ChatCompletionRequest) -> Plan:
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
@@ -226,14 +281,22 @@ class Gateway:
                     messages, add_generation_prompt=True, tokenize=True, return_dict=False
                 )
             )
-        return self._plan(req, {"prompt": prompt, "composition": spec, "sampling": sampling}, routing)
+        return self._plan(req, {"prompt": prompt, "composition": spec, "sampling": sampling}, routing, text)
 
-    def _plan(self, req, payload: dict, routing: dict) -> Plan:
+    def _plan(self, req, payload: dict, routing: dict, text: str = "") -> Plan:
         comp = parse_composition(payload["composition"])
         names = [n for n, _ in comp.selected()] if isinstance(comp, Moe) else list(adapters_of(comp))
         include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
+        named = req.composition is None and req.model not in RESERVED_MODELS and bool(text)
         return Plan(
-            routing["group"], payload, routing, req.model, names[0] if names else None, req.stream, include_usage
+            routing["group"],
+            payload,
+            routing,
+            req.model,
+            names[0] if names else None,
+            req.stream,
+            include_usage,
+            learn_text=text if named and self.examples.reservoir is not None else None,
         )
 
     def explain(self, req: RouteRequest) -> dict:

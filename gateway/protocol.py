@@ -70,6 +70,11 @@ class RouteRequest(_Body):
 class AdapterRegistration(_Body):
     name: str = Field(description="Adapter name to register (path-like, e.g. 'support/refunds').")
     source: str = Field(description="PEFT adapter folder inside one of the app's import_roots.")
+    routing_examples: list[str] | None = Field(
+        default=None,
+        description="Example prompts this adapter should answer (a handful is enough): model 'auto' routes to it "
+        "as soon as registration returns. Without them, a routing_examples.jsonl in the source folder is used.",
+    )
 
 
 def inline_schema(model: type[BaseModel]) -> dict:

@@ -17,11 +17,13 @@ from loraplex.experts.errors import DatasetError
 from loraplex.router.dataset import RoutingData, stratified_split
 from loraplex.router.featurizers import Featurizer
 from loraplex.router.policy import PolicyConfig
+from loraplex.router.prototypes import sample_references
 from loraplex.router.report import routing_report
 from loraplex.router.router import Router
 from loraplex.router.training import TrainConfig, calibrate_temperature, train_router
 
 FEATURE_BATCH = 64
+REFERENCES_PER_CLASS = 128  # training features kept per class for the prototype head's gate (router.prototypes)
 
 
 def featurize(featurizer: Featurizer, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
@@ -79,7 +81,13 @@ def fit_router_on_data(
         best_epoch=best,
     )
     metrics = {k: report[k] for k in ("accuracy", "ece", "report_split", "n_train", "n_validation", "best_epoch")}
-    router = Router(featurizer, net, data.experts, policy or PolicyConfig(), metrics, calibration=temperature)
+    labels = data.labels
+    references = sample_references(
+        x[train_rows], [labels[i] for i in train_rows], data.experts, REFERENCES_PER_CLASS, cfg.seed
+    )
+    router = Router(
+        featurizer, net, data.experts, policy or PolicyConfig(), metrics, calibration=temperature, references=references
+    )
     return FitResult(router, report, history)
 
 

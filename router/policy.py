@@ -30,6 +30,7 @@ class Decision:
     probs: dict[str, float]  # the full distribution, for explanations and metrics
     fallback: bool = False
     base_weight: float = 0.0  # the `base` class's share of the top-k (no adapter: a zero delta)
+    head: str = "trained"  # which head decided: "trained" (the classifier) or "prototype" (registered examples)
 
     def composition(self) -> dict | None:
         if self.mode == "base":

@@ -9,6 +9,7 @@ shapes come from the model config on the meta device, so the ingress never loads
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from loraplex.experts.adapters import routing_examples
 from loraplex.experts.adapters.loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
 from loraplex.experts.adapters.store import check_name, find_adapters
 from loraplex.experts.errors import (
@@ -29,6 +31,17 @@ from loraplex.experts.errors import (
 from loraplex.experts.lora.targets import target_linears
 
 MARKER = ".loraplex-registered.json"  # written into folders this registry created; only those can be removed
+CHANGES_FILE = ".loraplex-changes"  # rewritten in the managed root on every registration and removal
+
+
+def changes_stamp(managed_root: Path | str) -> tuple[int, int] | None:
+    """Changes whenever the registry registers or removes an adapter (the file is atomically replaced, so its
+    inode changes): every ingress replica stats it to see a registration made on another replica at once."""
+    try:
+        st = (Path(managed_root) / CHANGES_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -70,9 +83,14 @@ class AdapterRegistry:
             raise RequestError(f"source {source!r} is not a folder")
         return path
 
-    def register(self, name: str, source: str) -> dict:
+    def register(self, name: str, source: str, examples: list[str] | None = None) -> dict:
+        """Validate, then copy atomically. `examples` (routing example prompts) are written as the adapter's
+        `routing_examples.jsonl`; without them, a `routing_examples.jsonl` shipped in the source is copied."""
         segments = check_name(name)
         src = self._source(source)
+        prompts = (
+            routing_examples.check_examples(examples) if examples is not None else routing_examples.read_examples(src)
+        )
         weights = src / SAFETENSORS_FILE
         if weights.is_file() and weights.stat().st_size > self.max_bytes:
             raise PayloadTooLargeError(
@@ -91,9 +109,23 @@ class AdapterRegistry:
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.managed_root))
             for f in (CONFIG_FILE, SAFETENSORS_FILE):
                 shutil.copy2(src / f, tmp / f)
+            if prompts:
+                routing_examples.write_examples(tmp, prompts)
             (tmp / MARKER).write_text(json.dumps({"source": str(src)}))
             tmp.rename(dest)  # atomic: replicas never see a half-copied adapter
-        return {"name": name, "rank": adapter.rank, "modules": len(adapter.modules), "path": str(dest)}
+            self._changed()
+        return {
+            "name": name,
+            "rank": adapter.rank,
+            "modules": len(adapter.modules),
+            "path": str(dest),
+            "routing_examples": len(prompts),
+        }
+
+    def _changed(self) -> None:
+        tmp = self.managed_root / f"{CHANGES_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(f"{os.getpid()} {os.urandom(8).hex()}")
+        os.replace(tmp, self.managed_root / CHANGES_FILE)
 
     def remove(self, name: str) -> dict:
         segments = check_name(name)
@@ -108,4 +140,5 @@ class AdapterRegistry:
                     )
                 raise UnknownAdapterError(name, find_adapters(self.roots))
             shutil.rmtree(dest)
+            self._changed()
         return {"name": name, "deleted": True}

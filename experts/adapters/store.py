@@ -57,6 +57,20 @@ def check_name(name: object) -> list[str]:
     return segments
 
 
+def adapter_folder(roots: Sequence[Path | str], name: str) -> Path:
+    """The folder of adapter `name` in the first root holding it; rejects names (and symlinks) that leave a root."""
+    segments = check_name(name)
+    for root in (Path(r).resolve() for r in roots):
+        candidate = root.joinpath(*segments)
+        if (candidate / CONFIG_FILE).is_file():
+            if not _inside(root, candidate) or not _inside(root, candidate / CONFIG_FILE):
+                raise AdapterNameError(
+                    f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it"
+                )
+            return candidate
+    raise UnknownAdapterError(name, find_adapters(roots))
+
+
 class SlotBackend(Protocol):
     """What the store needs from the model: somewhere to write adapters (`WrappedModel`)."""
 
@@ -155,16 +169,7 @@ class AdapterStore:
 
     def resolve(self, name: str) -> Path:
         """The folder of adapter `name`; rejects names that could leave the roots."""
-        segments = check_name(name)
-        for root in self.roots:
-            candidate = root.joinpath(*segments)
-            if (candidate / CONFIG_FILE).is_file():
-                if not _inside(root, candidate) or not _inside(root, candidate / CONFIG_FILE):
-                    raise AdapterNameError(
-                        f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it"
-                    )
-                return candidate
-        raise UnknownAdapterError(name, self.available())
+        return adapter_folder(self.roots, name)
 
     # ---- host tier ---------------------------------------------------------------------------
     def get(self, name: str) -> LoraAdapter:
