@@ -6,6 +6,9 @@ One JSON object per line:
     {"prompt": "hi there", "adapter": null}                          # no adapter: the base model answers
     {"prompt": "refund and angry", "weights": {"intent": 0.5, "sentiment": 0.5}}   # a soft label
 
+An optional `"answer"` (the output the labelled adapter should give) is ignored by training and used by
+`scripts/eval_routing.py --data` to score the served answers of routed and oracle adapters.
+
 `"adapter": null` becomes the reserved class `base` (the base model alone, as `model: "base"` in the
 API). Every problem in the file is collected and reported at once, with its line number: an adapter
 that is not in the given adapter roots (with the valid names), a class with too few distinct
@@ -109,9 +112,9 @@ def parse_lines(lines: Iterable[str], available: Iterable[str] | None, source: s
         if not isinstance(obj, dict):
             problems.append(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
             continue
-        extra = sorted(set(obj) - {"prompt", "adapter", "weights"})
+        extra = sorted(set(obj) - {"prompt", "adapter", "weights", "answer"})
         if extra:
-            problems.append(f"{where}: unknown field(s) {extra}; valid: ['adapter', 'prompt', 'weights']")
+            problems.append(f"{where}: unknown field(s) {extra}; valid: ['adapter', 'answer', 'prompt', 'weights']")
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             problems.append(f"{where}: 'prompt' must be a non-empty string")

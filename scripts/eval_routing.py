@@ -1,6 +1,17 @@
 #!/usr/bin/env python
-"""Evaluate MoE routing on the held-out demo split through the real engine; write JSON, a confusion PNG
-and the Markdown table for docs/routing.md (logic: loraplex.demo.routing_eval).
+"""Evaluate MoE routing: on your own held-out JSONL (--data), or on the demo's held-out split through the
+real engine (the default); write JSON and a confusion PNG.
+
+Your data (logic: loraplex.router.evaluation): one {"prompt", "adapter"} per line (an optional "answer"
+scores the served answers of the routed and the labelled adapter, with --base-model). With
+--adapter-roots, the adapters' routing_examples.jsonl files form the prototype head, as the ingress
+serves it; the report shows accuracy per adapter, ECE, fallback rate, the deciding head and batch-1
+routing latency.
+
+    python scripts/eval_routing.py --data heldout.jsonl --router routers/v1 --adapter-roots /models/adapters \
+        --json eval.json --png confusion.png
+
+The demo (logic: loraplex.demo.routing_eval):
 
     python scripts/eval_routing.py --json docs/routing.json --png docs/routing_confusion.png \
         --markdown docs/routing_table.md
@@ -20,6 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", type=Path, default=None, help="trained router folder (default: MODELS/router)")
     p.add_argument("--n", type=int, default=150, help="held-out examples per task")
     p.add_argument("--seed", type=int, default=0, help="held-out data seed")
+    p.add_argument("--data", type=Path, default=None, help="your held-out JSONL ({prompt, adapter[, answer]})")
+    p.add_argument(
+        "--adapter-roots",
+        nargs="+",
+        default=None,
+        help="with --data: adapter roots; their routing_examples.jsonl files make the prototype head",
+    )
+    p.add_argument("--no-examples", action="store_true", help="with --data: the trained head alone (a 'before')")
+    p.add_argument("--base-model", default=None, help="with --data and answers: run the engine on this base model")
+    p.add_argument("--latency-n", type=int, default=100, help="batch-1 routing calls timed")
     p.add_argument(
         "--json", type=Path, required=True, help="write the full report (systems table, router metrics) here"
     )
@@ -28,8 +49,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run_on_data(a: argparse.Namespace) -> dict:
+    import torch
+
+    from loraplex.experts.adapters.store import find_adapters
+    from loraplex.gateway.routing_examples import RoutingExamples
+    from loraplex.router.dataset import load_jsonl
+    from loraplex.router.evaluation import evaluate
+    from loraplex.router.router import Router
+
+    torch.set_num_threads(2)
+    router = Router.load(a.router or a.models / "router")
+    roots = a.adapter_roots or []
+    data = load_jsonl(a.data, find_adapters(roots) if roots else None)
+    head = None
+    if roots and not a.no_examples:
+        head = RoutingExamples(roots).head(router, find_adapters(roots), force=True)
+    answers = [json.loads(line).get("answer") for line in a.data.read_text().splitlines() if line.strip()]
+    generate = None
+    if a.base_model and any(x is not None for x in answers):
+        generate = engine_generate(a.base_model, roots)
+    if len(answers) != len(data.texts):  # duplicates were dropped: answers no longer line up
+        answers = None
+    report = evaluate(router, data, head, a.latency_n, answers, generate)
+    report["prototype_classes"] = head.counts if head is not None else {}
+    return report
+
+
+def engine_generate(base_model: str, roots: list[str]):
+    from loraplex.config.engine import EngineConfig
+    from loraplex.experts.engine import Engine
+    from loraplex.experts.request import Request
+
+    engine = Engine.from_config(
+        EngineConfig(base_model=base_model, adapter_roots=roots, max_slots=4, max_host_adapters=16)
+    )
+
+    def generate(prompts, compositions):
+        out = []
+        for i in range(0, len(prompts), 16):
+            reqs = [
+                Request.from_json(p, c, max_tokens=24, temperature=0.0)
+                for p, c in zip(prompts[i : i + 16], compositions[i : i + 16])
+            ]
+            out += [r.text for r in engine.generate(reqs)]
+        return out
+
+    return generate
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.data is not None:
+        from loraplex.router.report import plot_confusion as plot
+
+        report = run_on_data(a)
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2))
+        if a.png:
+            plot(report, a.png)
+        keys = ("accuracy", "served_top1_accuracy", "per_adapter_accuracy", "ece", "fallback_rate", "head_share")
+        print(json.dumps({k: report[k] for k in keys + ("latency_ms_batch1", "prototype_classes")}, indent=2))
+        if "answers" in report:
+            print(json.dumps(report["answers"]))
+        return 0
     import torch
 
     from loraplex.config.engine import EngineConfig

@@ -175,3 +175,30 @@ def test_learning_from_traffic_makes_an_addressed_adapter_routable(roots):
     assert gw.examples.counts()["d"] == {"registered": 0, "traffic": 4}  # bounded by the reservoir
     assert gw.describe_adapter("d")["routing"]["traffic_examples"] == 4
     assert not gw.learn("ghost", "delta")  # not an adapter: nothing stored
+
+
+def test_evaluate_reports_served_accuracy_per_adapter_heads_and_the_oracle():
+    from loraplex.router.dataset import RoutingData
+    from loraplex.router.evaluation import evaluate
+    from loraplex.router.prototypes import ExampleBank
+
+    router = keyword_router()
+    texts = ["alpha 1", "alpha 2", "beta 1", "gamma 1", "gamma 2", "delta 1"]
+    labels = ["a", "a", "b", "b", "c", "d"]  # "gamma 1" is labelled b: the router sends it to c
+    names = ["a", "b", "c", "d"]
+    data = RoutingData(
+        texts, torch.nn.functional.one_hot(torch.tensor([names.index(x) for x in labels]), 4).float(), names
+    )
+    before = evaluate(router, data, latency_n=2)
+    assert before["served_top1_accuracy"] == round(4 / 6, 4) and before["per_adapter_accuracy"]["d"] == 0.0
+    head = router.prototype_head(ExampleBank({"d": router.featurizer.encode(["delta x", "delta y"])}))
+
+    def generate(prompts, compositions):  # a fake engine: answers with the adapter it ran (the top weight)
+        return [c if isinstance(c, str) else max(c["weights"], key=c["weights"].get) for c in compositions]
+
+    rep = evaluate(router, data, head, latency_n=2, answers=labels, generate=generate)
+    assert rep["served_top1_accuracy"] == round(5 / 6, 4) and rep["accuracy"] == round(5 / 6, 4)
+    assert rep["per_adapter_accuracy"] == {"a": 1.0, "b": 0.5, "c": 1.0, "d": 1.0}
+    assert rep["head_share"] == {"trained": round(5 / 6, 4), "prototype": round(1 / 6, 4)}
+    assert rep["latency_ms_batch1"]["n"] == 1 and rep["latency_ms_batch1"]["p50"] > 0  # 6 prompts - 5 warm-up
+    assert rep["answers"] == {"n": 6, "oracle_exact_match": 1.0, "routed_exact_match": round(5 / 6, 4)}
