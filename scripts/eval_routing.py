@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --data: adapter roots; their routing_examples.jsonl files make the prototype head",
     )
     p.add_argument("--no-examples", action="store_true", help="with --data: the trained head alone (a 'before')")
+    p.add_argument(
+        "--max-examples", type=int, default=None, help="with --data: use only the first N routing examples per adapter"
+    )
     p.add_argument("--base-model", default=None, help="with --data and answers: run the engine on this base model")
     p.add_argument("--latency-n", type=int, default=100, help="batch-1 routing calls timed")
     p.add_argument(
@@ -52,10 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_on_data(a: argparse.Namespace) -> dict:
     import torch
 
-    from loraplex.experts.adapters.store import find_adapters
-    from loraplex.gateway.routing_examples import RoutingExamples
+    from loraplex.experts.adapters.routing_examples import read_examples
+    from loraplex.experts.adapters.store import adapter_folder, find_adapters
     from loraplex.router.dataset import load_jsonl
     from loraplex.router.evaluation import evaluate
+    from loraplex.router.policy import BASE
+    from loraplex.router.prototypes import ExampleBank
     from loraplex.router.router import Router
 
     torch.set_num_threads(2)
@@ -64,7 +69,13 @@ def run_on_data(a: argparse.Namespace) -> dict:
     data = load_jsonl(a.data, find_adapters(roots) if roots else None)
     head = None
     if roots and not a.no_examples:
-        head = RoutingExamples(roots).head(router, find_adapters(roots), force=True)
+        served = find_adapters(roots)
+        bank = ExampleBank()
+        for name in served:
+            prompts = read_examples(adapter_folder(roots, name))[: a.max_examples]
+            if prompts:
+                bank.set(name, router.featurizer.encode(prompts))
+        head = router.prototype_head(bank, [e for e in router.experts if e != BASE and e not in served])
     answers = [json.loads(line).get("answer") for line in a.data.read_text().splitlines() if line.strip()]
     generate = None
     if a.base_model and any(x is not None for x in answers):
