@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := models/demo
 
-.PHONY: serve test lint format venv demo demo-cli bench clean
+.PHONY: serve test lint format venv demo demo-cli bench byo clean
 
 serve: demo
 	@echo "Starting Serve (ready in ~20-30 s) on http://127.0.0.1:8000 . Try:"
@@ -41,6 +41,16 @@ venv: $(STAMP)
 demo: venv
 	$(PY) scripts/build_demo.py --out $(DEMO)
 	test -f $(DEMO)/router/router.json || $(PY) scripts/train_router.py --out $(DEMO)/router
+
+# Bring your own adapters (docs/routing.md): two new PEFT adapters with 8 routing examples each, then
+# routing on unseen phrasings of all five tasks before and after they are registered (~5 min).
+BYO    := models/byo
+BYO_EVAL := $(PY) scripts/eval_routing.py --data $(BYO)/heldout.jsonl --router $(DEMO)/router \
+	--adapter-roots $(DEMO)/adapters $(BYO)/adapters --base-model $(DEMO)/base
+byo: demo
+	$(PY) scripts/build_byo_adapters.py --models $(DEMO) --out $(BYO)
+	$(BYO_EVAL) --no-examples --json docs/routing_byo_before.json
+	$(BYO_EVAL) --json docs/routing_byo_after.json --png docs/routing_byo_confusion.png
 
 bench: venv
 	$(PY) scripts/bench_engine.py --json docs/bench_engine.json --plot docs/bench_engine.png

@@ -474,27 +474,60 @@ def train_adapter(
 
     The caller must ``unload()`` the returned model to get the untouched base back.
     """
+    task_seed = seed * 1000 + 101 + ADAPTER_TASKS.index(task)
+    examples = demo_data.make_examples(task, cfg.train_examples[task], seed, "train")
+    return train_lora_on_examples(
+        base_model,
+        tokenizer,
+        examples,
+        cfg,
+        lr=cfg.lora_lr[task],
+        steps=cfg.lora_steps[task],
+        seed=task_seed,
+        base_path=base_path,
+        progress=progress,
+        desc=f"adapter {task}",
+    )
+
+
+def train_lora_on_examples(
+    base_model,
+    tokenizer,
+    examples: Sequence[demo_data.Example],
+    cfg: DemoConfig,
+    lr: float,
+    steps: int,
+    seed: int,
+    base_path: str | None = None,
+    progress: bool = True,
+    desc: str = "adapter",
+):
+    """Wrap ``base_model`` with a fresh LoRA (:func:`lora_config`) and train it on ``examples``.
+
+    The task-agnostic half of :func:`train_adapter`, public so that adapters for tasks outside the
+    demo's three (:mod:`loraplex.demo.byo_build`) train with exactly the same loop, loss (answer
+    tokens + EOS only), batching and schedule. ``seed`` seeds both the LoRA init and the batch order.
+    Returns ``(peft_model, stats)``; the caller must ``unload()`` the model to get the base back.
+    """
     import torch
     from peft import get_peft_model
 
-    task_seed = seed * 1000 + 101 + ADAPTER_TASKS.index(task)
-    examples = demo_data.make_examples(task, cfg.train_examples[task], seed, "train")
     data = encode_supervised(tokenizer, examples)
-    torch.manual_seed(task_seed)
+    torch.manual_seed(seed)
     model = get_peft_model(base_model, lora_config(cfg, base_path))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lora_lr[task], weight_decay=cfg.weight_decay)
-    steps = cfg.lora_steps[task]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.lora_warmup, steps))
-    rng = random.Random(task_seed)
+    rng = random.Random(seed)
     batches: list[list[int]] = []
     losses: list[float] = []
     model.train()
-    bar = progress_bar(range(steps), steps, f"adapter {task}", progress)
+    bar = progress_bar(range(steps), steps, desc, progress)
     for step in bar:
         if not batches:
             batches = shuffled_batches(len(data), cfg.lora_batch, rng)
         idx = batches.pop()
+        # input_ids, attention, labels: [lora_batch, longest sequence in the batch]
         input_ids, attention, labels = collate_supervised([data[i] for i in idx], tokenizer.pad_token_id)
         out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
         out.loss.backward()

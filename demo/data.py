@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 INTENTS = (
@@ -642,7 +643,9 @@ def _noise(rng: random.Random) -> str:
 
 
 @dataclass(frozen=True)
-class _Message:
+class CustomerMessage:
+    """One generated customer message and the facts it was built from (the gold for every task)."""
+
     text: str
     intent: str
     sentiment: str
@@ -654,12 +657,18 @@ class _Message:
 
 
 def _make_message(
-    rng: random.Random, pools: _Pools, intent: str | None = None, sentiment: str | None = None
-) -> _Message:
+    rng: random.Random,
+    pools: _Pools,
+    intent: str | None = None,
+    sentiment: str | None = None,
+    extra: Sequence[str] = (),
+    product_sentences: Sequence[str] = (),
+    product: str | None = None,
+) -> CustomerMessage:
     intent = intent or rng.choice(INTENTS)
     sentiment = sentiment or rng.choice(SENTIMENTS)
     first, last = rng.choice(pools.first), rng.choice(pools.last)
-    product = rng.choice(pools.products)
+    product = product if product is not None else rng.choice(pools.products)
     order_id = _order_id(rng) if rng.random() < 0.55 else None
     email = _email(rng, first, last, pools) if rng.random() < 0.5 else None
 
@@ -679,6 +688,10 @@ def _make_message(
         extras.append(rng.choice(_EMAIL_SENTENCES).format(email=email))
     if rng.random() < 0.25:
         extras.append(_noise(rng))
+    # Caller-supplied sentences (none for the demo tasks, so their RNG stream is unchanged).
+    if product_sentences and "{product}" not in clause:
+        extras.append(rng.choice(product_sentences).format(product=product))
+    extras.extend(extra)
     rng.shuffle(extras)
     body.extend(extras)
 
@@ -713,7 +726,35 @@ def _make_message(
             sig += f", {email}"
         parts.append(sig)
     text = " ".join(parts) if rng.random() < 0.5 else "\n".join(parts)
-    return _Message(text, intent, sentiment, order_id, email, first, last, product)
+    return CustomerMessage(text, intent, sentiment, order_id, email, first, last, product)
+
+
+def make_message(
+    rng: random.Random,
+    split: str,
+    intent: str | None = None,
+    sentiment: str | None = None,
+    extra: Sequence[str] = (),
+    product_sentences: Sequence[str] = (),
+    product: str | None = None,
+) -> CustomerMessage:
+    """One customer message drawn from ``split``'s pools (names, products, greetings, sign-offs).
+
+    Public so that other task generators (e.g. :mod:`loraplex.demo.byo_tasks`) build on the same
+    messages and the same train/heldout pool split as the demo tasks. ``extra`` sentences are mixed in
+    with the message's other extra sentences (order id, email, noise); ``product_sentences`` (templates
+    with a ``{product}`` slot), when given, guarantee the product is named even if the intent clause
+    does not mention it; ``product`` replaces the pool's product (a task that must *copy* the product
+    needs more products than the pools hold, or its adapter memorises them). With all three left at
+    their defaults the draw is exactly the one :func:`make_examples` makes.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if intent is not None and intent not in INTENTS:
+        raise ValueError(f"unknown intent {intent!r}; expected one of {INTENTS}")
+    if sentiment is not None and sentiment not in SENTIMENTS:
+        raise ValueError(f"unknown sentiment {sentiment!r}; expected one of {SENTIMENTS}")
+    return _make_message(rng, _Pools(split), intent, sentiment, tuple(extra), tuple(product_sentences), product)
 
 
 def make_examples(task: str, n: int, seed: int, split: str) -> list[Example]:
