@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import version
 from pathlib import Path
 
@@ -144,3 +145,20 @@ def test_cluster_launcher_config():
     setup = " ; ".join(c["setup_commands"])
     assert "pip install -r requirements.txt && pip install -e ." in setup
     assert "/mnt" in setup  # the shared filesystem
+
+
+def test_every_metric_has_a_dashboard_panel():
+    """A metric nobody can see is a metric nobody watches: each `loraplex_*` name in deployments/metrics.py
+    appears in a panel query of config/grafana/loraplex.json (Ray exports it with a `ray_` prefix)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    names = set(re.findall(r'"(loraplex_[a-z_]+)"', (root / "deployments" / "metrics.py").read_text()))
+    exprs = " ".join(
+        t["expr"]
+        for p in json.loads((root / "config" / "grafana" / "loraplex.json").read_text())["panels"]
+        for t in p.get("targets", [])
+    )
+    assert len(names) >= 10
+    missing = sorted(n for n in names if f"ray_{n}" not in exprs)
+    assert not missing, f"metrics without a dashboard panel: {missing}"
