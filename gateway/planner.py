@@ -117,11 +117,32 @@ class Gateway:
     @staticmethod
     def uses_router(model: str, composition: Any) -> bool:
         """Whether `resolve` runs the MoE router (the CPU-heavy step the ingress keeps off its event loop)."""
-        return model == "auto" and composition is None
+        return (model == "auto" and composition is None) or Gateway.router_weighted(composition)
+
+    @staticmethod
+    def router_weighted(composition: Any) -> bool:
+        """A `moe` composition without `weights`: the router supplies them (its probabilities over adapters)."""
+        return isinstance(composition, dict) and composition.get("mode") == "moe" and "weights" not in composition
+
+    def _router_weights(self, composition: dict, text: str) -> dict:
+        """`composition` with the router's probabilities as its weights (the `base` class carries no adapter)."""
+        router = self.router
+        if router is None:
+            raise RequestError(
+                "a moe composition without 'weights' takes the router's weights, but no router is configured "
+                "(routing.router_path); give 'weights' explicitly"
+            )
+        if not text:
+            raise RequestError("a moe composition without 'weights' routes on text; send the prompt as a string")
+        probs = router.route([text], self.policy, self.prototype_head(router))[0].probs
+        weights = {a: p for a, p in probs.items() if a != BASE and p > 0}
+        return {**composition, "weights": weights}
 
     def resolve(self, model: str, composition: Any, text: str) -> tuple[Any, dict]:
         """(composition spec for the expert, routing info) for a model name and/or composition object."""
         if composition is not None:
+            if self.router_weighted(composition):
+                composition = self._router_weights(composition, text)
             comp = parse_composition(composition)
             if not isinstance(model, str) or (model not in RESERVED_MODELS and model not in self.adapters()):
                 raise UnknownAdapterError(model, self.model_ids())

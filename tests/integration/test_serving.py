@@ -354,3 +354,12 @@ def test_reregistering_a_name_serves_its_new_weights(server, roots):
         got = post(server, "/v1/completions", {"model": "team/swap", "prompt": e.prompt, "max_tokens": 8}).json()
         assert got["choices"][0]["text"] == want[source], version
         assert httpx.delete(f"{server}/v1/adapters/team/swap").status_code == 200
+
+
+def test_a_moe_composition_without_weights_takes_the_routers_weights_over_http(server):
+    e = examples("intent", 1)[0]
+    body = {"model": "auto", "prompt": e.prompt, "max_tokens": 4, "composition": {"mode": "moe", "top_k": 2}}
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == 200, r.text
+    weights = r.json()["routing"]["weights"]
+    assert len(weights) == 2 and abs(sum(weights.values()) - 1) < 1e-6 and max(weights, key=weights.get) == "intent"

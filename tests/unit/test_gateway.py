@@ -124,6 +124,12 @@ CASES = [
     ("prompt too long", dict(model="a", prompt="x" * 201), RequestError, "prompt has 201 characters; the limit is 200"),
     ("bad temperature", dict(model="a", prompt="x", temperature=-1), SamplingError, "temperature must be in"),
     ("auto on token ids", dict(model="auto", prompt=[1, 2]), RequestError, "routes on text"),
+    (
+        "router-weighted moe on token ids",
+        dict(model="auto", prompt=[1, 2], composition={"mode": "moe", "top_k": 2}),
+        RequestError,
+        "routes on text",
+    ),
 ]
 
 
@@ -210,3 +216,22 @@ def test_route_explanations_name_the_head_and_the_runners_up(gateway):
     assert {a["adapter"] for a in routing["alternatives"]} == {"a", "c"}  # the two runners-up (a tie here)
     probs = [routing["probs"]["b"]] + [a["prob"] for a in routing["alternatives"]]
     assert probs == sorted(probs, reverse=True)
+
+
+def test_a_moe_composition_without_weights_takes_the_routers_weights(gateway):
+    """Issue 13: `{"mode": "moe", "top_k": 2}` answered 400 "needs field(s) ['weights']"; the README says MoE
+    weights come from the router."""
+    comp = {"mode": "moe", "top_k": 2}
+    assert gateway.uses_router("auto", comp) and gateway.uses_router("a", comp)  # runs off the event loop
+    plan = gateway.plan_completion(CompletionRequest(model="auto", prompt="beta and a bit of gamma", composition=comp))
+    probs = gateway.router.route(["beta and a bit of gamma"])[0].probs
+    assert plan.payload["composition"]["weights"] == probs and set(probs) == {"a", "b", "c"}
+    top2 = sorted(probs, key=probs.get, reverse=True)[:2]
+    assert set(plan.routing["weights"]) == set(top2) and sum(plan.routing["weights"].values()) == pytest.approx(1)
+    given = {"mode": "moe", "top_k": 1, "weights": {"c": 0.9, "a": 0.1}}  # explicit weights are kept as given
+    assert gateway.plan_completion(CompletionRequest(model="base", prompt="beta", composition=given)).routing[
+        "weights"
+    ] == {"c": 1.0}
+    no_router = Gateway(gateway.args, None, gateway.tokenizer)
+    with pytest.raises(RequestError, match="takes the router's weights, but no router is configured"):
+        no_router.plan_completion(CompletionRequest(model="base", prompt="beta", composition=comp))
