@@ -358,8 +358,13 @@ def test_reregistering_a_name_serves_its_new_weights(server, roots):
 
 def test_a_moe_composition_without_weights_takes_the_routers_weights_over_http(server):
     e = examples("intent", 1)[0]
-    body = {"model": "auto", "prompt": e.prompt, "max_tokens": 4, "composition": {"mode": "moe", "top_k": 2}}
-    r = post(server, "/v1/completions", body)
+    comp = {"mode": "moe", "top_k": 2}
+    r = post(server, "/v1/completions", {"model": "auto", "prompt": e.prompt, "max_tokens": 4, "composition": comp})
     assert r.status_code == 200, r.text
     weights = r.json()["routing"]["weights"]
-    assert len(weights) == 2 and abs(sum(weights.values()) - 1) < 1e-6 and max(weights, key=weights.get) == "intent"
+    assert max(weights, key=weights.get) == "intent" and abs(sum(weights.values()) - 1) < 1e-6
+    # a bare message (no instruction): the router is unsure, so both of the top two carry weight
+    r = post(server, "/v1/completions", {"model": "base", "prompt": e.message, "max_tokens": 4, "composition": comp})
+    assert r.status_code == 200, r.text
+    weights = r.json()["routing"]["weights"]
+    assert len(weights) == 2 and abs(sum(weights.values()) - 1) < 1e-6, weights
