@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import re
 
-from loraplex.demo.data import INTENTS, SPLITS, Example, format_prompt, make_message
+from loraplex.demo.data import INTENTS, SPLITS, Example, make_message
 
 BYO_TASKS = ("priority", "summary")
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -490,18 +490,7 @@ def _example(task: str, rng: random.Random, split: str, i: int, instruction: str
         msg = make_message(rng, split, intent=intent, product_sentences=_PRODUCT_SENTENCES[split], product=product)
         answer = summary_of(msg.intent, msg.product)
     first = rng.random() < INSTRUCTION_FIRST_RATE
-    return Example(
-        task=task,
-        instruction=instruction,
-        message=msg.text,
-        prompt=format_prompt(instruction, msg.text, first),
-        answer=answer,
-        intent=msg.intent,
-        sentiment=msg.sentiment,
-        order_id=msg.order_id,
-        email=msg.email,
-        instruction_first=first,
-    )
+    return Example.of(task, instruction, msg, answer, first)
 
 
 def make_byo_examples(task: str, n: int, seed: int, split: str) -> list[Example]:

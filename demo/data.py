@@ -548,6 +548,22 @@ class Example:
     email: str | None
     instruction_first: bool
 
+    @classmethod
+    def of(cls, task: str, instruction: str, msg: CustomerMessage, answer: str, first: bool) -> Example:
+        """The example asking `instruction` about `msg` (instruction before the message when `first`)."""
+        return cls(
+            task=task,
+            instruction=instruction,
+            message=msg.text,
+            prompt=format_prompt(instruction, msg.text, first),
+            answer=answer,
+            intent=msg.intent,
+            sentiment=msg.sentiment,
+            order_id=msg.order_id,
+            email=msg.email,
+            instruction_first=first,
+        )
+
 
 def format_prompt(instruction: str, message: str, instruction_first: bool = True) -> str:
     """Render the prompt contract (see module docstring); ends with ``"\\n\\nAnswer:"``."""
@@ -783,20 +799,7 @@ def make_examples(task: str, n: int, seed: int, split: str) -> list[Example]:
             answer = msg.sentiment
         else:
             answer = entities_answer(msg.order_id, msg.email)
-        out.append(
-            Example(
-                task=task,
-                instruction=instruction,
-                message=msg.text,
-                prompt=format_prompt(instruction, msg.text, first),
-                answer=answer,
-                intent=msg.intent,
-                sentiment=msg.sentiment,
-                order_id=msg.order_id,
-                email=msg.email,
-                instruction_first=first,
-            )
-        )
+        out.append(Example.of(task, instruction, msg, answer, first))
     rng.shuffle(out)
     return out
 
