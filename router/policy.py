@@ -2,8 +2,8 @@
 
 A request that names an adapter never gets here. Otherwise: temperature-scaled softmax, then top-1
 (hard) or top-k (soft, renormalised over the k kept experts). Below the confidence floor the
-configured fallback applies: the base model, or the soft top-k blend (hedging across experts rather
-than betting on one).
+configured fallback applies: the base model, the soft top-k blend (hedging across experts rather
+than betting on one), or the top-1 adapter alone, flagged as a fallback in the routing info.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def decide(logits: torch.Tensor, experts: Sequence[str], cfg: PolicyConfig) -> l
             out.append(_decision(w, c, full, fallback=False))
         elif cfg.fallback == "base":
             out.append(Decision("base", {}, c, full, fallback=True))
+        elif cfg.fallback == "top1":  # adapters' answer formats differ: a blend of two is worse than either
+            out.append(_decision({experts[int(main_i[r, 0])]: 1.0}, c, full, fallback=True))
         else:
             w = {experts[int(i)]: float(v) for v, i in zip(fb_v[r], fb_i[r])}
             out.append(_decision(w, c, full, fallback=True))

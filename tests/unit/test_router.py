@@ -77,6 +77,12 @@ POLICY_CASES = [
         ("moe", {"intent": 0.4 / 0.75, "sentiment": 0.35 / 0.75}, True),
     ),
     ("unsure -> base", [0.4, 0.35, 0.25], PolicyConfig(confidence_floor=0.5, fallback="base"), ("base", {}, True)),
+    (
+        "unsure -> top1, flagged",
+        [0.4, 0.35, 0.25],
+        PolicyConfig(top_k=2, confidence_floor=0.5, fallback="top1"),
+        ("moe", {"intent": 1.0}, True),
+    ),
 ]
 
 
@@ -98,7 +104,7 @@ CONFIG_CASES = [
     ("top_k", dict(top_k=0), r"top_k\n  Input should be greater than or equal to 1"),
     ("temperature", dict(temperature=0.0), r"temperature\n  Input should be greater than 0"),
     ("floor", dict(confidence_floor=1.5), r"confidence_floor\n  Input should be less than or equal to 1"),
-    ("fallback", dict(fallback="random"), r"fallback\n  Input should be 'base' or 'soft_topk'"),
+    ("fallback", dict(fallback="random"), r"fallback\n  Input should be 'base', 'soft_topk' or 'top1'"),
     ("unknown field", dict(floor=0.5), r"floor\n  Extra inputs are not permitted"),
 ]
 
