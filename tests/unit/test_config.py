@@ -68,7 +68,7 @@ CASES = [
         r"max_ongoing_requests \(4\) must be >= max_batch_size \(16\)",
     ),
     ("too many pinned", _set("groups.0.max_slots", 1), r"2 pinned adapters exceed max_slots \(1\)"),
-    ("bad fallback", _set("routing.fallback", "guess"), "Input should be 'base' or 'soft_topk'"),
+    ("bad fallback", _set("routing.fallback", "guess"), "Input should be 'base', 'soft_topk' or 'top1'"),
     ("bad device", _set("device", "tpu"), "Input should be 'auto', 'cpu' or 'cuda'"),
     (
         "default tokens over limit",
