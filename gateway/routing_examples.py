@@ -51,6 +51,7 @@ class RoutingExamples:
         self._stamp: object = ()
         self._scanned_at = -float("inf")
         self._files: dict[str, FileVersion] = {}  # adapter -> version of its examples file
+        self._files_version = 0  # bumped whenever a scan finds `_files` changed
         self._embedded: dict[str, tuple[FileVersion, object, torch.Tensor]] = {}  # -> (version, featurizer, feats)
         self._head_key: tuple | None = None
         self._head: PrototypeHead | None = None
@@ -67,22 +68,21 @@ class RoutingExamples:
         with self._lock:
             if force or time.monotonic() - self._scanned_at > self._ttl:
                 self._scan(adapters)
+            # per request only this comparison: `adapters` is the gateway's cached list (same object until a
+            # rescan), files and traffic carry version counters
+            key = (router, adapters, self._files_version, self.reservoir.version if self.reservoir else 0)
+            if key == self._head_key:
+                return self._head
             for name in [n for n in self._embedded if n not in self._files]:
                 del self._embedded[name]  # the adapter (or its examples file) is gone
-            bank = self._bank(router)
             if self.reservoir is not None:
                 for gone in [a for a in self.reservoir.seen() if a not in adapters]:
                     self.reservoir.forget(gone)
+            bank = self._bank(router)
             unavailable = tuple(e for e in router.experts if e != BASE and e not in adapters)
-            key = (
-                router,  # compared by identity (and kept alive, so a new router can never look like the old one)
-                tuple(sorted((n, v) for n, v in self._files.items() if n in bank)),
-                self.reservoir.version if self.reservoir else 0,
-                unavailable,
-            )
-            if key != self._head_key:
-                self._head = router.prototype_head(bank, unavailable) if len(bank) or unavailable else None
-                self._head_key = key
+            self._head = router.prototype_head(bank, unavailable) if len(bank) or unavailable else None
+            # router compared by identity (and kept alive, so a new router can never look like the old one)
+            self._head_key = (router, adapters, self._files_version, self.reservoir.version if self.reservoir else 0)
             return self._head
 
     def _scan(self, adapters: Sequence[str]) -> None:
@@ -93,6 +93,8 @@ class RoutingExamples:
             except (FileNotFoundError, LoraplexError):
                 continue
             files[name] = (st.st_mtime_ns, st.st_size)
+        if files != self._files:
+            self._files_version += 1
         self._files, self._scanned_at = files, time.monotonic()
 
     def _bank(self, router: Router) -> ExampleBank:
