@@ -227,9 +227,10 @@ class PolicyConfig(_Strict):
         default=0.6, ge=0, le=1, description="Below this max-probability the fallback applies."
     )
     fallback: Literal["base", "soft_topk", "top1"] = Field(
-        default="soft_topk",
-        description="What low-confidence requests get: the base model, a soft top-k blend, or the top-1 adapter "
-        "alone (routing.mode says auto:fallback_top1, so the client sees the low confidence).",
+        default="top1",
+        description="What low-confidence requests get: the top-1 adapter alone (routing.mode says "
+        "auto:fallback_top1, so the client sees the low confidence; the default, because adapters with different "
+        "answer formats do not blend), the base model, or a soft top-k blend.",
     )
     fallback_top_k: int = Field(default=2, ge=1, description="k of the soft fallback blend.")
 

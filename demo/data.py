@@ -598,6 +598,7 @@ def _check(task: str, split: str) -> None:
 class _Pools:
     def __init__(self, split: str):
         held = split == "heldout"
+        self.casual = split  # which share of the casual clauses and cues (see _casual_part)
         self.first = _FIRST_HELDOUT if held else _FIRST
         self.last = _LAST_HELDOUT if held else _LAST
         self.domains = _DOMAINS + _DOMAINS_HELDOUT if held else _DOMAINS
@@ -619,6 +620,7 @@ def _all_pools() -> _Pools:
         p.products = _PRODUCTS + _PRODUCTS_HELDOUT
         p.greetings = _GREETINGS + _GREETINGS_HELDOUT
         p.signoffs = _SIGNOFFS + _SIGNOFFS_HELDOUT
+        p.casual = "all"
         _ALL_POOLS = p
     return _ALL_POOLS
 
@@ -805,6 +807,503 @@ def make_examples(task: str, n: int, seed: int, split: str) -> list[Example]:
 
 
 # --------------------------------------------------------------------------- #
+# Casual messages (issue 13): how people type into a chat box, not how the templates write
+# --------------------------------------------------------------------------- #
+
+# Short, informal clauses in first and third person ("they were charged twice": an agent
+# forwarding a ticket). Slots as in _INTENT_CLAUSES.
+_CASUAL_CLAUSES: dict[str, tuple[str, ...]] = {
+    "reset_password": (
+        "forgot my password",
+        "cant log in, forgot the password",
+        "how do i reset my pw",
+        "the reset link isnt working",
+        "the password reset mail never came",
+        "locked out of my account again",
+        "need a new password asap",
+        "my login code never arrives",
+        "password not accepted anymore",
+        "it keeps saying my password is wrong",
+        "they forgot their password and cant sign in",
+        "customer is locked out and wants a reset link",
+        "reset email expired before i clicked it",
+        "i cant get into my account, can you reset the password",
+        "the sign in page wont take my password",
+        "lost access to my account, need to reset my login",
+    ),
+    "billing": (
+        "charged twice for the {product}",
+        "what is this extra charge on my credit card statement",
+        "i want my money back for {order}",
+        "refund please, you billed me double",
+        "the invoice amount is wrong",
+        "i got billed after i cancelled my plan",
+        "there's a fee on my statement i dont understand",
+        "need a receipt for {order}",
+        "they were charged two times for one order",
+        "customer says the coupon didnt come off the price",
+        "my card got charged but the payment shows failed",
+        "can i pay with a different card",
+        "you took money from my account twice",
+        "the price i paid for {order} is more than the site said",
+        "where is my refund for the {product}",
+        "subscription renewed and charged me without asking",
+    ),
+    "order_status": (
+        "where is my package",
+        "wheres my {product}",
+        "has {order} shipped",
+        "my delivery is late",
+        "tracking hasnt moved in a week",
+        "any update on {order}",
+        "still waiting for the {product}",
+        "when does my parcel arrive",
+        "they are asking where their order is",
+        "customer wants to know when {order} gets delivered",
+        "the courier says delivered but nothing here",
+        "is the {product} on the way or not",
+        "my order is stuck on processing",
+        "how long until {order} shows up",
+        "no sign of my shipment yet",
+        "my order was supposed to come yesterday",
+    ),
+    "cancel_order": (
+        "cancel {order} please",
+        "i dont want the {product} anymore, cancel it",
+        "please stop my order before it ships",
+        "changed my mind, cancel the order",
+        "can you call off {order}",
+        "want to cancel what i just bought",
+        "ordered the wrong size, cancel please",
+        "they want to cancel their order",
+        "customer asks us to cancel {order}",
+        "undo my last order",
+        "kill the order for the {product}",
+        "i need to cancel before it leaves the warehouse",
+        "found it cheaper, cancel {order}",
+        "please dont ship the {product}, i want to cancel",
+        "can i still cancel my purchase",
+        "cancel the order i placed this morning",
+    ),
+    "technical_issue": (
+        "the app keeps crashing",
+        "site wont load",
+        "my {product} stopped working",
+        "getting an error when i pay",
+        "the {product} wont connect to wifi",
+        "page is stuck loading forever",
+        "bug in the checkout, button does nothing",
+        "the screen goes black on my {product}",
+        "they say the app hangs right after launch",
+        "customer reports the {product} keeps rebooting",
+        "error 500 on the website",
+        "the update broke my {product}",
+        "cant upload anything, it just fails",
+        "the {product} is broken out of the box",
+        "app crashes whenever i open settings",
+        "nothing happens when i press the power button on the {product}",
+    ),
+    "update_account": (
+        "need to change my email address",
+        "please update my address, i moved",
+        "change the phone number on my profile",
+        "wrong name on my account, can you fix it",
+        "how do i edit my details",
+        "update my shipping address please",
+        "switch my account to a new email",
+        "they want to change the address on file",
+        "customer needs the phone number on the account updated",
+        "can i change my username",
+        "my last name changed, update my profile",
+        "please change the contact email on my account",
+        "new address for my account",
+        "edit the billing address on my profile",
+        "turn off the newsletters in my account settings",
+        "i want to update my account info",
+    ),
+}
+_CASUAL_POSITIVE = (
+    "love you guys",
+    "you're amazing!",
+    "thanks a ton, great service",
+    "really happy with you so far :)",
+    "awesome support as always",
+    "big fan of your shop",
+    "you guys rock",
+    "so pleased with everything else",
+    "great job last time, thanks!",
+    "amazing, thank you!!",
+    "much appreciated, you've been great",
+    "favourite shop ever",
+)
+_CASUAL_NEGATIVE = (
+    "this is so annoying",
+    "ugh, worst service ever",
+    "really not happy about this",
+    "seriously fed up",
+    "this is a joke",
+    "i'm furious",
+    "so disappointed :(",
+    "what a mess",
+    "sick of waiting",
+    "never ordering again",
+    "absolutely terrible",
+    "this is the third time, unacceptable!!",
+)
+_CASUAL_NEUTRAL = (
+    "fyi",
+    "no rush",
+    "just checking",
+    "when you get a chance",
+    "quick question",
+    "let me know",
+    "thanks",
+    "see details",
+)
+# Compositional cues: subject + intensifier + adjective ("honestly so grateful"), hundreds per polarity.
+_CUE_SUBJECTS = ("i'm", "i am", "we're", "honestly", "tbh i'm", "i feel", "really", "")
+_CUE_INTENSIFIERS = ("so", "really", "very", "super", "extremely", "totally", "beyond", "pretty", "")
+_CUE_ADJECTIVES = {
+    "positive": (
+        "happy",
+        "pleased",
+        "glad",
+        "grateful",
+        "thrilled",
+        "impressed",
+        "satisfied",
+        "delighted",
+        "thankful",
+        "excited",
+    ),
+    "negative": (
+        "annoyed",
+        "angry",
+        "upset",
+        "frustrated",
+        "disappointed",
+        "furious",
+        "mad",
+        "unhappy",
+        "irritated",
+        "fed up",
+    ),
+}
+_CUE_PHRASES = {
+    "positive": (
+        "thanks a million",
+        "great stuff",
+        "5 stars from me",
+        "brilliant work so far",
+        "keep it up",
+        "lovely service",
+        "you made my day",
+        "super helpful team",
+        "really nice experience",
+        "big thanks",
+    ),
+    "negative": (
+        "this sucks",
+        "ridiculous",
+        "what a waste of time",
+        "1 star",
+        "not ok at all",
+        "i hate this",
+        "completely unacceptable",
+        "awful experience",
+        "worst shop ever",
+        "so done with you",
+    ),
+}
+_POSITIVE_EMOTES = (" :)", " :D", " <3", "!!")
+_NEGATIVE_EMOTES = (" :(", " >:(", "!!!", " ugh")
+
+
+def _sentiment_cue(rng: random.Random, sentiment: str, which: str) -> str:
+    """A casual mood cue: a fixed phrase, or subject + intensifier + adjective, now and then an emoticon."""
+    fixed = {"positive": _CASUAL_POSITIVE, "negative": _CASUAL_NEGATIVE, "neutral": _CASUAL_NEUTRAL}[sentiment]
+    if sentiment == "neutral" or rng.random() < 0.4:
+        return rng.choice(_casual_part(fixed, which))
+    if rng.random() < 0.4:
+        cue = rng.choice(_casual_part(_CUE_PHRASES[sentiment], which))
+    else:
+        words = (
+            rng.choice(_CUE_SUBJECTS),
+            rng.choice(_CUE_INTENSIFIERS),
+            rng.choice(_casual_part(_CUE_ADJECTIVES[sentiment], which)),
+        )
+        cue = " ".join(w for w in words if w)
+    if rng.random() < 0.25:
+        cue += rng.choice(_POSITIVE_EMOTES if sentiment == "positive" else _NEGATIVE_EMOTES)
+    return cue
+
+
+_CASUAL_ORDER = (
+    "order {order}",
+    "it's {order}",
+    "#{order}",
+    "ref {order}",
+    "({order})",
+    "order no. {order}",
+    "the order is {order}",
+    "order number: {order}",
+)
+_CASUAL_EMAIL = (
+    "my email is {email}",
+    "email me at {email}",
+    "i'm {email}",
+    "account: {email}",
+    "reach me on {email}",
+    "{email}",
+    "write to {email}",
+    "my login is {email}",
+)
+_CASUAL_GREETINGS = ("hey", "hi", "hello", "hi there", "yo", "good morning", "hey team")
+_CASUAL_SIGNOFFS = ("thx", "thanks", "- {name}", "cheers, {name}", "ty", "{name}")
+
+
+# Compositional clauses: a few slots per intent, each with synonyms, so a casual message can say the
+# same request in thousands of ways ("any news on my parcel, been 9 days"). Every fifth synonym of
+# every slot is held-out only (_casual_part), so held-out messages combine words training never paired.
+_COMPOSED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "reset_password": (
+        ("i cant", "can't", "unable to", "i'm not able to", "still cant", "trying to", "i cannot", "won't let me"),
+        ("log in", "sign in", "get into my account", "access my account", "login", "get past the login screen"),
+        (
+            ", forgot my password",
+            ", my reset link expired",
+            ", the reset code never arrives",
+            ", it says wrong password",
+            "",
+            ", need a password reset",
+            ", lost my password",
+            ", the password reset page errors",
+            ", please reset my password",
+            ", forgot the password again",
+        ),
+    ),
+    "billing": (
+        ("i was charged", "you charged me", "got billed", "i paid", "my card was charged", "i've been charged"),
+        ("twice", "double", "too much", "the wrong amount", "an extra fee", "again", "two times", "way more"),
+        (
+            " for my {product}",
+            " for one order",
+            " for {order}",
+            " this month",
+            " for my subscription",
+            "",
+            ", refund please",
+            ", i want my money back",
+            ", send me a refund",
+            ", check my invoice",
+        ),
+    ),
+    "order_status": (
+        (
+            "where is",
+            "wheres",
+            "where's",
+            "any news on",
+            "any update on",
+            "status of",
+            "what happened to",
+            "still waiting on",
+            "no sign of",
+            "tracking for",
+        ),
+        ("my package", "my parcel", "my delivery", "my shipment", "my order", "the {product}", "{order}", "my box"),
+        (
+            "",
+            ", it was due {day}",
+            ", it should have arrived {day}",
+            " - been {n} days",
+            ", tracking hasnt updated",
+            ", still not here",
+            "?",
+            ", when will it arrive",
+            ", has it shipped yet",
+            ", the courier never came",
+        ),
+    ),
+    "cancel_order": (
+        (
+            "cancel",
+            "please cancel",
+            "can you cancel",
+            "i want to cancel",
+            "stop",
+            "call off",
+            "dont ship",
+            "scrap",
+            "i'd like to cancel",
+            "pls cancel",
+        ),
+        (
+            "my order",
+            "{order}",
+            "the {product} i ordered",
+            "my purchase",
+            "the order",
+            "it",
+            "that order",
+            "my last order",
+        ),
+        (
+            "",
+            ", changed my mind",
+            ", ordered by mistake",
+            ", found it cheaper",
+            ", dont need it anymore",
+            ", it's taking too long",
+            " before it ships",
+            " asap",
+            ", wrong item",
+            ", no longer needed",
+        ),
+    ),
+    "technical_issue": (
+        (
+            "the app",
+            "the website",
+            "my {product}",
+            "the login form",
+            "the mobile app",
+            "the order history page",
+            "the search bar",
+            "your site",
+            "the {product}",
+            "the payment page",
+        ),
+        (
+            "keeps crashing",
+            "wont load",
+            "freezes",
+            "shows an error",
+            "stopped working",
+            "is broken",
+            "wont turn on",
+            "keeps disconnecting",
+            "is glitching",
+            "throws a server error",
+        ),
+        (
+            "",
+            " when i open it",
+            " at random",
+            " since the update",
+            " after a week",
+            " on my phone",
+            " again",
+            " on every browser",
+        ),
+    ),
+    "update_account": (
+        ("change", "update", "edit", "fix", "correct", "switch", "please change", "pls update"),
+        (
+            "the email",
+            "the address",
+            "the phone number",
+            "the name",
+            "the shipping address",
+            "the billing address",
+            "the username",
+            "the contact details",
+        ),
+        (
+            " on my account",
+            " on my profile",
+            " in my account settings",
+            " on file",
+            " for my account",
+        ),
+        (
+            "",
+            ", i moved",
+            ", it's wrong",
+            ", i have a new one",
+            ", it changed",
+            ", got married",
+            ", new number",
+            ", typo in it",
+        ),
+    ),
+}
+_DAYS = ("monday", "tuesday", "yesterday", "last week", "on friday", "two days ago")
+
+
+def _composed_clause(rng: random.Random, intent: str, which: str, product: str, order: str | None) -> str:
+    """One clause of ``intent`` from its slots; an ``{order}`` synonym is skipped when there is no order id."""
+    words = []
+    for slot in _COMPOSED[intent]:
+        options = _casual_part(slot, which)
+        if order is None:
+            options = tuple(o for o in options if "{order}" not in o) or options[:1]
+        words.append(rng.choice(options))
+    text = " ".join(words).replace(" ,", ",").replace(" ?", "?").replace("  ", " ").strip()
+    return text.format(product=product, order=order, day=rng.choice(_DAYS), n=rng.randrange(3, 15))
+
+
+def make_casual_message(
+    rng: random.Random, split: str, intent: str | None = None, sentiment: str | None = None, every_part: bool = False
+) -> CustomerMessage:
+    """One short, informal message (``"hey wheres my blender, order ORD-12345. thx"``) from ``split``'s
+    name and product pools: the chat-box register the templates of :func:`make_message` never use.
+    Ids and emails are copied verbatim (never re-cased), so the entities answer stays exact.
+    ``every_part`` also draws the clauses and cues held out for ``heldout`` (names and products stay
+    ``split``'s): the shipped build trains on them once its settings were chosen without them."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    pools = _Pools(split)
+    if every_part:
+        pools.casual = "all"
+    return _make_casual(rng, pools, intent, sentiment)
+
+
+def _casual_part(items: tuple[str, ...], which: str) -> tuple[str, ...]:
+    """Every fifth casual clause or cue is held-out only, so held-out casual messages say new things."""
+    if which == "all":
+        return items
+    return tuple(x for i, x in enumerate(items) if (i % 5 == 4) == (which == "heldout"))
+
+
+def _make_casual(rng: random.Random, pools: _Pools, intent: str | None, sentiment: str | None) -> CustomerMessage:
+    intent = intent or rng.choice(INTENTS)
+    sentiment = sentiment or rng.choice(SENTIMENTS)
+    first, last = rng.choice(pools.first), rng.choice(pools.last)
+    product = rng.choice(pools.products)
+    order_id = _order_id(rng) if rng.random() < 0.5 else None
+    email = _email(rng, first, last, pools) if rng.random() < 0.45 else None
+    if rng.random() < 0.5:
+        clause = _composed_clause(rng, intent, pools.casual, product, order_id)
+    else:
+        clauses = _casual_part(_CASUAL_CLAUSES[intent], pools.casual)
+        if order_id is None:
+            clauses = tuple(c for c in clauses if "{order}" not in c)
+        clause = rng.choice(clauses).format(product=product, order=order_id)
+    body = [clause]
+    extras = []
+    if order_id is not None and order_id not in clause:
+        extras.append(rng.choice(_CASUAL_ORDER).format(order=order_id))
+    if email is not None:
+        extras.append(rng.choice(_CASUAL_EMAIL).format(email=email))
+    rng.shuffle(extras)
+    body += extras
+    if not (sentiment == "neutral" and rng.random() < 0.5):
+        body.insert(0 if rng.random() < 0.4 else len(body), _sentiment_cue(rng, sentiment, pools.casual))
+    if rng.random() < 0.4:
+        body.insert(0, rng.choice(_CASUAL_GREETINGS))
+    if rng.random() < 0.3:
+        body.append(rng.choice(_CASUAL_SIGNOFFS).format(name=_display(first)))
+    sep = rng.choice((", ", ". ", " ", " - ", "\n"))
+    text = sep.join(body)
+    if rng.random() < 0.35:
+        text = text[:1].upper() + text[1:]
+    if rng.random() < 0.3 and not text.endswith(("!", "?", ")", ".")):
+        text += rng.choice(("!", "?", ".", "!!", "??"))
+    return CustomerMessage(text, intent, sentiment, order_id, email, first, last, product)
+
+
+# --------------------------------------------------------------------------- #
 # Pretraining corpus
 # --------------------------------------------------------------------------- #
 
@@ -930,9 +1429,13 @@ _NOTES = (
 )
 
 
-def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
+def _pretrain_doc(rng: random.Random, pools: _Pools, casual_share: float) -> str:
     kind = rng.random()
-    msg = _make_message(rng, pools)
+    # A third of the customer text is chat-box register, so the base model knows the words free
+    # phrasings use ("wheres my parcel", "charged twice") before any adapter sees them.
+    # (No draw at all when the share is 0: the shipped tokenizer corpus regenerates byte for byte.)
+    casual = casual_share > 0 and rng.random() < casual_share
+    msg = _make_casual(rng, pools, None, None) if casual else _make_message(rng, pools)
     name = _display(msg.first)
     oid = msg.order_id or _order_id(rng)
     email = msg.email or _email(rng, msg.first, msg.last, pools)
@@ -991,11 +1494,13 @@ def _pretrain_doc(rng: random.Random, pools: _Pools) -> str:
     return msg.text
 
 
-def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
-    """``n_docs`` generic support-domain documents (no task instructions/answers)."""
+def pretraining_corpus(n_docs: int, seed: int, casual_share: float = 0.33) -> list[str]:
+    """``n_docs`` generic support-domain documents (no task instructions/answers); ``casual_share`` of
+    the customer texts in chat-box register. ``demo/corpus.txt`` (the tokenizer's corpus, shipped and
+    fixed since the first build) is drawn with 0, so the tokenizer did not change when it was added."""
     rng = random.Random(seed * 1_000_000_007 + 424_242)
     pools = _all_pools()
-    return [_pretrain_doc(rng, pools) for _ in range(n_docs)]
+    return [_pretrain_doc(rng, pools, casual_share) for _ in range(n_docs)]
 
 
 def tokenizer_glossary() -> list[str]:

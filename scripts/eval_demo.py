@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Held-out evaluation of the embedded demo: adapter x task exact-match matrix.
+"""Held-out evaluation of the embedded demo: adapter x task exact-match matrix (template or free phrasing).
 
     python scripts/eval_demo.py --models models/demo --n 200 \
         --json out/demo_eval.json --markdown out/demo_eval.md
@@ -27,6 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--n", type=int, default=200, help="held-out examples per task (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="held-out data seed (default: 0)")
+    parser.add_argument(
+        "--split",
+        choices=sorted(demo_eval.EVAL_SPLITS),
+        default="heldout",
+        help="heldout: the prompt contract's held-out templates; free_dev: free phrasings from parts disjoint "
+        "from training (default: heldout)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch size (default: 64)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generation budget (default: 48)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -46,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = demo_eval.evaluate_demo(
-        args.models, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        args.models,
+        n=args.n,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        split=args.split,
     )
     results["eval_seconds"] = round(time.perf_counter() - start, 1)
     table = demo_eval.render_markdown(results)

@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model", default="auto", help="model to ask: auto, an adapter name, or 'oracle' (each row's own task adapter)"
     )
-    p.add_argument("--max-tokens", type=int, default=32, help="max_tokens per request")
+    p.add_argument(
+        "--max-tokens", type=int, default=48, help="max_tokens per request (48: the served default_max_tokens)"
+    )
     p.add_argument("--api-key", default=None, help="API key, if the server needs one")
     p.add_argument("--json", type=Path, default=None, help="write the report (with every answer) here")
     return p.parse_args(argv)

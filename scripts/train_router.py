@@ -23,10 +23,12 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from loraplex.config.app import PolicyConfig
     from loraplex.router.featurizers import DTYPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,18 +83,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-model", default="models/demo/base", help="causal LM folder for --featurizer hidden_state")
     p.add_argument("--pooling", choices=["mean", "first"], default="mean", help="hidden_state pooling")
     p.add_argument("--n-per-task", type=int, default=800, help="training prompts per task")
+    p.add_argument(
+        "--free-parts",
+        choices=["train", "all"],
+        default="train",
+        help="demo router: free-phrasing parts to train on ('train', the shipped router, keeps the dev parts "
+        "out, so the report scores unseen phrasings; 'all' trains on every part)",
+    )
     p.add_argument("--epochs", type=int, default=40, help="passes over the training prompts")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     p.add_argument("--balance-coef", type=float, default=0.01, help="weight of the Switch load-balancing loss")
     p.add_argument("--z-coef", type=float, default=1e-3, help="weight of the router z-loss")
-    p.add_argument("--confidence-floor", type=float, default=0.6, help="below it the fallback applies")
+    policy = PolicyConfig()  # the one source of the policy defaults (config/app.py)
+    p.add_argument(
+        "--confidence-floor", type=float, default=policy.confidence_floor, help="below it the fallback applies"
+    )
     p.add_argument(
         "--fallback",
-        choices=["base", "soft_topk"],
-        default="soft_topk",
-        help="what a low-confidence request gets: the bare base model or the soft top-k blend",
+        choices=list(typing.get_args(PolicyConfig.model_fields["fallback"].annotation)),
+        default=policy.fallback,
+        help="what a low-confidence request gets: the top adapter alone (flagged auto:fallback_top1), the bare base "
+        "model, or the soft top-k blend (default: %(default)s)",
     )
-    p.add_argument("--top-k", type=int, default=1, help="adapters a confident request is routed to")
+    p.add_argument("--top-k", type=int, default=policy.top_k, help="adapters a confident request is routed to")
     p.add_argument("--seed", type=int, default=0, help="seed of the training data and the network init")
     return p.parse_args(argv)
 
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.data is None:
         from loraplex.demo.router_training import train_demo_router
 
-        metrics = train_demo_router(a.out, make_featurizer(a), a.n_per_task, cfg, policy)
+        metrics = train_demo_router(a.out, make_featurizer(a), a.n_per_task, cfg, policy, free_parts=a.free_parts)
         print(json.dumps({"out": str(a.out), **metrics}, indent=2))
         return 0
     try:

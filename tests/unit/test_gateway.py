@@ -77,10 +77,9 @@ def test_plans(gateway):
     assert p.group == "g2" and p.routing["mode"] == "auto" and p.routing["confidence"] > 0.9
     assert p.payload["composition"] == {"mode": "moe", "top_k": 1, "weights": {"c": 1.0}}
     p = gateway.plan_completion(CompletionRequest(model="auto", prompt="no keyword at all"))
+    # The default fallback: the top adapter alone, flagged (two adapters' answer formats do not blend).
     assert (
-        p.routing["mode"] == "auto:fallback_soft_topk"
-        and p.routing["confidence"] < 0.6
-        and len(p.routing["weights"]) == 2
+        p.routing["mode"] == "auto:fallback_top1" and p.routing["confidence"] < 0.6 and len(p.routing["weights"]) == 1
     )
     p = gateway.plan_completion(
         CompletionRequest(

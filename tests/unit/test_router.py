@@ -73,10 +73,16 @@ POLICY_CASES = [
     (
         "unsure -> soft top2",
         [0.4, 0.35, 0.25],
-        PolicyConfig(top_k=1, confidence_floor=0.5),
+        PolicyConfig(top_k=1, confidence_floor=0.5, fallback="soft_topk"),
         ("moe", {"intent": 0.4 / 0.75, "sentiment": 0.35 / 0.75}, True),
     ),
     ("unsure -> base", [0.4, 0.35, 0.25], PolicyConfig(confidence_floor=0.5, fallback="base"), ("base", {}, True)),
+    (
+        "unsure -> top1 by default",
+        [0.4, 0.35, 0.25],
+        PolicyConfig(confidence_floor=0.5),
+        ("moe", {"intent": 1.0}, True),
+    ),
     (
         "unsure -> top1, flagged",
         [0.4, 0.35, 0.25],
