@@ -23,6 +23,7 @@ seed -> same weights. About 7.5 minutes on two CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ import platform
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -533,7 +534,8 @@ def train_lora_on_examples(
     Returns ``(peft_model, stats)``; the caller must ``unload()`` the model to get the base back.
 
     ``first``/``first_steps``: a curriculum. The first ``first_steps`` batches come from ``first`` only (the
-    demo passes its template rows). On the free-phrasing mix alone the sentiment LoRA sat on a loss
+    demo passes the rows in the contract's shape, ``Message:`` ... ``\n\nAnswer:``: its templates plus the
+    few free rows that happen to share that shape). On the free-phrasing mix alone the sentiment LoRA sat on a loss
     plateau (~0.55) for a variable 150-300 steps before it found the mood cue; on templates it finds it
     in ~60, and the mixed steps after that then only have to generalise the readout.
     """
@@ -605,6 +607,35 @@ def _dir_files(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+@contextlib.contextmanager
+def atomic_build(out_dir: Path, threads: int, seed: int) -> Iterator[Path]:
+    """The set-up every demo build shares: ``threads`` torch threads, seeded RNGs, no HF progress bars,
+    and a sibling temp folder (yielded) that replaces ``out_dir`` only when the block finishes: a crash
+    never leaves half a build. Threads are restored and the temp folder removed either way."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{out_dir.name}.building"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    try:
+        yield tmp_dir
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        torch.set_num_threads(prev_threads)
+
+
 def build_demo(
     out_dir: Path, seed: int = 0, force: bool = False, progress: bool = True, config: DemoConfig | None = None
 ) -> dict:
@@ -622,24 +653,11 @@ def build_demo(
     import tokenizers
     import torch
     import transformers
-    from transformers.utils import logging as hf_logging
 
     cfg = config or DemoConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    hf_logging.disable_progress_bar()
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-    # Build into a sibling temp dir, then swap in: a crash never leaves half a demo.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.building"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir(parents=True)
-    try:
+    with atomic_build(out_dir, cfg.threads, seed) as tmp_dir:
         # 1. tokenizer
         t0 = time.perf_counter()
         corpus_text = load_corpus_text()
@@ -724,11 +742,4 @@ def build_demo(
             "timings": {k: round(v, 2) for k, v in timings.items()},
         }
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-        return manifest
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        torch.set_num_threads(prev_threads)
+    return manifest

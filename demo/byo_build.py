@@ -21,10 +21,7 @@ exactly like the demo's. Seeded; a few minutes on two CPU cores.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +29,14 @@ from typing import Any
 
 from loraplex.demo import byo_tasks
 from loraplex.demo import data as demo_data
-from loraplex.demo.build import ADAPTERS_DIRNAME, BASE_DIRNAME, LORA_TARGET_MODULES, DemoConfig, train_lora_on_examples
+from loraplex.demo.build import (
+    ADAPTERS_DIRNAME,
+    BASE_DIRNAME,
+    LORA_TARGET_MODULES,
+    DemoConfig,
+    atomic_build,
+    train_lora_on_examples,
+)
 from loraplex.demo.evaluation import evaluate, peft_generate_fn
 
 REPORT_NAME = "byo_report.json"
@@ -103,24 +107,12 @@ def build_byo(
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     cfg = config or ByoConfig()
     demo_cfg = DemoConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    hf_logging.disable_progress_bar()
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.building"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir(parents=True)
-    try:
+    with atomic_build(out_dir, cfg.threads, seed) as tmp_dir:
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         model.eval()
@@ -208,11 +200,4 @@ def build_byo(
             "timings": {k: round(v, 2) for k, v in timings.items()},
         }
         (tmp_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-        return report
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        torch.set_num_threads(prev_threads)
+    return report

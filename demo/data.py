@@ -38,6 +38,7 @@ but cannot do the tasks on its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -1259,6 +1260,7 @@ def make_casual_message(
     return _make_casual(rng, pools, intent, sentiment)
 
 
+@functools.cache  # called several times per casual message on the same few tuples
 def _casual_part(items: tuple[str, ...], which: str) -> tuple[str, ...]:
     """Every fifth casual clause or cue is held-out only, so held-out casual messages say new things."""
     if which == "all":

@@ -18,8 +18,8 @@ score: the usual retrain on train + dev, because every extra phrasing is one a n
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Sequence
 
 from loraplex.demo.data import (
     INTENTS,
@@ -400,7 +400,8 @@ _SYSTEM = (
 )
 
 
-def _split_part(items: Sequence, split: str) -> tuple:
+@functools.cache  # called ~10 times per rendered request on the same few tuples
+def _split_part(items: tuple, split: str) -> tuple:
     """Every fifth item is dev-only; the rest are train-only (disjoint by construction); "all" is both."""
     if split == "all":
         return tuple(items)
