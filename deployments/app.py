@@ -36,7 +36,11 @@ def build_app(args: dict) -> Application:
     )
     experts = {
         g.name: ExpertDeployment.options(**g.serve_options()).bind(
-            g.engine_config(cfg).model_dump(), list(g.adapters), g.max_batch_size, g.batch_wait_timeout_s
+            g.engine_config(cfg).model_dump(),
+            list(g.adapters),
+            g.max_batch_size,
+            g.batch_wait_timeout_s,
+            g.vllm_options.model_dump() if g.engine == "vllm" else None,
         )
         for g in cfg.groups
     }

@@ -9,10 +9,10 @@ import asyncio
 
 from ray import serve
 
-from loraplex.config.engine import EngineConfig
+from loraplex.config.engine import EngineConfig, VllmOptions
 from loraplex.deployments.metrics import ExpertMetrics
 from loraplex.experts.errors import LoraplexError, as_error
-from loraplex.experts.protocol import GenerationPayload, Outcome
+from loraplex.experts.protocol import GenerationPayload, Outcome, ServingEngine
 from loraplex.experts.replica import NativeReplica
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
@@ -20,11 +20,27 @@ MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity
 
 @serve.deployment
 class ExpertDeployment:
-    def __init__(self, engine_config: dict, pinned: list[str], max_batch_size: int, batch_wait_timeout_s: float):
-        self.engine = NativeReplica(
-            EngineConfig(**engine_config), pinned, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s
-        )
+    def __init__(
+        self,
+        engine_config: dict,
+        pinned: list[str],
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        vllm: dict | None = None,
+    ):
+        config = EngineConfig(**engine_config)
+        self.engine: ServingEngine
+        if vllm is None:
+            self.engine = NativeReplica(config, pinned, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s)
+        else:
+            from loraplex.experts.vllm_engine import VllmReplica  # vLLM is imported only by vLLM groups
+
+            self.engine = VllmReplica(config, VllmOptions(**vllm), pinned)
         self.metrics = ExpertMetrics()
+
+    def __del__(self):
+        if hasattr(self, "engine"):  # vLLM: stop its EngineCore process, remove its composed adapters
+            self.engine.close()
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MULTIPLEXED)
     async def _affinity(self, adapter: str):

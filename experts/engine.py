@@ -20,6 +20,7 @@ from loraplex.experts.composition import Chain, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder
 from loraplex.experts.errors import CompositionError, LoraplexError, RequestError
 from loraplex.experts.lora.layers import WrappedModel, wrap_model
+from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.request import Request, Result
 from loraplex.experts.scheduler import Scheduler
 
@@ -96,25 +97,7 @@ class Engine:
 
     def encode(self, prompt: str | list[int], max_tokens: int) -> list[int]:
         """Token ids of a prompt, checked against the vocabulary and the model's context length."""
-        if isinstance(prompt, str):
-            try:
-                prompt.encode("utf-8")
-            except UnicodeEncodeError as e:  # e.g. a lone UTF-16 surrogate: the tokenizer would raise a TypeError
-                raise RequestError(f"prompt is not valid Unicode text ({e.reason} at index {e.start})") from None
-            ids = self.tokenizer(prompt)["input_ids"]
-        else:
-            vocab = len(self.tokenizer)
-            if not prompt or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
-                raise RequestError(f"prompt token ids must be a non-empty list of integers in [0, {vocab})")
-            ids = list(prompt)
-        if not ids:
-            raise RequestError("prompt is empty after tokenization")
-        if len(ids) + max_tokens > self.max_positions:
-            raise RequestError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
-                f"of {self.max_positions} tokens"
-            )
-        return ids
+        return encode_prompt(self.tokenizer, prompt, max_tokens, self.max_positions)
 
     # ---- what the scheduler drives -----------------------------------------------------------
     @property

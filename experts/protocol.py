@@ -46,3 +46,7 @@ class ServingEngine(Protocol):
     def check_health(self) -> None:
         """Raise if the replica cannot serve (Serve restarts it)."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine holds outside this process (vLLM: its EngineCore process, cache folders)."""
+        ...

@@ -190,3 +190,6 @@ class NativeReplica:
     def check_health(self) -> None:
         if self._worker is not None and not self._worker.is_alive():
             raise RuntimeError("the engine worker thread is not running")
+
+    def close(self) -> None:
+        """Nothing outside this process to release: the worker thread is a daemon."""

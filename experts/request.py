@@ -40,6 +40,7 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     stages: list[str] = field(default_factory=list)  # chain: every stage's output, last == text
+    token_ids: list[int] = field(default_factory=list)  # the (last stage's) generated tokens, EOS excluded
 
     @property
     def usage(self) -> dict[str, int]:

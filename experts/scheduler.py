@@ -164,4 +164,4 @@ class Scheduler:
             self._waiting.appendleft(w)
             return
         stages = w.texts if len(w.texts) > 1 else []
-        w.done(Result(out.text, out.finish_reason, w.prompt_tokens, w.completion_tokens, stages))
+        w.done(Result(out.text, out.finish_reason, w.prompt_tokens, w.completion_tokens, stages, list(out.token_ids)))

@@ -15,8 +15,8 @@ from loraplex.config.app import AppArgs
 from loraplex.experts.adapters import routing_examples
 from loraplex.experts.adapters.registry import MARKER
 from loraplex.experts.adapters.store import adapter_folder, check_name, find_adapters
-from loraplex.experts.composition import Base, Chain, Moe, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import ConfigError, RequestError, UnknownAdapterError
+from loraplex.experts.composition import Base, Blend, Chain, Moe, adapters_of, parse_composition, weight_rows
+from loraplex.experts.errors import CompositionError, ConfigError, RequestError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
@@ -228,18 +228,29 @@ class Gateway:
         return info
 
     def group_for(self, comp) -> str:
-        """The group pinning most of the composition's adapters (first adapter breaks ties)."""
-        group_of = self.args.group_of
+        """The group pinning most of the composition's adapters (first adapter breaks ties); a logits-space
+        blend goes to such a group among those that can run it (engine native)."""
+        group_of, engine_of = self.args.group_of, self.args.engine_of
         names = list(adapters_of(comp))
         if isinstance(comp, Moe):
             names = [n for n, _ in comp.selected()]
+        logits = isinstance(comp, Blend) and comp.space == "logits"
         votes: dict[str, int] = {}
         for n in names:
             g = group_of.get(n)
-            if g is not None:
+            if g is not None and not (logits and engine_of[g] != "native"):
                 votes[g] = votes.get(g, 0) + 1
         if not votes:
-            return self.args.fallback_group
+            if not logits or engine_of[self.args.fallback_group] == "native":
+                return self.args.fallback_group
+            native = [g for g, e in engine_of.items() if e == "native"]
+            if not native:
+                groups = ", ".join(f"{g} ({e})" for g, e in engine_of.items())
+                raise CompositionError(
+                    "logits-space blends run only on groups with engine native, and this app has none "
+                    f"(groups: {groups}); use blend space 'delta', which every engine runs"
+                )
+            return native[0]
         return max(votes, key=lambda g: (votes[g], -[group_of.get(n) for n in names].index(g)))
 
     # ---- requests ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import hashlib
 import json
 import shutil
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +140,12 @@ def write_peft(composed: ComposedAdapter, folder: Path, base_model: str | None =
 class ComposedAdapterCache:
     """Per-replica folder of composed adapters, bounded by count and bytes, least recently used out first.
 
-    ``get(weights, build)`` returns the folder for the canonical composition, calling ``build()`` (which
-    returns a :class:`ComposedAdapter`) and writing it only on a miss. ``on_evict(key)`` lets the engine
-    drop its copy (vLLM: remove the LoRA) when a folder leaves the cache.
+    ``get(weights, build)`` returns the folder for the canonical composition and *leases* it, calling
+    ``build()`` (which returns a :class:`ComposedAdapter`) and writing it only on a miss; ``release(key)``
+    ends the lease. A leased folder is never evicted (the engine may still load it from disk: vLLM reads a
+    LoRA's files when its first request is scheduled), so the bounds can be exceeded while every entry is
+    leased, and are restored at the next release. ``on_evict(key)`` lets the engine drop its copy (vLLM:
+    remove the LoRA) when a folder leaves the cache.
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class ComposedAdapterCache:
         self.base_model = base_model
         self.on_evict = on_evict
         self._entries: OrderedDict[str, int] = OrderedDict()  # key -> bytes, oldest first
+        self._leases: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
@@ -172,32 +176,58 @@ class ComposedAdapterCache:
         return sum(self._entries.values())
 
     def get(self, weights: Mapping[str, float], build: Callable[[], ComposedAdapter]) -> tuple[str, Path]:
+        """``(key, folder)`` of the composition, leased until ``release(key)``."""
         key = composition_key(weights)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return key, self.root / key
-            self.misses += 1
-            composed = build()
-            size = composed.nbytes()
-            if size > self.max_bytes:
-                raise CompositionError(
-                    f"the composed adapter needs {size} bytes, above the cache's max_bytes {self.max_bytes}"
-                )
-            write_peft(composed, self.root / key, self.base_model)
-            self._entries[key] = size
-            self._evict(keep=key)
+            else:
+                self.misses += 1
+                composed = build()
+                size = composed.nbytes()
+                if size > self.max_bytes:
+                    raise CompositionError(
+                        f"the composed adapter needs {size} bytes, above the cache's max_bytes {self.max_bytes}"
+                    )
+                write_peft(composed, self.root / key, self.base_model)
+                self._entries[key] = size
+            self._leases[key] += 1
+            self._evict()
             return key, self.root / key
 
-    def _evict(self, keep: str) -> None:
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._leases[key] -= 1
+            if self._leases[key] <= 0:
+                del self._leases[key]
+            self._evict()
+
+    def drop(self, key: str) -> bool:
+        """Forget ``key`` now if unleased (e.g. one of its parts changed on disk); False if it is leased."""
+        with self._lock:
+            if key not in self._entries or self._leases[key]:
+                return key not in self._entries
+            self._remove(key)
+            return True
+
+    def _evict(self) -> None:
         while len(self._entries) > self.max_count or sum(self._entries.values()) > self.max_bytes:
-            key = next(k for k in self._entries if k != keep)
-            del self._entries[key]
-            shutil.rmtree(self.root / key, ignore_errors=True)
+            key = next((k for k in self._entries if not self._leases[k]), None)
+            if key is None:  # everything is leased: over the bound until a lease ends
+                return
+            self._remove(key)
             self.evictions += 1
-            if self.on_evict is not None:
-                self.on_evict(key)
+
+    def _remove(self, key: str) -> None:
+        del self._entries[key]
+        shutil.rmtree(self.root / key, ignore_errors=True)
+        if self.on_evict is not None:
+            self.on_evict(key)
 
     def keys(self) -> Sequence[str]:
         return list(self._entries)
+
+    def leased(self) -> int:
+        with self._lock:
+            return len(self._leases)

@@ -176,6 +176,10 @@ class AdapterStore:
         """The validated adapter, from host memory or disk (LRU over `host_capacity` adapters)."""
         return self._get(name)[1]
 
+    def get_versioned(self, name: str) -> tuple[Version, LoraAdapter]:
+        """`get`, with the version of the files it was loaded from (engines that key their own caches on it)."""
+        return self._get(name)
+
     def _get(self, name: str) -> tuple[Version, LoraAdapter]:
         with self._lock:
             try:

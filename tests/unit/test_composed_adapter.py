@@ -112,16 +112,36 @@ def test_cache_hits_and_evicts_lru_by_count_and_bytes(loaded, tmp_path):
     def builder(w):
         return lambda: builds.append(w) or compose(loaded, w, max_rank=32)
 
-    k0, p0 = cache.get(mixes[0], builder(mixes[0]))
-    k1, _ = cache.get(mixes[1], builder(mixes[1]))
-    assert cache.get({"c": 0.5, "a": 0.5000001}, builder(mixes[0]))[0] == k0 and len(builds) == 2  # a hit
-    k2, _ = cache.get(mixes[2], builder(mixes[2]))  # evicts k1, the least recently used
+    def use(c, w):  # one request: lease, then release
+        key, path = c.get(w, builder(w))
+        c.release(key)
+        return key, path
+
+    k0, p0 = use(cache, mixes[0])
+    k1, _ = use(cache, mixes[1])
+    assert use(cache, {"c": 0.5, "a": 0.5000001})[0] == k0 and len(builds) == 2  # a hit
+    k2, _ = use(cache, mixes[2])  # evicts k1, the least recently used
     assert evicted == [k1] and cache.keys() == [k0, k2] and (cache.hits, cache.misses) == (1, 3)
     assert p0.is_dir() and not (tmp_path / "cache" / k1).exists()
     one = compose(loaded, mixes[0], max_rank=32).nbytes()
     small = ComposedAdapterCache(tmp_path / "small", max_count=10, max_bytes=int(one * 1.5))
-    small.get(mixes[0], builder(mixes[0]))
-    small.get(mixes[1], builder(mixes[1]))
+    use(small, mixes[0])
+    use(small, mixes[1])
     assert len(small) == 1 and small.nbytes <= int(one * 1.5)
     with pytest.raises(CompositionError, match="above the cache's max_bytes"):
         ComposedAdapterCache(tmp_path / "tiny", max_bytes=10).get(mixes[0], builder(mixes[0]))
+
+
+def test_a_leased_composed_adapter_is_never_evicted_or_dropped(loaded, tmp_path):
+    """vLLM reads a LoRA's files when its request is scheduled: a folder in use must stay on disk."""
+    evicted = []
+    cache = ComposedAdapterCache(tmp_path / "cache", max_count=1, on_evict=evicted.append)
+    first = {"a": 0.5, "c": 0.5}
+    k0, p0 = cache.get(first, lambda: compose(loaded, first, max_rank=32))  # leased, not released
+    k1, p1 = cache.get({"a": 1.0}, lambda: compose(loaded, {"a": 1.0}, max_rank=32))
+    assert evicted == [] and p0.is_dir() and p1.is_dir() and cache.leased() == 2  # over the bound while leased
+    assert cache.drop(k0) is False and p0.is_dir()
+    cache.release(k1)
+    assert evicted == [k1] and cache.keys() == [k0]  # back within the bound: the unleased one goes
+    cache.release(k0)
+    assert cache.drop(k0) is True and not p0.exists() and evicted == [k1, k0]

@@ -1,0 +1,227 @@
+"""The vLLM engine backend against references, on the demo model in float32 (real vLLM CPU engine, no Ray):
+greedy outputs equal the native engine's token for token in every composition mode vLLM runs, a single
+adapter equals PEFT, and the composed-adapter cache, refusals, cancellation and re-registration behave."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import wait
+
+import pytest
+import torch
+
+from loraplex.config.engine import EngineConfig, VllmOptions
+from loraplex.experts.engine import Engine
+from loraplex.experts.errors import AdapterValidationError, CompositionError, UnknownAdapterError
+from loraplex.experts.request import Request, Result
+from tests.integration.conftest import ensure_demo
+
+pytest.importorskip("vllm")
+
+PROMPTS = [
+    "what does this customer need? my parcel never showed up",
+    "Extract the entities: my order ORD-12345 never came, write to jane.doe@example.com",
+    "how does the customer feel? this is the worst service I have ever had",
+]
+COMPOSITIONS = {
+    "base": None,
+    "single intent": "intent",
+    "single entities": "entities",
+    "stack": {"mode": "stack", "adapters": ["intent", "sentiment"]},
+    "blend delta": {"mode": "blend", "weights": {"intent": 0.7, "sentiment": 0.3}},
+    "moe top-2": {"mode": "moe", "top_k": 2, "weights": {"intent": 0.5, "sentiment": 0.3, "entities": 0.2}},
+    "chain": {
+        "mode": "chain",
+        "stages": [
+            {"adapter": "entities", "prompt": "{input}"},
+            {"adapter": "intent", "prompt": "what does this customer need? {input} {previous}"},
+        ],
+    },
+}
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A copy of the demo adapters (tests replace files in it) and both engines on it."""
+    models = ensure_demo()
+    root = tmp_path_factory.mktemp("adapters")
+    for name in ("intent", "sentiment", "entities"):
+        shutil.copytree(models / "adapters" / name, root / name)
+    shutil.copytree(models / "adapters" / "sentiment", root / "extra")
+    config = EngineConfig(
+        base_model=str(models / "base"),
+        adapter_roots=[str(root)],
+        device="cpu",
+        dtype="float32",
+        max_slots=4,
+        max_host_adapters=8,
+    )
+    from loraplex.experts.vllm_engine import VllmReplica
+
+    options = VllmOptions(
+        max_loras=2,  # fewer than the distinct adapters of the mixed-batch test: some wait for a slot
+        max_cpu_loras=8,
+        max_lora_rank=32,  # two rank-16 adapters fit, three do not
+        max_num_seqs=8,
+        cpu_kvcache_space_gb=1,
+        composed_cache_count=4,
+        composed_cache_dir=str(tmp_path_factory.mktemp("composed")),
+    )
+    replica = VllmReplica(config, options, ["intent"])
+    native = Engine.from_config(config)
+    yield {"vllm": replica, "native": native, "root": root, "models": models}
+    replica.close()
+
+
+def _vllm(demo, prompt, comp, **sampling) -> Result:
+    res = demo["vllm"].submit(
+        {"prompt": prompt, "composition": comp, "sampling": {"max_tokens": MAX_TOKENS, **sampling}}
+    )
+    out = res.result(120)
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+def _native(demo, prompt, comp) -> Result:
+    return demo["native"].generate([Request.from_json(prompt, comp, max_tokens=MAX_TOKENS)])[0]
+
+
+@pytest.mark.parametrize("mode", list(COMPOSITIONS))
+def test_greedy_outputs_equal_the_native_engine_token_for_token(demo, mode):
+    comp = COMPOSITIONS[mode]
+    for prompt in PROMPTS:
+        ours, ref = _vllm(demo, prompt, comp), _native(demo, prompt, comp)
+        assert ours.token_ids == ref.token_ids, (mode, prompt, ours.text, ref.text)
+        assert (ours.text, ours.finish_reason, ours.prompt_tokens, ours.completion_tokens, ours.stages) == (
+            ref.text,
+            ref.finish_reason,
+            ref.prompt_tokens,
+            ref.completion_tokens,
+            ref.stages,
+        )
+
+
+def test_chat_token_ids_and_a_concurrent_mixed_batch_equal_the_native_engine(demo):
+    """Token-id prompts (what the gateway sends for chat), many adapters and modes in flight at once."""
+    tok = demo["native"].tokenizer
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    chat = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    jobs = [(p, c) for c in COMPOSITIONS.values() if not isinstance(c, dict) or c["mode"] != "chain" for p in PROMPTS]
+    jobs.append((chat, "intent"))
+    futures = [
+        demo["vllm"].submit({"prompt": p, "composition": c, "sampling": {"max_tokens": MAX_TOKENS}}) for p, c in jobs
+    ]
+    wait(futures, timeout=300)
+    for (p, c), fut in zip(jobs, futures):
+        assert fut.result().token_ids == _native(demo, p, c).token_ids, (p, c)
+
+
+def test_a_single_adapter_equals_peft_generate(demo):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    models = demo["models"]
+    base = AutoModelForCausalLM.from_pretrained(models / "base", dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, demo["root"] / "entities").eval()
+    ids = demo["native"].tokenizer(PROMPTS[1], return_tensors="pt")
+    with torch.no_grad():
+        out = peft.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0)
+    ref = out[0, ids["input_ids"].shape[1] :].tolist()
+    ref = ref[:-1] if ref and ref[-1] == base.generation_config.eos_token_id else ref
+    assert _vllm(demo, PROMPTS[1], "entities").token_ids == ref
+
+
+def test_composed_adapters_are_cached_by_canonical_composition(demo):
+    rep = demo["vllm"]
+    comp = {"mode": "blend", "weights": {"sentiment": 0.4, "intent": 0.6}}
+    _vllm(demo, PROMPTS[0], comp)
+    hits, misses = rep.composed.hits, rep.composed.misses
+    near = {"mode": "blend", "weights": {"intent": 0.60001, "sentiment": 0.39999}}  # same at 3 decimals
+    stack_same = {"mode": "moe", "top_k": 2, "weights": {"intent": 0.6, "sentiment": 0.4}}  # same weights, other mode
+    _vllm(demo, PROMPTS[0], near)
+    _vllm(demo, PROMPTS[0], stack_same)
+    assert (rep.composed.hits, rep.composed.misses) == (hits + 2, misses)
+    assert len(rep.composed) <= rep.options.composed_cache_count and rep.composed.leased() == 0
+
+
+CASES = [
+    (
+        "rank over max_lora_rank",
+        {"mode": "stack", "adapters": ["intent", "sentiment", "entities"]},
+        CompositionError,
+        r"rank 48 .*max_lora_rank 32",
+    ),
+    (
+        "logits blend",
+        {"mode": "blend", "space": "logits", "weights": {"intent": 0.5, "sentiment": 0.5}},
+        CompositionError,
+        "native-engine group",
+    ),
+    ("unknown adapter", "nope", UnknownAdapterError, "nope"),
+    ("unsafe name", "../intent", Exception, "invalid adapter name"),
+]
+
+
+@pytest.mark.parametrize("name,comp,error,match", CASES, ids=[c[0] for c in CASES])
+def test_refusals_are_typed_and_name_the_problem(demo, name, comp, error, match):
+    out = demo["vllm"].submit({"prompt": PROMPTS[0], "composition": comp, "sampling": {}}).result(60)
+    assert isinstance(out, error) and 400 <= out.status < 500, out
+    assert re.search(match, str(out)), str(out)
+
+
+def test_a_broken_adapter_fails_its_request_only(demo):
+    bad = demo["root"] / "broken"
+    shutil.copytree(demo["root"] / "intent", bad)
+    (bad / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    out = demo["vllm"].submit({"prompt": PROMPTS[0], "composition": "broken", "sampling": {}}).result(60)
+    assert isinstance(out, AdapterValidationError) and "broken" in str(out)
+    assert _vllm(demo, PROMPTS[0], "intent").text == _native(demo, PROMPTS[0], "intent").text
+
+
+def test_cancel_aborts_the_vllm_request(demo):
+    rep = demo["vllm"]
+    started = threading.Event()
+    fut = rep.submit(
+        {"prompt": PROMPTS[0], "composition": "intent", "sampling": {"max_tokens": 200, "ignore_eos": True}},
+        on_token=lambda _delta: started.set(),
+    )
+    assert started.wait(60)
+    rep.cancel(fut)
+    out = fut.result(30)
+    assert isinstance(out, Result) and out.finish_reason == "cancelled"
+    deadline = time.time() + 10
+    while rep.llm.get_num_unfinished_requests() and time.time() < deadline:
+        time.sleep(0.05)
+    assert rep.llm.get_num_unfinished_requests() == 0 and rep.stats()["inflight"] == 0
+
+
+def test_streamed_deltas_add_up_to_the_answer(demo):
+    deltas: list[str] = []
+    fut = demo["vllm"].submit(
+        {"prompt": PROMPTS[1], "composition": "entities", "sampling": {"max_tokens": MAX_TOKENS}},
+        on_token=deltas.append,
+    )
+    out = fut.result(60)
+    assert len(deltas) > 1 and "".join(deltas) == out.text
+
+
+def test_a_re_registered_part_rebuilds_its_composed_adapter(demo):
+    """`extra` starts as a copy of sentiment; replaced by intent's files, the blend intent/extra 50:50 is
+    exactly intent alone, and a single request for `extra` serves the new files too."""
+    blend = {"mode": "blend", "weights": {"intent": 0.5, "extra": 0.5}}
+    before = _vllm(demo, PROMPTS[2], blend)
+    assert before.token_ids == _native(demo, PROMPTS[2], blend).token_ids
+    _vllm(demo, PROMPTS[2], "extra")
+    root = demo["root"]
+    tmp = root / ".extra.new"
+    shutil.copytree(root / "intent", tmp)
+    shutil.rmtree(root / "extra")
+    tmp.rename(root / "extra")
+    intent = _vllm(demo, PROMPTS[2], "intent")
+    assert _vllm(demo, PROMPTS[2], blend).token_ids == intent.token_ids
+    assert _vllm(demo, PROMPTS[2], "extra").token_ids == intent.token_ids
