@@ -227,7 +227,8 @@ class GroupConfig(_Strict):
         if self.engine == "native" and self.vllm is not None:
             problems.append(f"group {self.name!r}: a vllm block needs engine: vllm (engine is {self.engine!r})")
         if self.engine == "vllm":
-            native_only = sorted(set(NATIVE_ONLY) & self.model_fields_set)
+            # changed from their defaults (not "set": the ingress gets a round-tripped dump with every field)
+            native_only = sorted(k for k in NATIVE_ONLY if getattr(self, k) != type(self).model_fields[k].default)
             if native_only:
                 problems.append(
                     f"group {self.name!r}: {native_only} are native-engine settings; with engine: vllm use "

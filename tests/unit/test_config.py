@@ -28,6 +28,7 @@ def test_serve_yaml_args_validate_as_app_args(path):
     for app in doc["applications"]:
         assert app["import_path"] == "loraplex.deployments.app:build_app"
         args = AppArgs(**app["args"])
+        assert AppArgs(**args.model_dump()) == args  # what the ingress receives (every field, set or not)
         host = doc.get("http_options", {}).get("host", "127.0.0.1")
         if host not in ("127.0.0.1", "localhost", "::1"):  # public bind needs a key (docs/security.md)
             assert args.auth.has_api_key or args.auth.allow_public_without_key, (
@@ -76,7 +77,68 @@ CASES = [
         r"default_max_tokens \(1000\) exceeds limits.max_tokens_limit \(256\)",
     ),
     ("bad group name", _set("groups.0.name", "Support Team"), "String should match pattern"),
+    ("vllm block on a native group", _set("groups.0.vllm", {"max_loras": 2}), "a vllm block needs engine: vllm"),
+    ("unknown engine", _set("groups.0.engine", "sglang"), "Input should be 'native' or 'vllm'"),
 ]
+
+
+def _vllm(**vllm):
+    """groups.0 as a vLLM group (the native-only sizes removed), with `vllm` as its block."""
+
+    def change(d):
+        g = d["groups"][0]
+        for k in ("max_slots", "max_host_adapters", "max_batch_rows", "batch_wait_timeout_s"):
+            g.pop(k, None)
+        g["engine"] = "vllm"
+        g["vllm"] = vllm
+
+    return change
+
+
+def _vllm_and(path: str, value, **vllm):
+    def change(d):
+        _vllm(**vllm)(d)
+        _set(path, value)(d)
+
+    return change
+
+
+CASES += [
+    ("unknown vllm option", _vllm(tensor_parallel=2), "Extra inputs are not permitted"),
+    (
+        "cpu loras below loras",
+        _vllm(max_loras=8, max_cpu_loras=4),
+        r"vllm.max_cpu_loras \(4\) must be >= vllm.max_loras \(8\)",
+    ),
+    ("rank vLLM has no size for", _vllm(max_lora_rank=48), "Input should be 1, 8, 16, 32, 64, 128, 256, 320 or 512"),
+    (
+        "pinned over cpu loras",
+        _vllm(max_loras=1, max_cpu_loras=1),
+        r"2 pinned adapters exceed vllm.max_cpu_loras \(1\)",
+    ),
+    (
+        "ongoing below seqs",
+        _vllm(max_num_seqs=64),
+        r"max_ongoing_requests \(24\) must be >= vllm.max_num_seqs \(64\)",
+    ),
+    ("bad threads bind", _vllm(cpu_threads_bind="all cores"), "String should match pattern"),
+    ("whole GiB of KV", _vllm(cpu_kvcache_space_gb=0.5), "Input should be a valid integer"),
+    (
+        "native setting on a vllm group",
+        _vllm_and("groups.0.max_slots", 4),
+        r"\['max_slots'\] are native-engine settings; with engine: vllm use vllm.max_loras",
+    ),
+]
+
+
+def test_a_vllm_group_takes_its_batch_size_unless_told_otherwise():
+    args = copy.deepcopy(BASE)
+    _vllm(max_loras=2)(args)
+    group = AppArgs(**args).groups[0]
+    assert group.vllm_options.max_num_seqs == group.max_batch_size == 16
+    assert AppArgs(**args).engine_of == {"support": "vllm", "extraction": "native"}
+    _vllm(max_num_seqs=8)(args)
+    assert AppArgs(**args).groups[0].vllm_options.max_num_seqs == 8
 
 
 @pytest.mark.parametrize("name,change,match", CASES, ids=[c[0] for c in CASES])
@@ -89,9 +151,9 @@ def test_app_args_errors(name, change, match):
 
 def test_every_field_is_documented():
     from loraplex.config.app import GroupConfig, LimitsConfig, ReplicaResources, RoutingConfig
-    from loraplex.config.engine import EngineConfig
+    from loraplex.config.engine import EngineConfig, VllmOptions
 
-    for model in (AppArgs, GroupConfig, RoutingConfig, LimitsConfig, ReplicaResources, EngineConfig):
+    for model in (AppArgs, GroupConfig, RoutingConfig, LimitsConfig, ReplicaResources, EngineConfig, VllmOptions):
         missing = [n for n, f in model.model_fields.items() if not f.description]
         assert not missing, f"{model.__name__} fields without description: {missing}"
 
