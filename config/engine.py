@@ -102,6 +102,11 @@ class VllmOptions(BaseModel):
         description="Cores the CPU worker binds its OpenMP threads to (VLLM_CPU_OMP_THREADS_BIND), e.g. '0-1'; "
         "none = vLLM's 'auto', which on a 2-core machine keeps one core free and runs on one thread.",
     )
+    compact_json: bool = Field(
+        default=True,
+        description="JSON outputs (response_format) without free whitespace between tokens: small models can "
+        "otherwise spend their whole budget on newlines inside an unfinished object.",
+    )
     composed_cache_count: int = Field(
         default=64, ge=1, description="Composed adapters (stack, delta blend, moe) kept on disk per replica (LRU)."
     )

@@ -18,7 +18,7 @@ from loraplex.config.engine import EngineConfig
 from loraplex.experts.adapters.store import AdapterStore, Lease
 from loraplex.experts.composition import Chain, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder
-from loraplex.experts.errors import CompositionError, LoraplexError, RequestError
+from loraplex.experts.errors import CompositionError, LoraplexError, RequestError, SamplingError
 from loraplex.experts.lora.layers import WrappedModel, wrap_model
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.request import Request, Result
@@ -76,6 +76,11 @@ class Engine:
         fit this replica) without touching the model; returns the token ids of its (first) prompt."""
         for name in adapters_of(request.composition):
             self.store.resolve(name)
+        unsupported = request.params.native_unsupported()
+        if unsupported:
+            raise SamplingError(
+                f"{unsupported} not supported by the native engine yet; a group with engine: vllm runs them"
+            )
         if isinstance(request.composition, Chain):
             if not isinstance(request.prompt, str):
                 raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")

@@ -31,6 +31,25 @@ class Request:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log probability and the most likely tokens at its step (best first)."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Choice:
+    """One of the `n` answers of a request (`Result` holds the first one in its own fields)."""
+
+    text: str
+    finish_reason: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
 class Result:
     """One answer. For a chain, `text` is the last stage's output and the token counts sum over every stage
     (each stage is a full prompt + completion the replica ran)."""
@@ -41,6 +60,12 @@ class Result:
     completion_tokens: int
     stages: list[str] = field(default_factory=list)  # chain: every stage's output, last == text
     token_ids: list[int] = field(default_factory=list)  # the (last stage's) generated tokens, EOS excluded
+    logprobs: list[TokenLogprob] | None = None  # per token of `token_ids`, when the request asked for them
+    more: list[Choice] = field(default_factory=list)  # choices 2..n (n > 1)
+
+    @property
+    def choices(self) -> list[Choice]:
+        return [Choice(self.text, self.finish_reason, self.token_ids, self.logprobs), *self.more]
 
     @property
     def usage(self) -> dict[str, int]:

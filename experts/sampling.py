@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -11,6 +11,10 @@ from loraplex.experts.errors import SamplingError
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 256  # each stop string; every decode step scans the text tail for each of them
+MAX_N = 8  # choices per request
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's chat limit; vLLM's default max_logprobs)
+MAX_LOGIT_BIAS = 300  # tokens a request may bias
+STRUCTURED = ("json_object", "json_schema")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,16 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
     ignore_eos: bool = False  # decode exactly max_tokens (benchmarks, load tests)
+    # What the vLLM engine runs and the native engine does not yet (`native_unsupported`):
+    n: int = 1  # choices, sharing one prefill
+    logprobs: int | None = None  # log probabilities of the chosen tokens plus this many top alternatives
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (token id, bias in [-100, 100])
+    structured: tuple[str, str] | None = None  # ("json_object", "") or ("json_schema", schema as JSON text)
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,12 +76,67 @@ class SamplingParams:
             problems.append(f"seed must be an integer in [0, 2**63) or null, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):
             problems.append(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
+
+        def integer(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not integer(self.n) or not 1 <= self.n <= MAX_N:
+            problems.append(f"n must be an integer in [1, {MAX_N}], got {self.n!r}")
+        if self.logprobs is not None and (not integer(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            problems.append(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] or null, got {self.logprobs!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not num(v) or not -2 <= v <= 2:
+                problems.append(f"{name} must be in [-2, 2], got {v!r}")
+        if not num(self.repetition_penalty) or not 0 < self.repetition_penalty <= 10:
+            problems.append(f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
+        if not num(self.min_p) or not 0 <= self.min_p <= 1:
+            problems.append(f"min_p must be in [0, 1], got {self.min_p!r}")
+        if not integer(self.min_tokens) or self.min_tokens < 0:
+            problems.append(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
+        elif integer(self.max_tokens) and self.min_tokens > self.max_tokens:
+            problems.append(f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})")
+        bias = self.logit_bias
+        if isinstance(bias, dict):
+            bias = tuple(bias.items())
+        try:
+            bias = tuple((int(t), float(b)) for t, b in bias)
+        except (TypeError, ValueError):
+            problems.append(f"logit_bias must map token ids to numbers, got {str(self.logit_bias)[:200]!r}")
+            bias = ()
+        if len(bias) > MAX_LOGIT_BIAS or any(t < 0 or not -100 <= b <= 100 for t, b in bias):
+            problems.append(f"logit_bias takes at most {MAX_LOGIT_BIAS} token ids >= 0 with biases in [-100, 100]")
+        object.__setattr__(self, "logit_bias", bias)
+        if self.structured is not None:
+            st = tuple(self.structured)
+            if len(st) != 2 or st[0] not in STRUCTURED or not isinstance(st[1], str):
+                problems.append(f"structured must be one of {list(STRUCTURED)} with its schema, got {st!r}")
+            object.__setattr__(self, "structured", st)
         if problems:
             raise SamplingError("; ".join(problems))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def native_unsupported(self) -> list[str]:
+        """Fields set to something the native engine does not run yet (the vLLM engine runs them all)."""
+        defaults = SamplingParams()
+        fields = ("n", "logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p")
+        out = [f for f in fields if getattr(self, f) != getattr(defaults, f)]
+        out += ["min_tokens"] if self.min_tokens else []
+        out += ["logit_bias"] if self.logit_bias else []
+        out += ["response_format"] if self.structured is not None else []
+        return out
+
+
+def sampling_payload(params: SamplingParams) -> dict:
+    """`params` as plain JSON-able data (the ingress -> replica hop; `SamplingParams(**payload)` rebuilds it)."""
+    out = {f.name: getattr(params, f.name) for f in fields(params)}
+    out["stop"] = list(params.stop)
+    out["logit_bias"] = [list(p) for p in params.logit_bias]
+    out["structured"] = list(params.structured) if params.structured is not None else None
+    return out
 
 
 def choose_tokens(

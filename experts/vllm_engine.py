@@ -22,6 +22,7 @@ the native replica's, so the Serve shell (`deployments/expert.py`) drives both t
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import logging
 import os
@@ -44,11 +45,18 @@ from loraplex.experts.adapters.store import AdapterStore, Version
 from loraplex.experts.composition import Base, Blend, Chain, Composition, Moe, Single, Stack, adapters_of
 from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.engine import pick_device, pick_dtype
-from loraplex.experts.errors import AdapterValidationError, CompositionError, LoraplexError, RequestError, as_error
+from loraplex.experts.errors import (
+    AdapterValidationError,
+    CompositionError,
+    LoraplexError,
+    RequestError,
+    SamplingError,
+    as_error,
+)
 from loraplex.experts.lora.targets import target_linears
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.protocol import GenerationPayload, Outcome
-from loraplex.experts.request import Request, Result
+from loraplex.experts.request import Choice, Request, Result, TokenLogprob
 from loraplex.experts.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -103,6 +111,7 @@ def engine_args(config: EngineConfig, options: VllmOptions) -> dict[str, Any]:
         "gpu_memory_utilization": options.gpu_memory_utilization,
         "enforce_eager": options.enforce_eager,
         "disable_log_stats": True,
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": options.compact_json},
     }
     if options.max_model_len is not None:
         args["max_model_len"] = options.max_model_len
@@ -112,7 +121,8 @@ def engine_args(config: EngineConfig, options: VllmOptions) -> dict[str, Any]:
 
 
 def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Our sampling fields as vLLM `SamplingParams` keyword arguments (same meaning: 0 = greedy / no top-k)."""
+    """Our sampling fields as vLLM `SamplingParams` keyword arguments (same meaning: 0 = greedy / no top-k).
+    Structured output is separate (`structured_outputs`), built where vLLM is imported."""
     return {
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
@@ -121,6 +131,14 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "stop": list(params.stop) or None,
         "seed": params.seed,
         "ignore_eos": params.ignore_eos,
+        "n": params.n,
+        "logprobs": params.logprobs,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "repetition_penalty": params.repetition_penalty,
+        "min_p": params.min_p,
+        "min_tokens": params.min_tokens,
+        "logit_bias": dict(params.logit_bias) or None,
     }
 
 
@@ -135,11 +153,48 @@ def composed_weights(comp: Composition) -> dict[str, float] | None:
     return None
 
 
+class _Output:
+    """One choice being streamed out of vLLM (`RequestOutputKind.DELTA`: each update holds only new tokens)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = None
+        self.finish_reason = "cancelled"  # until vLLM says it finished
+        self.n_tokens = 0  # the usage count: EOS included, as the native engine counts it
+
+    def add(self, c, logprobs: int | None) -> None:
+        self.parts.append(c.text)
+        self.token_ids += c.token_ids
+        if logprobs is not None and c.logprobs is not None:
+            self.logprobs = self.logprobs or []
+            for token_id, step in zip(c.token_ids, c.logprobs):
+                chosen = step[token_id]
+                top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+                alternatives = [(lp.decoded_token or "", lp.logprob) for _, lp in top[:logprobs]]
+                self.logprobs.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, alternatives))
+        if c.finish_reason is not None:
+            self.finish_reason = c.finish_reason if c.finish_reason in ("stop", "length") else "cancelled"
+
+    def close(self, eos_ids: set[int]) -> None:
+        """vLLM's ids end with the EOS token that stopped them; the native engine's (and OpenAI's) do not."""
+        self.n_tokens = len(self.token_ids)
+        if self.finish_reason == "stop" and self.token_ids and self.token_ids[-1] in eos_ids:
+            self.token_ids = self.token_ids[:-1]
+            if self.logprobs:
+                self.logprobs = self.logprobs[: len(self.token_ids)]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class VllmReplica:
     """The `ServingEngine` of a vLLM group (see `experts.protocol`)."""
 
     def __init__(self, config: EngineConfig, options: VllmOptions, pinned: list[str]):
         from vllm import AsyncEngineArgs  # imported here: native-only installs never need vLLM
+        from vllm.config import StructuredOutputsConfig
 
         self.config, self.options = config, options
         configure_vllm_env(options, config.device)
@@ -180,7 +235,9 @@ class VllmReplica:
         self._thread = threading.Thread(target=self._loop.run_forever, name="loraplex-vllm", daemon=True)
         self._thread.start()
         t0 = time.perf_counter()
-        self.llm = self._run(self._start(AsyncEngineArgs(**engine_args(config, options))), START_TIMEOUT_S)
+        kwargs = engine_args(config, options)
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(**kwargs["structured_outputs_config"])
+        self.llm = self._run(self._start(AsyncEngineArgs(**kwargs)), START_TIMEOUT_S)
         log.info("vLLM engine ready in %.1f s: %s", time.perf_counter() - t0, engine_args(config, options))
         self._base_lora = self._run(self._zero_lora(), START_TIMEOUT_S) if self._cpu_lora_bug() else None
         for name in pinned:  # validate + load at start: a broken adapter fails the deploy, loudly
@@ -277,13 +334,19 @@ class VllmReplica:
             self.store.resolve(name)
         if not isinstance(comp, Chain):
             ids = encode_prompt(self.tokenizer, req.prompt, req.params.max_tokens, self.max_positions)
-            text, finish, tokens = await self._generate(comp, ids, req.params, req.on_token)
-            return Result(text, finish, len(ids), len(tokens), token_ids=self._content(tokens, finish))
+            choices = await self._generate(comp, ids, req.params, req.on_token)
+            first = choices[0]
+            more = [Choice(o.text, o.finish_reason, o.token_ids, o.logprobs) for o in choices[1:]]
+            completion = sum(c.n_tokens for c in choices)
+            return Result(
+                first.text, first.finish_reason, len(ids), completion, [], first.token_ids, first.logprobs, more
+            )
+        if req.params.n > 1:
+            raise SamplingError("n > 1 is not supported with chain compositions (each stage feeds the next)")
         if not isinstance(req.prompt, str):
             raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
         texts: list[str] = []
         prompt_tokens = completion_tokens = 0
-        finish = "stop"
         for i, stage in enumerate(comp.stages):
             last = i == len(comp.stages) - 1
             ids = encode_prompt(
@@ -293,44 +356,59 @@ class VllmReplica:
                 self.max_positions,
             )
             stage_comp = Single(stage.adapter) if stage.adapter else Base()
-            text, finish, tokens = await self._generate(stage_comp, ids, req.params, req.on_token if last else None)
-            texts.append(text)
+            (out,) = await self._generate(stage_comp, ids, req.params, req.on_token if last else None)
+            texts.append(out.text)
             prompt_tokens += len(ids)
-            completion_tokens += len(tokens)
-            if finish == "cancelled":
+            completion_tokens += out.n_tokens
+            if out.finish_reason == "cancelled":
                 break
         stages = texts if len(texts) > 1 else []
-        return Result(texts[-1], finish, prompt_tokens, completion_tokens, stages, self._content(tokens, finish))
-
-    def _content(self, tokens: list[int], finish: str) -> list[int]:
-        """vLLM's output ids end with the EOS token that stopped them; the native engine's do not."""
-        return tokens[:-1] if finish == "stop" and tokens and tokens[-1] in self.eos_ids else tokens
+        return Result(
+            texts[-1], out.finish_reason, prompt_tokens, completion_tokens, stages, out.token_ids, out.logprobs
+        )
 
     async def _generate(
         self, comp: Composition, ids: list[int], params: SamplingParams, on_token: TokenCallback | None
-    ) -> tuple[str, str, list[int]]:
+    ) -> list[_Output]:
+        """The request's `n` outputs; `on_token` streams choice 0 (streaming with n > 1 is refused upstream)."""
         from vllm import SamplingParams as VllmSampling
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         lora, lease = await self._lora_request(comp)
         try:
-            sp = VllmSampling(**sampling_kwargs(params), output_kind=RequestOutputKind.DELTA)
-            parts: list[str] = []
-            tokens: list[int] = []
-            finish = "stop"
-            async for out in self.llm.generate(
-                TokensPrompt(prompt_token_ids=ids), sp, uuid.uuid4().hex, lora_request=lora
-            ):
-                c = out.outputs[0]
-                tokens += c.token_ids
-                if c.text:
-                    parts.append(c.text)
-                    if on_token is not None:
-                        on_token(c.text)
-                if out.finished:
-                    finish = {"stop": "stop", "length": "length"}.get(c.finish_reason or "", "cancelled")
-            return "".join(parts), finish, tokens
+            structured = None
+            if params.structured is not None:
+                kind, schema = params.structured
+                structured = (
+                    StructuredOutputsParams(json_object=True)
+                    if kind == "json_object"
+                    else StructuredOutputsParams(json=schema)
+                )
+            kwargs = sampling_kwargs(params)
+            copies = 1
+            if params.greedy and params.n > 1:  # vLLM refuses greedy n > 1; the n answers are one answer n times
+                kwargs["n"], copies = 1, params.n
+            try:
+                sp = VllmSampling(**kwargs, structured_outputs=structured, output_kind=RequestOutputKind.DELTA)
+            except (ValueError, VLLMClientError) as e:  # vLLM's own checks (a schema it cannot compile...): a 400
+                raise SamplingError(f"vLLM refused the sampling parameters: {e}") from None
+            outs = [_Output() for _ in range(kwargs["n"])]
+            try:
+                async for ro in self.llm.generate(
+                    TokensPrompt(prompt_token_ids=ids), sp, uuid.uuid4().hex, lora_request=lora
+                ):
+                    for c in ro.outputs:
+                        o = outs[c.index]
+                        o.add(c, params.logprobs)
+                        if c.index == 0 and c.text and on_token is not None:
+                            on_token(c.text)
+            except VLLMClientError as e:  # vLLM's request checks (its 4xx class): a 400 here too, not a 500
+                raise SamplingError(f"vLLM refused the request: {e}") from None
+            for o in outs:
+                o.close(self.eos_ids)
+            return [copy.deepcopy(outs[0]) for _ in range(copies)] if copies > 1 else outs
         finally:
             if lease is not None:
                 self.composed.release(lease)

@@ -6,6 +6,7 @@ statuses in `gateway.http_errors`. Unit tests call this class directly.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ from loraplex.experts.adapters import routing_examples
 from loraplex.experts.adapters.registry import MARKER
 from loraplex.experts.adapters.store import adapter_folder, check_name, find_adapters
 from loraplex.experts.composition import Base, Blend, Chain, Moe, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import CompositionError, ConfigError, RequestError, UnknownAdapterError
+from loraplex.experts.errors import CompositionError, ConfigError, RequestError, SamplingError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
-from loraplex.experts.sampling import SamplingParams
+from loraplex.experts.sampling import SamplingParams, sampling_payload
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.gateway.routing_examples import RoutingExamples
 from loraplex.router.policy import BASE
@@ -260,25 +261,53 @@ class Gateway:
         max_tokens = limits.default_max_tokens if max_tokens is None else max_tokens
         if max_tokens > limits.max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {limits.max_tokens_limit}")
-        stop = req.stop if req.stop is not None else ()
+        if isinstance(req, ChatCompletionRequest):
+            if req.top_logprobs is not None and not req.logprobs:
+                raise RequestError("top_logprobs needs logprobs: true")
+            logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        else:
+            logprobs = req.logprobs
+        if req.stream and (req.n > 1 or logprobs is not None):
+            raise RequestError("streaming supports n=1 without logprobs; send stream: false for n > 1 or logprobs")
+        structured = None
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json_object":
+            structured = ("json_object", "")
+        elif fmt is not None and fmt.json_schema is not None:
+            structured = ("json_schema", json.dumps(fmt.json_schema.schema_))
+        try:
+            bias = tuple((int(t), b) for t, b in (req.logit_bias or {}).items())
+        except ValueError:
+            raise RequestError(f"logit_bias keys must be token ids, got {sorted(req.logit_bias)[:5]}") from None
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
-            stop=stop,
+            stop=req.stop if req.stop is not None else (),
             seed=req.seed,
             ignore_eos=req.ignore_eos,
+            n=req.n,
+            logprobs=logprobs,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty,
+            min_p=req.min_p,
+            min_tokens=req.min_tokens,
+            logit_bias=bias,
+            structured=structured,
         )  # validates, raises SamplingError
-        return {
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k,
-            "stop": list(params.stop),
-            "seed": params.seed,
-            "ignore_eos": params.ignore_eos,
-        }
+        return sampling_payload(params)
+
+    def _check_engine(self, group: str, sampling: dict) -> None:
+        """Fields only vLLM groups run: a clear 400 naming them, this group and the groups that would."""
+        unsupported = SamplingParams(**sampling).native_unsupported()
+        if unsupported and self.args.engine_of[group] == "native":
+            vllm = [g for g, e in self.args.engine_of.items() if e == "vllm"]
+            raise SamplingError(
+                f"{unsupported} not supported by group {group!r} (engine native) yet; "
+                + (f"groups on engine vllm run them: {vllm}" if vllm else "no group of this app runs engine vllm")
+            )
 
     def _check_prompt_chars(self, n: int) -> None:
         if n == 0:
@@ -316,6 +345,7 @@ class Gateway:
         return self._plan(req, {"prompt": prompt, "composition": spec, "sampling": sampling}, routing, text)
 
     def _plan(self, req, payload: dict, routing: dict, text: str = "") -> Plan:
+        self._check_engine(routing["group"], payload["sampling"])
         comp = parse_composition(payload["composition"])
         names = [n for n, _ in comp.selected()] if isinstance(comp, Moe) else list(adapters_of(comp))
         include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))

@@ -8,11 +8,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class JsonSchemaFormat(_Body):
+    name: str = Field(default="response", description="The schema's name (OpenAI requires one; not used here).")
+    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema every output must validate against.")
+    strict: bool | None = Field(default=None, description="Accepted; outputs always follow the schema.")
+    description: str | None = Field(default=None)
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"] = Field(description="Constrain the output to JSON.")
+    json_schema: JsonSchemaFormat | None = Field(default=None, description="Required with type json_schema.")
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format.json_schema is required with type 'json_schema', and only then")
+        return self
 
 
 class _Sampling(_Body):
@@ -24,7 +42,7 @@ class _Sampling(_Body):
     top_k: int = Field(default=0, description="Extension: 0 = off.")
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = Field(default=None)
-    n: int = Field(default=1, description="Only 1 is supported.")
+    n: int = Field(default=1, description="Choices sharing one prefill (vLLM groups; native groups: 1).")
     stream: bool = Field(default=False)
     stream_options: dict[str, bool] | None = Field(
         default=None, description="{'include_usage': true} adds a usage chunk."
@@ -33,22 +51,21 @@ class _Sampling(_Body):
         default=None, description="Extension: the engine's composition object; overrides `model` routing."
     )
     user: str | None = Field(default=None, description="Accepted and ignored.")
-    presence_penalty: Literal[0, 0.0] = Field(default=0, description="Only 0 is supported.")
-    frequency_penalty: Literal[0, 0.0] = Field(default=0, description="Only 0 is supported.")
     ignore_eos: bool = Field(default=False, description="Extension: decode exactly max_tokens.")
-
-    @field_validator("n")
-    @classmethod
-    def _only_one(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(f"n={v} is not supported; only n=1")
-        return v
+    # Run by vLLM groups; native groups answer 400 for values other than the defaults.
+    presence_penalty: float = Field(default=0.0, description="In [-2, 2].")
+    frequency_penalty: float = Field(default=0.0, description="In [-2, 2].")
+    repetition_penalty: float = Field(default=1.0, description="vLLM extension: > 1 discourages repeats.")
+    min_p: float = Field(default=0.0, description="vLLM extension: drop tokens below min_p x the top probability.")
+    min_tokens: int = Field(default=0, description="vLLM extension: no EOS or stop before this many tokens.")
+    logit_bias: dict[str, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
+    response_format: ResponseFormat | None = Field(default=None, description="json_object or json_schema output.")
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[int] = Field(description="Text, or token ids.")
     echo: Literal[False] = Field(default=False, description="Only false is supported.")
-    logprobs: None = Field(default=None, description="Not supported.")
+    logprobs: int | None = Field(default=None, description="Chosen-token log probabilities plus this many top ones.")
 
 
 class ChatMessage(_Body):
@@ -58,7 +75,8 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    logprobs: Literal[False] | None = Field(default=None, description="Not supported.")
+    logprobs: bool | None = Field(default=None, description="Return the chosen tokens' log probabilities.")
+    top_logprobs: int | None = Field(default=None, description="With logprobs: this many top tokens per step.")
 
 
 class RouteRequest(_Body):

@@ -8,33 +8,75 @@ from __future__ import annotations
 
 import json
 
-from loraplex.experts.request import Result
+from loraplex.experts.request import Choice, Result
 from loraplex.gateway.planner import Plan
 
 
-def _response(plan: Plan, result: Result, prefix: str, obj: str, choice: dict) -> dict:
-    """The body both endpoints share; `choice` holds what differs (`text` or `message`)."""
-    choice.update(index=0, finish_reason=result.finish_reason, logprobs=None)
+def _completion_logprobs(c: Choice) -> dict | None:
+    """OpenAI's completions shape: parallel lists, top alternatives as {token: logprob}."""
+    if c.logprobs is None:
+        return None
+    offsets, at = [], 0
+    for t in c.logprobs:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in c.logprobs],
+        "token_logprobs": [t.logprob for t in c.logprobs],
+        "top_logprobs": [dict(t.top) for t in c.logprobs],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(c: Choice) -> dict | None:
+    """OpenAI's chat shape: one entry per token with its bytes and its top alternatives."""
+    if c.logprobs is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**entry(t.token, t.logprob), "top_logprobs": [entry(tok, lp) for tok, lp in t.top]} for t in c.logprobs
+        ]
+    }
+
+
+def _response(plan: Plan, result: Result, prefix: str, obj: str, choices: list[dict]) -> dict:
+    """The body both endpoints share; `choices` hold what differs (`text` or `message`)."""
     if result.stages:
-        choice["stages"] = result.stages
+        choices[0]["stages"] = result.stages
     return {
         "id": f"{prefix}-{plan.id}",
         "object": obj,
         "created": plan.created,
         "model": plan.model,
-        "choices": [choice],
+        "choices": choices,
         "usage": result.usage,
         "routing": plan.routing,
     }
 
 
 def completion_response(plan: Plan, result: Result) -> dict:
-    return _response(plan, result, "cmpl", "text_completion", {"text": result.text})
+    choices = [
+        {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": _completion_logprobs(c)}
+        for i, c in enumerate(result.choices)
+    ]
+    return _response(plan, result, "cmpl", "text_completion", choices)
 
 
 def chat_response(plan: Plan, result: Result) -> dict:
-    message = {"role": "assistant", "content": result.text}
-    return _response(plan, result, "chatcmpl", "chat.completion", {"message": message})
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "finish_reason": c.finish_reason,
+            "logprobs": _chat_logprobs(c),
+        }
+        for i, c in enumerate(result.choices)
+    ]
+    return _response(plan, result, "chatcmpl", "chat.completion", choices)
 
 
 def stream_chunk(

@@ -249,7 +249,7 @@ BAD = [
         400,
         "valid placeholders",
     ),
-    ("n=3", J({"model": "intent", "prompt": "x", "n": 3}), 400, "n=3 is not supported"),
+    ("n=3 on a native group", J({"model": "intent", "prompt": "x", "n": 3}), 400, "not supported by group 'support'"),
     (
         "unknown field",
         J({"model": "intent", "prompt": "x", "best_of": 2}),

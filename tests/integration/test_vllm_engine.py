@@ -225,3 +225,70 @@ def test_a_re_registered_part_rebuilds_its_composed_adapter(demo):
     intent = _vllm(demo, PROMPTS[2], "intent")
     assert _vllm(demo, PROMPTS[2], blend).token_ids == intent.token_ids
     assert _vllm(demo, PROMPTS[2], "extra").token_ids == intent.token_ids
+
+
+def test_n_choices_share_the_request_and_count_in_usage(demo):
+    greedy = _vllm(demo, PROMPTS[0], "intent", n=2)
+    assert [c.token_ids for c in greedy.choices] == [greedy.token_ids] * 2
+    assert greedy.completion_tokens == 2 * _vllm(demo, PROMPTS[0], "intent").completion_tokens
+    sampled = _vllm(demo, PROMPTS[1], None, n=3, temperature=1.0, seed=11, max_tokens=16, ignore_eos=True)
+    assert len(sampled.choices) == 3 and sampled.completion_tokens == 48
+    assert len({tuple(c.token_ids) for c in sampled.choices}) > 1  # independent samples
+
+
+def test_logprobs_equal_a_hand_computed_log_softmax(demo):
+    """The chosen tokens' log probabilities and the top alternatives, against the PEFT model's own forward."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = _vllm(demo, PROMPTS[1], "entities", logprobs=3)
+    assert out.logprobs is not None and len(out.logprobs) == len(out.token_ids) > 3
+    base = AutoModelForCausalLM.from_pretrained(demo["models"] / "base", dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, demo["root"] / "entities").eval()
+    prompt = demo["native"].tokenizer(PROMPTS[1])["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + out.token_ids])).logits[0]  # [seq, vocab]
+    ref = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)  # [generated, vocab]: step i predicts token i
+    tok = demo["native"].tokenizer
+    for i, (t, step) in enumerate(zip(out.token_ids, out.logprobs)):
+        assert step.logprob == pytest.approx(ref[i, t].item(), abs=1e-3)
+        top = torch.topk(ref[i], 3)
+        assert [lp for _, lp in step.top] == pytest.approx(top.values.tolist(), abs=1e-3)
+        assert step.token == tok.decode([t]) and step.top[0][0] == tok.decode([top.indices[0].item()])
+
+
+def test_json_schema_output_parses_and_validates(demo):
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"intent": {"type": "string", "enum": ["order_status", "billing", "cancel_order"]}},
+        "required": ["intent"],
+        "additionalProperties": False,
+    }
+    for prompt in PROMPTS:
+        out = _vllm(demo, prompt, "intent", structured=("json_schema", json.dumps(schema)), max_tokens=48)
+        assert out.finish_reason == "stop", out.text  # compact JSON: closed well within the budget
+        jsonschema.validate(json.loads(out.text), schema)
+        loose = _vllm(demo, prompt, None, structured=("json_object", ""), max_tokens=48)
+        assert loose.finish_reason == "length" or isinstance(json.loads(loose.text), dict), loose.text
+
+
+def test_a_schema_vllm_cannot_compile_is_a_400(demo):
+    bad = {"prompt": PROMPTS[0], "composition": "intent", "sampling": {"structured": ["json_schema", '{"type": "x"}']}}
+    out = demo["vllm"].submit(bad).result(60)
+    assert out.status == 400 and "Unsupported type" in str(out)
+    assert _vllm(demo, PROMPTS[0], "intent").text  # and the engine keeps serving
+
+
+def test_logit_bias_min_tokens_and_penalties_reach_vllm(demo):
+    tok = demo["native"].tokenizer
+    forced = tok(" order")["input_ids"][-1]
+    out = _vllm(demo, PROMPTS[0], "intent", logit_bias=[[forced, 100.0]], max_tokens=5, ignore_eos=True)
+    assert out.token_ids == [forced] * 5
+    assert _vllm(demo, PROMPTS[0], "intent", min_tokens=12).completion_tokens >= 12
+    plain = _vllm(demo, PROMPTS[1], None, max_tokens=40)
+    assert _vllm(demo, PROMPTS[1], None, max_tokens=40, repetition_penalty=2.0).token_ids != plain.token_ids
+    assert _vllm(demo, PROMPTS[1], None, max_tokens=40, presence_penalty=2.0).token_ids != plain.token_ids

@@ -135,6 +135,53 @@ def test_client_disconnect_aborts_the_vllm_request(mixed):
     assert any(c > cancelled and i == 0 and b == 0 for c, i, b in seen), seen
 
 
+def test_logprobs_n_and_json_schema_through_the_openai_client(mixed):
+    import json
+
+    import jsonschema
+
+    client = _client(mixed)
+    r = client.completions.create(model="intent", prompt=E.prompt, max_tokens=8, temperature=0, logprobs=2, n=2)
+    assert len(r.choices) == 2 and r.choices[0].text == r.choices[1].text
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) >= 1
+    assert "".join(lp.tokens) == r.choices[0].text and all(x <= 0 for x in lp.token_logprobs)
+    assert all(
+        len(top) <= 2 and max(top.values()) == pytest.approx(t) for top, t in zip(lp.top_logprobs, lp.token_logprobs)
+    )
+    chat = client.chat.completions.create(
+        model="intent",
+        messages=[{"role": "user", "content": E.prompt}],
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(c.top_logprobs) == 3 and c.bytes == list(c.token.encode()) for c in content)
+    schema = {
+        "type": "object",
+        "properties": {"intent": {"type": "string", "enum": ["order_status", "billing", "cancel_order"]}},
+        "required": ["intent"],
+        "additionalProperties": False,
+    }
+    out = client.chat.completions.create(
+        model="intent",
+        messages=[{"role": "user", "content": E.prompt}],
+        max_tokens=48,
+        response_format={"type": "json_schema", "json_schema": {"name": "intent", "schema": schema}},
+    )
+    jsonschema.validate(json.loads(out.choices[0].message.content), schema)
+
+
+def test_fields_only_vllm_runs_are_a_400_on_the_native_group(mixed):
+    body = {"model": "entities", "prompt": E.prompt, "logprobs": 1}
+    r = httpx.post(f"{mixed}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400
+    assert "['logprobs'] not supported by group 'extraction' (engine native)" in r.json()["error"]["message"]
+    assert "groups on engine vllm run them: ['support']" in r.json()["error"]["message"]
+
+
 def test_killing_a_vllm_replica_under_load_loses_nothing(mixed):
     import ray
 

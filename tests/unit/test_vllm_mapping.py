@@ -29,6 +29,7 @@ def test_engine_args_follow_the_group_config(tiny):
         "gpu_memory_utilization": 0.9,
         "enforce_eager": False,
         "disable_log_stats": True,
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     more = engine_args(config, VllmOptions(dtype="bfloat16", max_model_len=128, max_num_batched_tokens=256))
     assert (more["dtype"], more["max_model_len"], more["max_num_batched_tokens"]) == ("bfloat16", 128, 256)
@@ -44,8 +45,35 @@ def test_sampling_fields_keep_their_meaning():
         "stop": ["\n"],
         "seed": 3,
         "ignore_eos": True,
+        "n": 1,
+        "logprobs": None,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "min_p": 0.0,
+        "min_tokens": 0,
+        "logit_bias": None,
     }
     assert sampling_kwargs(SamplingParams())["stop"] is None
+    extra = SamplingParams(n=3, logprobs=2, repetition_penalty=1.2, min_tokens=2, logit_bias={"7": -100})
+    k = sampling_kwargs(extra)
+    assert (k["n"], k["logprobs"], k["repetition_penalty"], k["min_tokens"], k["logit_bias"]) == (
+        3,
+        2,
+        1.2,
+        2,
+        {7: -100},
+    )
+
+
+def test_the_sampling_payload_round_trips():
+    from loraplex.experts.sampling import sampling_payload
+
+    p = SamplingParams(stop=("a",), logit_bias={3: 1.5}, structured=("json_schema", '{"type": "object"}'), n=2)
+    assert SamplingParams(**sampling_payload(p)) == p
+    import json
+
+    json.dumps(sampling_payload(p))  # crosses the Ray hop as plain data
 
 
 FOLDS = [
