@@ -33,6 +33,9 @@ class LadderSpec:
     max_error_rate: float
     min_achieved: float
     stop_after_fails: int  # drop a system after this many consecutive failing steps (0 = never)
+    systems: tuple[str, ...] = SYSTEMS
+    reference: str = "baseline"  # runs first at step 0; its p50 there sets the SLO unless slo_ms is given
+    stream: bool = False  # streamed requests (TTFT and TPOT) for every system that streams
 
 
 def latency_ms(latencies_s: list[float]) -> dict[str, float | None]:
@@ -45,6 +48,18 @@ def latency_ms(latencies_s: list[float]) -> dict[str, float | None]:
     lat = np.array(latencies_s)
     vals = (np.percentile(lat, 50), np.percentile(lat, 90), np.percentile(lat, 99), lat.mean(), lat.max())
     return {k: round(float(v) * 1000, 1) for k, v in zip(keys, vals)}
+
+
+def _percentiles_ms(values_s: list[float], prefix: str) -> dict[str, float | None]:
+    import numpy as np
+
+    if not values_s:
+        return {f"{prefix}_p50_ms": None, f"{prefix}_p99_ms": None}
+    v = np.array(values_s)
+    return {
+        f"{prefix}_p50_ms": round(float(np.percentile(v, 50)) * 1000, 1),
+        f"{prefix}_p99_ms": round(float(np.percentile(v, 99)) * 1000, 1),
+    }
 
 
 def step_stats(results: list[dict], rate: float, window: float, t0: float) -> dict:
@@ -73,11 +88,14 @@ def step_stats(results: list[dict], rate: float, window: float, t0: float) -> di
         "achieved_rps": round(len(ok) / span, 3),
         "tokens_per_s": round(sum(r["tokens"] for r in ok) / span, 1),
         **latency_ms([r["lat"] for r in ok]),
+        **_percentiles_ms([r["ttft"] for r in ok if r.get("ttft") is not None], "ttft"),
+        **_percentiles_ms([r["tpot"] for r in ok if r.get("tpot") is not None], "tpot"),
     }
 
 
 def server_delta(system: str, before: dict, after: dict) -> dict:
-    """Server-side counters over one step (the /v1/stats difference); loraplex adds the mean running batch."""
+    """Server-side counters over one step (the /v1/stats difference); loraplex adds the mean running batch.
+    vLLM's own server has no /v1/stats: {}."""
     if system != "baseline":
         b, c = next(iter(before.values()), {}), next(iter(after.values()), {})
         keys = ("requests", "batches", "rows", "tokens", "busy_s", "device_misses", "evictions_device")
@@ -89,17 +107,44 @@ def server_delta(system: str, before: dict, after: dict) -> dict:
     return {k: round(after.get(k, 0) - before.get(k, 0), 3) for k in keys if k in after}
 
 
-async def fetch_stats(client, base_url: str, system: str) -> dict:
-    """GET /<system>/v1/stats; {} when it fails (the stats are informative, never a reason to abort)."""
+async def fetch_stats(client, root: str) -> dict:
+    """GET <root>/v1/stats; {} when it fails (the stats are informative, never a reason to abort)."""
     try:
-        r = await client.get(f"{base_url}/{system}/v1/stats", timeout=10)
+        r = await client.get(f"{root}/v1/stats", timeout=10)
         return r.json() if r.status_code == 200 else {}
     except Exception:
         return {}
 
 
+async def _streamed(client, url: str, body: dict, headers: dict, timeout: float, t_sched: float) -> dict:
+    """One SSE completion: TTFT at the first chunk carrying text, TPOT over the tokens after it."""
+    import json
+
+    first = None
+    tokens = 0
+    async with client.stream("POST", url, json=body, headers=headers, timeout=timeout) as r:
+        if r.status_code != 200:
+            await r.aread()
+            done = time.perf_counter()
+            return {"ok": False, "kind": f"http_{r.status_code}", "lat": done - t_sched, "done": done}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and any(c.get("text") for c in chunk.get("choices", [])):
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    done = time.perf_counter()
+    ttft = (first or done) - t_sched
+    tpot = (done - (first or done)) / (tokens - 1) if tokens > 1 else None
+    return {"ok": True, "lat": done - t_sched, "done": done, "tokens": tokens, "ttft": ttft, "tpot": tpot}
+
+
 async def one_request(client, url: str, body: dict, headers: dict, timeout: float, t_sched: float) -> dict:
     try:
+        if body.get("stream"):
+            return await _streamed(client, url, body, headers, timeout, t_sched)
         r = await client.post(url, json=body, headers=headers, timeout=timeout)
         done = time.perf_counter()
         if r.status_code != 200:
@@ -113,10 +158,19 @@ async def one_request(client, url: str, body: dict, headers: dict, timeout: floa
 
 
 async def run_step(
-    client, system: str, base_url: str, rate: float, work: list[Arrival], max_tokens: int, timeout: float
+    client,
+    system: str,
+    root: str,
+    rate: float,
+    work: list[Arrival],
+    max_tokens: int,
+    timeout: float,
+    stream: bool = False,
+    names: list[str] | None = None,
 ) -> dict:
-    """Offer `work` open-loop to `system`: each request starts at its scheduled time whatever earlier ones are doing."""
-    before = await fetch_stats(client, base_url, system)
+    """Offer `work` open-loop to `system` (at `root`): each request starts at its scheduled time whatever earlier
+    ones are doing."""
+    before = await fetch_stats(client, root)
     load0 = os.getloadavg()
     tasks, lags = [], []
     t0 = time.perf_counter() + 0.05
@@ -126,7 +180,7 @@ async def run_step(
         if delay > 0:
             await asyncio.sleep(delay)
         lags.append(max(0.0, time.perf_counter() - t_sched))
-        url, body, headers = request_for(system, base_url, adapter, prompt, max_tokens)
+        url, body, headers = request_for(system, root, adapter, prompt, max_tokens, stream, names)
         tasks.append(asyncio.create_task(one_request(client, url, body, headers, timeout, t_sched)))
     window = work[-1][0] if work else 0.0
     done, pending = await asyncio.wait(tasks, timeout=timeout + 5) if tasks else (set(), set())
@@ -134,7 +188,7 @@ async def run_step(
         t.cancel()
     results = [t.result() for t in tasks if t in done]
     results += [{"ok": False, "kind": "timeout", "lat": timeout, "done": time.perf_counter()} for _ in pending]
-    after = await fetch_stats(client, base_url, system)
+    after = await fetch_stats(client, root)
     step = {"system": system, **step_stats(results, rate, window, t0)}
     step["client_lag_ms_max"] = round(max(lags, default=0.0) * 1000, 1)
     step["loadavg_start"] = [round(x, 2) for x in load0]
@@ -144,23 +198,31 @@ async def run_step(
 
 
 async def warm_up(
-    client, base_url: str, names: list[str], passes: int, prompt_tokens: int, max_tokens: int, timeout: float
+    client,
+    urls: dict[str, str],
+    names: list[str],
+    passes: int,
+    prompt_tokens: int,
+    max_tokens: int,
+    timeout: float,
 ) -> dict:
     """Sequential passes over every adapter (the baseline loads them all) plus one concurrent burst per system.
 
     Returns seconds per system. Raises on any non-200: a system that cannot answer is not worth measuring.
     """
     out = {}
-    for system in SYSTEMS:
+    for system, root in urls.items():
         t = time.perf_counter()
         for _ in range(passes):
             for n in names:
-                url, body, headers = request_for(system, base_url, n, [3 + i for i in range(prompt_tokens)], max_tokens)
+                prompt = [3 + i for i in range(prompt_tokens)]
+                url, body, headers = request_for(system, root, n, prompt, max_tokens, names=names)
                 r = await client.post(url, json=body, headers=headers, timeout=max(60, timeout))
                 if r.status_code != 200:
                     raise RuntimeError(f"warm-up {system} {n}: HTTP {r.status_code} {r.text[:300]}")
         burst = [
-            request_for(system, base_url, names[i % len(names)], [5] * prompt_tokens, max_tokens) for i in range(8)
+            request_for(system, root, names[i % len(names)], [5] * prompt_tokens, max_tokens, names=names)
+            for i in range(8)
         ]
         rs = await asyncio.gather(*(client.post(u, json=b, headers=h, timeout=max(60, timeout)) for u, b, h in burst))
         if any(r.status_code != 200 for r in rs):
@@ -170,19 +232,28 @@ async def warm_up(
 
 
 async def consistency(
-    client, base_url: str, pairs: list[tuple[str, list[int]]], max_tokens: int, timeout: float, rounds: int = 2
+    client,
+    urls: dict[str, str],
+    pairs: list[tuple[str, list[int]]],
+    max_tokens: int,
+    timeout: float,
+    rounds: int = 2,
+    names: list[str] | None = None,
 ) -> dict:
-    """The pairs sequentially, then all at once `rounds` times: how many concurrent (greedy) answers differ."""
+    """The pairs sequentially, then all at once `rounds` times: how many concurrent (greedy) answers differ.
+    Also, across systems that serve the same requests, which sequential answers differ from the first's."""
     n = len(pairs)
     out = {}
-    for system in SYSTEMS:
+    refs: dict[str, list[str]] = {}
+    for system, root in urls.items():
 
-        async def text(i, system=system):
-            url, body, headers = request_for(system, base_url, pairs[i][0], pairs[i][1], max_tokens)
+        async def text(i, system=system, root=root):
+            url, body, headers = request_for(system, root, pairs[i][0], pairs[i][1], max_tokens, names=names)
             r = await client.post(url, json=body, headers=headers, timeout=max(60, timeout))
             return r.json()["choices"][0]["text"] if r.status_code == 200 else f"HTTP {r.status_code}"
 
         ref = [await text(i) for i in range(n)]
+        refs[system] = ref
         bad = 0
         for _ in range(rounds):
             got = await asyncio.gather(*(text(i) for i in range(n)))
@@ -196,13 +267,16 @@ async def consistency(
             f"consistency {system:16s}: {bad}/{n * rounds} concurrent answers differ from the sequential ones",
             flush=True,
         )
+    single = [s for s in refs if s != "loraplex-vllm-mix"]  # the mix sends other requests
+    for s in single[1:]:
+        out[s]["sequential_differs_from_" + single[0]] = sum(a != b for a, b in zip(refs[s], refs[single[0]]))
     return out
 
 
-def step_order(i: int) -> tuple[str, ...]:
-    """Systems in the order step `i` runs them: the baseline first at step 0 (it defines the SLO), then rotating."""
-    k = SYSTEMS.index("baseline")
-    order = SYSTEMS[k:] + SYSTEMS[:k]
+def step_order(i: int, systems: tuple[str, ...] = SYSTEMS, first: str = "baseline") -> tuple[str, ...]:
+    """Systems in the order step `i` runs them: `first` at step 0 (it defines the SLO), then rotating."""
+    k = systems.index(first)
+    order = systems[k:] + systems[:k]
     return order[i % len(order) :] + order[: i % len(order)]
 
 
@@ -212,15 +286,18 @@ def _fmt(x: float | None) -> str:
 
 def _progress_line(i: int, system: str, rate: float, st: dict) -> str:
     mb = st["server"].get("mean_batch")
+    tpot = f" tpot {st['tpot_p50_ms']:.0f} ms" if st.get("tpot_p50_ms") is not None else ""
     return (
-        f"[{i:2d}] {system:16s} offered {rate:6.2f} req/s -> achieved {st['achieved_rps']:6.2f} req/s "
+        f"[{i:2d}] {system:17s}{tpot} offered {rate:6.2f} req/s -> achieved {st['achieved_rps']:6.2f} req/s "
         f"{st['tokens_per_s']:7.1f} tok/s | p50 {_fmt(st['p50_ms'])} ms p99 {_fmt(st['p99_ms'])} ms | "
         f"err {st['errors']:3d}/{st['sent']:<4d}{f' | batch {mb:5.1f}' if mb else ''} | "
         f"load {st['loadavg_end'][0]:.2f} | {'OK' if st['sustainable'] else 'FAIL'}"
     )
 
 
-async def sweep(spec: LadderSpec, base_url: str, names: list[str], setup: dict) -> tuple[list[dict], Criteria | None]:
+async def sweep(
+    spec: LadderSpec, urls: dict[str, str], names: list[str], setup: dict
+) -> tuple[list[dict], Criteria | None]:
     """Warm up, check consistency, then run every rate of the ladder on every system; (steps, criteria used).
 
     Every system gets the identical request sequence at a rate, back to back, so machine noise hits all
@@ -233,28 +310,31 @@ async def sweep(spec: LadderSpec, base_url: str, names: list[str], setup: dict) 
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         setup["warmup_s"] = await warm_up(
-            client, base_url, names, spec.warmup_passes, spec.workload.prompt_tokens, spec.max_tokens, spec.timeout
+            client, urls, names, spec.warmup_passes, spec.workload.prompt_tokens, spec.max_tokens, spec.timeout
         )
-        setup["baseline_server"] = await fetch_stats(client, base_url, "baseline")
+        if "baseline" in urls:
+            setup["baseline_server"] = await fetch_stats(client, urls["baseline"])
         setup["consistency"] = await consistency(
-            client, base_url, consistency_pairs(spec.workload, names), spec.max_tokens, spec.timeout
+            client, urls, consistency_pairs(spec.workload, names), spec.max_tokens, spec.timeout, names=names
         )
         criteria = None if spec.slo_ms is None else Criteria(spec.slo_ms, spec.max_error_rate, spec.min_achieved)
-        fails = dict.fromkeys(SYSTEMS, 0)
+        fails = dict.fromkeys(spec.systems, 0)
         for i, rate in enumerate(spec.rates):
             work = make_workload(spec.workload, rate, i, names)
-            for system in step_order(i):
+            for system in step_order(i, spec.systems, spec.reference):
                 if spec.stop_after_fails and fails[system] >= spec.stop_after_fails:
                     continue
-                st = await run_step(client, system, base_url, rate, work, spec.max_tokens, spec.timeout)
+                st = await run_step(
+                    client, system, urls[system], rate, work, spec.max_tokens, spec.timeout, spec.stream, names
+                )
                 if criteria is None:
                     if st["p50_ms"] is None:
                         raise RuntimeError(
-                            f"baseline completed no request at {rate} req/s: no SLO reference; pass --slo-ms"
+                            f"{system} completed no request at {rate} req/s: no SLO reference; pass --slo-ms"
                         )
                     criteria = Criteria(spec.slo_factor * st["p50_ms"], spec.max_error_rate, spec.min_achieved)
                     setup["slo_source"] = (
-                        f"{spec.slo_factor:g} x baseline p50 at {rate:g} req/s ({st['p50_ms']:.0f} ms)"
+                        f"{spec.slo_factor:g} x {system} p50 at {rate:g} req/s ({st['p50_ms']:.0f} ms)"
                     )
                     print(f"SLO: p99 <= {criteria.slo_ms:.0f} ms ({setup['slo_source']})", flush=True)
                 st["step"] = i
@@ -263,6 +343,6 @@ async def sweep(spec: LadderSpec, base_url: str, names: list[str], setup: dict) 
                 steps.append(st)
                 print(_progress_line(i, system, rate, st), flush=True)
                 await asyncio.sleep(spec.cooldown)
-            if spec.stop_after_fails and all(fails[s] >= spec.stop_after_fails for s in SYSTEMS):
+            if spec.stop_after_fails and all(fails[s] >= spec.stop_after_fails for s in spec.systems):
                 break
     return steps, criteria

@@ -60,7 +60,13 @@ def plot_serving(report: dict, path: Path) -> None:
     plt = _pyplot()
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    colors = {"loraplex": "#2a7", "baseline": "#c44"}
+    colors = {
+        "loraplex": "#2a7",
+        "baseline": "#c44",
+        "vllm-server": "#36c",
+        "loraplex-vllm": "#e90",
+        "loraplex-vllm-mix": "#a5c",
+    }
     summ = report["summary"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for s in report["setup"]["systems"]:
@@ -99,12 +105,14 @@ def plot_serving(report: dict, path: Path) -> None:
     ax2.legend(fontsize=7)
     st = report["setup"]
     ratio = " / ".join(
-        f"{s} {summ[s].get('sustainable_ratio')}x" for s in st["systems"] if s != "baseline" and s in summ
+        f"{s} {summ[s]['sustainable_ratio']}x {summ[s]['reference']}"
+        for s in st["systems"]
+        if s in summ and summ[s].get("sustainable_ratio") is not None
     )
     fig.suptitle(
         f"{st['adapters']} adapters r{st['rank']}, Zipf s={st['zipf_s']}, "
         f"hidden {st['model']['hidden']}x{st['model']['layers']}L, "
-        f"{st['max_tokens']} new tokens, 1 replica x {st['replica_cpus']} CPU each; sustainable vs baseline: {ratio}",
+        f"{st['max_tokens']} new tokens, 1 replica x {st['replica_cpus']} CPU each; sustainable: {ratio}",
         fontsize=9,
     )
     ax1.set_title("latency vs offered load")

@@ -1,11 +1,18 @@
-"""The two systems the serving benchmark compares, how each is deployed and how a request reaches it.
+"""The systems the serving benchmark compares, how each is deployed and how a request reaches it.
 
-  loraplex   loraplex.deployments.app:build_app, one expert group holding every adapter, POST /loraplex/v1/completions
-  baseline   loraplex.bench.baseline_multiplexed, @serve.multiplexed PEFT, POST /baseline/v1/completions with the
-             adapter in the `serve_multiplexed_model_id` header (Serve's own routing)
+  loraplex           loraplex.deployments.app:build_app, one native expert group holding every adapter,
+                     POST /loraplex/v1/completions
+  baseline           loraplex.bench.baseline_multiplexed, @serve.multiplexed PEFT, POST /baseline/v1/completions
+                     with the adapter in the `serve_multiplexed_model_id` header (Serve's own routing)
+  vllm-server        vLLM's own OpenAI server (`--enable-lora`, every adapter as a --lora-modules entry), in a
+                     process of its own: what a user would run instead of us (bench/vllm_server.py)
+  loraplex-vllm      our app with one `engine: vllm` group holding every adapter, POST /loraplex-vllm/v1/...,
+                     one adapter per request (the same requests as vllm-server)
+  loraplex-vllm-mix  the same app, with 50 % single adapters, 30 % top-2 delta blends and 20 % two-adapter
+                     stacks (each blend/stack is a composed adapter; see `mix_composition`)
 
-Both get one model replica with the same CPUs and the same admission limits, so the comparison is about
-batching across adapters, not about resources.
+Each gets one model replica with the same CPUs and the same admission limits, so the comparison is about
+batching across adapters (and, for the vLLM pair, the cost of our layers), not about resources.
 """
 
 from __future__ import annotations
@@ -13,8 +20,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SYSTEMS = ("loraplex", "baseline")
-LABELS = {"loraplex": "loraplex (as shipped)", "baseline": "@serve.multiplexed PEFT baseline"}
+SYSTEMS = ("loraplex", "baseline")  # the default comparison
+VLLM_SYSTEMS = ("vllm-server", "loraplex-vllm", "loraplex-vllm-mix")
+ALL_SYSTEMS = SYSTEMS + VLLM_SYSTEMS
+SERVE_APPS = {"loraplex": "loraplex", "baseline": "baseline", "loraplex-vllm": "loraplex-vllm"}
+APP_OF = {**SERVE_APPS, "loraplex-vllm-mix": "loraplex-vllm"}  # the Serve app a system's requests reach
+LABELS = {
+    "loraplex": "loraplex (as shipped)",
+    "baseline": "@serve.multiplexed PEFT baseline",
+    "vllm-server": "vLLM's own server (--enable-lora)",
+    "loraplex-vllm": "loraplex, engine: vllm",
+    "loraplex-vllm-mix": "loraplex, engine: vllm, 50/30/20 single/blend/stack",
+}
+# What each system's ratio is taken against, and the ratio the issues set as the target.
+REFERENCE_OF = {"loraplex": "baseline", "loraplex-vllm": "vllm-server", "loraplex-vllm-mix": "loraplex-vllm"}
+TARGETS = {"loraplex": 3.0, "loraplex-vllm": 0.95, "loraplex-vllm-mix": 0.8}
+STREAMING = frozenset(ALL_SYSTEMS) - {"baseline"}  # the PEFT baseline answers whole responses only
+
+
+def parse_systems(text: str) -> tuple[str, ...]:
+    systems = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = sorted(set(systems) - set(ALL_SYSTEMS))
+    if unknown or not systems:
+        raise ValueError(f"unknown systems {unknown}; choose from {list(ALL_SYSTEMS)}")
+    return systems
+
+
+def system_urls(serve_url: str, vllm_url: str | None, systems: tuple[str, ...]) -> dict[str, str]:
+    """The root URL of every system (`<root>/v1/completions` is its endpoint)."""
+    return {s: vllm_url if s == "vllm-server" else f"{serve_url}/{APP_OF[s]}" for s in systems}  # type: ignore[misc]
+
+
+def mix_composition(adapter: str, names: list[str], prompt: list[int]) -> str | dict:
+    """The mix's composition for one arrival, fixed by its prompt (so every run sends the same mix): 50 % the
+    adapter alone, 30 % a 0.6/0.4 delta blend with the next adapter, 20 % a stack with it."""
+    k = sum(prompt) % 10
+    other = names[(names.index(adapter) + 1) % len(names)]
+    if k < 5:
+        return adapter
+    if k < 8:
+        return {"mode": "blend", "weights": {adapter: 0.6, other: 0.4}}
+    return {"mode": "stack", "adapters": [adapter, other]}
 
 
 @dataclass(frozen=True)
@@ -32,14 +78,32 @@ class DeploySpec:
     max_queued: int  # max_queued_requests of each model deployment
     baseline_max_models: int | None  # baseline max_num_models_per_replica; None = every adapter (no eviction)
     max_tokens: int  # tokens per request: loraplex's max_tokens_limit must allow it
+    # engine: vllm systems and vLLM's own server (the same values for both)
+    vllm_max_loras: int = 8
+    vllm_max_cpu_loras: int = 128
+    vllm_max_lora_rank: int = 32  # a two-adapter stack/blend of rank-16 adapters is rank 32
+    vllm_kv_gb: int = 2
+    vllm_threads_bind: str = "0-1"
 
 
-def request_for(system: str, base_url: str, adapter: str, prompt: list[int], max_tokens: int) -> tuple[str, dict, dict]:
-    """(url, JSON body, headers) of one greedy completion of exactly `max_tokens` tokens for `system`."""
-    body = {"model": adapter, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-    if system == "baseline":
-        return f"{base_url}/baseline/v1/completions", body, {"serve_multiplexed_model_id": adapter}
-    return f"{base_url}/{system}/v1/completions", body, {}
+def request_for(
+    system: str,
+    root: str,
+    adapter: str,
+    prompt: list[int],
+    max_tokens: int,
+    stream: bool = False,
+    names: list[str] | None = None,
+) -> tuple[str, dict, dict]:
+    """(url, JSON body, headers) of one greedy completion of exactly `max_tokens` tokens for `system`, whose
+    root URL is `root`. `names` (every adapter) is needed by the mix only."""
+    body: dict = {"model": adapter, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    if stream and system in STREAMING:
+        body.update(stream=True, stream_options={"include_usage": True})
+    if system == "loraplex-vllm-mix":
+        body["composition"] = mix_composition(adapter, names or [adapter], prompt)
+    headers = {"serve_multiplexed_model_id": adapter} if system == "baseline" else {}
+    return f"{root}/v1/completions", body, headers
 
 
 def loraplex_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[str]) -> dict:
@@ -88,16 +152,43 @@ def baseline_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: lis
     }
 
 
-def deploy_systems(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[str]) -> dict:
-    """serve.run every system under /<name> on the running Serve instance; loraplex's app args (for the report)."""
+def loraplex_vllm_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[str]) -> dict:
+    """build_app args: the loraplex app with its one group on `engine: vllm`, sized as vLLM's own server."""
+    args = loraplex_app_args(spec, base_dir, ad_dir, names)
+    group = {k: v for k, v in args["groups"][0].items() if k not in ("max_slots", "max_host_adapters")}
+    group.pop("batch_wait_timeout_s")
+    group["engine"] = "vllm"
+    group["vllm"] = {
+        "max_loras": spec.vllm_max_loras,
+        "max_cpu_loras": max(spec.vllm_max_cpu_loras, len(names)),
+        "max_lora_rank": spec.vllm_max_lora_rank,
+        "cpu_kvcache_space_gb": spec.vllm_kv_gb,
+        "cpu_threads_bind": spec.vllm_threads_bind,
+        "composed_cache_count": 4 * len(names),
+    }
+    args["groups"] = [group]
+    return args
+
+
+def deploy_systems(
+    spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[str], systems: tuple[str, ...] = SYSTEMS
+) -> dict:
+    """serve.run every Serve app the systems need under /<app>; the loraplex apps' args (for the report)."""
     from ray import serve
 
     from loraplex.bench.baseline_multiplexed import build_baseline
     from loraplex.deployments.app import build_app
 
-    lp_args = loraplex_app_args(spec, base_dir, ad_dir, names)
-    serve.run(build_app(lp_args), name="loraplex", route_prefix="/loraplex")
-    serve.run(
-        build_baseline(baseline_app_args(spec, base_dir, ad_dir, names)), name="baseline", route_prefix="/baseline"
-    )
-    return lp_args
+    apps = {APP_OF[s] for s in systems if s in APP_OF}
+    out = {}
+    if "loraplex" in apps:
+        out["loraplex"] = loraplex_app_args(spec, base_dir, ad_dir, names)
+        serve.run(build_app(out["loraplex"]), name="loraplex", route_prefix="/loraplex")
+    if "loraplex-vllm" in apps:
+        out["loraplex-vllm"] = loraplex_vllm_app_args(spec, base_dir, ad_dir, names)
+        serve.run(build_app(out["loraplex-vllm"]), name="loraplex-vllm", route_prefix="/loraplex-vllm")
+    if "baseline" in apps:
+        serve.run(
+            build_baseline(baseline_app_args(spec, base_dir, ad_dir, names)), name="baseline", route_prefix="/baseline"
+        )
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loraplex.bench.systems import SYSTEMS
+from loraplex.bench.systems import REFERENCE_OF, SYSTEMS, TARGETS
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ def _ratio(x: float, y: float) -> float | None:
 
 
 def summarize(steps: list[dict], criteria: Criteria, systems: tuple[str, ...] = SYSTEMS) -> dict:
-    """Per system: the best sustainable step and peaks; per non-baseline system: ratios to the baseline.
+    """Per system: the best sustainable step and peaks; per system with a reference in the run (REFERENCE_OF:
+    loraplex -> baseline, loraplex-vllm -> vllm-server, the mix -> loraplex-vllm): ratios to it, its target,
+    and latencies at the reference's sustainable ("matched") rate.
 
     Reads each step's stored `sustainable` flag (set by `Criteria.passes` during the sweep), so a saved run's
     summary is recomputed exactly. `lower_bound_only` marks a system that never failed: the ladder ran out first.
@@ -67,17 +69,24 @@ def summarize(steps: list[dict], criteria: Criteria, systems: tuple[str, ...] = 
             "highest_rate_offered": top,
             "lower_bound_only": bool(best and top == best["offered_rps"]),
         }
-    bl = out["baseline"]
-    m = bl["sustainable_rps"]  # matched rate: the baseline's sustainable rate, every system measured there
-    base_at_m = next((x for x in by["baseline"] if x["offered_rps"] == m), None)
+        if best and best.get("tpot_p50_ms") is not None:
+            out[s]["ttft_p50_ms_at_sustainable"] = best["ttft_p50_ms"]
+            out[s]["tpot_p50_ms_at_sustainable"] = best["tpot_p50_ms"]
     for s in systems:
-        if s == "baseline":
+        ref = REFERENCE_OF.get(s)
+        if ref not in by:
             continue
-        lp = out[s]
+        lp, bl = out[s], out[ref]
+        lp["reference"] = ref
         lp["sustainable_ratio"] = _ratio(lp["sustainable_rps"], bl["sustainable_rps"])
         lp["sustainable_tokens_ratio"] = _ratio(lp["sustainable_tokens_per_s"], bl["sustainable_tokens_per_s"])
         lp["peak_achieved_ratio"] = _ratio(lp["peak_achieved_rps"], bl["peak_achieved_rps"])
-        lp["target_3x_met"] = bool(lp["sustainable_ratio"] and lp["sustainable_ratio"] >= 3.0)
+        lp["target_ratio"] = TARGETS[s]
+        lp["target_met"] = bool(lp["sustainable_ratio"] and lp["sustainable_ratio"] >= TARGETS[s])
+        if s == "loraplex":
+            lp["target_3x_met"] = lp["target_met"]
+        m = bl["sustainable_rps"]  # matched rate: the reference's sustainable rate, this system measured there
+        base_at_m = next((x for x in by[ref] if x["offered_rps"] == m), None)
         at_m = next((x for x in by[s] if x["offered_rps"] == m), None)
         if m and at_m and base_at_m and at_m["p50_ms"]:
             lp["at_matched_rate"] = {
@@ -91,6 +100,7 @@ def summarize(steps: list[dict], criteria: Criteria, systems: tuple[str, ...] = 
                 "p50_ratio_baseline_over_this": round(base_at_m["p50_ms"] / at_m["p50_ms"], 2),
                 "p99_ratio_baseline_over_this": round(base_at_m["p99_ms"] / at_m["p99_ms"], 2),
             }
-    out["sustainable_ratio"] = out["loraplex"]["sustainable_ratio"]  # the headline: loraplex as shipped
-    out["target_3x_met"] = out["loraplex"]["target_3x_met"]
+    if "loraplex" in out and "sustainable_ratio" in out["loraplex"]:
+        out["sustainable_ratio"] = out["loraplex"]["sustainable_ratio"]  # the headline: loraplex as shipped
+        out["target_3x_met"] = out["loraplex"]["target_3x_met"]
     return out

@@ -26,6 +26,8 @@ offered (loraplex.bench.verdict). SLO default: 4x the baseline's p50 at the lowe
 JSON and a PNG. Not a test: nothing here asserts speed. Only 127.0.0.1 is contacted.
 
     python scripts/bench_serving.py --json docs/bench_serving.json   # full default run (~15 min on 2 cores)
+    python scripts/bench_serving.py --json docs/bench_vllm.json \\
+        --systems vllm-server,loraplex-vllm,loraplex-vllm-mix --stream   # vLLM's own server vs our vLLM group
     python scripts/bench_serving.py --json /tmp/s.json --hidden 128 --layers 2 --vocab 1000 \\
         --rates 2,8 --step-seconds 4 --min-requests 0                # smoke
 """
@@ -47,7 +49,15 @@ from loraplex.bench.cluster import port_free, start_local_cluster, stop_local_ap
 from loraplex.bench.fixtures import FixtureSpec, adapter_names, build_fixture
 from loraplex.bench.load import LadderSpec, sweep
 from loraplex.bench.plots import plot_serving
-from loraplex.bench.systems import SYSTEMS, DeploySpec, deploy_systems
+from loraplex.bench.systems import (
+    LABELS,
+    REFERENCE_OF,
+    SERVE_APPS,
+    DeploySpec,
+    deploy_systems,
+    parse_systems,
+    system_urls,
+)
 from loraplex.bench.verdict import Criteria, summarize
 from loraplex.bench.workloads import WorkloadSpec, parse_rates, rate_ladder, zipf_weights
 
@@ -72,6 +82,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rank", type=int, default=16, help="LoRA rank of every adapter (also loraplex max_rank)")
     g.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="LoRA target modules")
     g.add_argument("--seed", type=int, default=0, help="seeds weights, arrivals, adapter choice and prompts")
+    p.add_argument(
+        "--systems",
+        type=parse_systems,
+        default="loraplex,baseline",
+        help="comma list of: " + "; ".join(f"{k} = {v}" for k, v in LABELS.items()),
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream every request that a system can stream (adds TTFT and TPOT; the PEFT baseline cannot)",
+    )
     g = p.add_argument_group("deployment (same for both systems unless noted)")
     g.add_argument("--port", type=int, default=18230, help="Serve HTTP port on 127.0.0.1")
     g.add_argument("--ray-cpus", type=float, default=2.0, help="num_cpus of the local Ray cluster")
@@ -115,6 +136,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="baseline max_num_models_per_replica (none: --adapters, so nothing is evicted)",
     )
+    g = p.add_argument_group("vLLM systems (vllm-server and engine: vllm groups get the same values)")
+    g.add_argument("--vllm-port", type=int, default=18240, help="vLLM's own server on 127.0.0.1")
+    g.add_argument("--vllm-max-loras", type=int, default=8, help="LoRAs in one vLLM batch (--max-loras)")
+    g.add_argument("--vllm-max-cpu-loras", type=int, default=128, help="LoRAs kept loaded (--max-cpu-loras)")
+    g.add_argument(
+        "--vllm-max-lora-rank", type=int, default=32, help="--max-lora-rank (a 2-adapter stack of rank 16 is 32)"
+    )
+    g.add_argument("--vllm-kv-gb", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE (GiB)")
+    g.add_argument("--vllm-threads-bind", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
     g = p.add_argument_group("load")
     g.add_argument(
         "--rates",
@@ -164,9 +194,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--slo-ms",
         type=float,
         default=None,
-        help="p99 SLO in ms (none: --slo-factor x the baseline's p50 at the lowest rate)",
+        help="p99 SLO in ms (none: --slo-factor x the reference system's p50 at the lowest rate)",
     )
-    g.add_argument("--slo-factor", type=float, default=4.0, help="SLO = this x the baseline p50 at the lowest rate")
+    g.add_argument(
+        "--slo-factor",
+        type=float,
+        default=4.0,
+        help="SLO = this x the reference system's p50 at the lowest rate (baseline, else vllm-server)",
+    )
     g.add_argument(
         "--max-error-rate", type=float, default=0.01, help="errors + timeouts allowed at a sustainable rate (fraction)"
     )
@@ -217,7 +252,8 @@ def setup_record(a: argparse.Namespace, fx: FixtureSpec) -> dict:
         "ray_cpus": a.ray_cpus,
         "replica_cpus": a.replica_cpus,
         "num_replicas": 1,
-        "systems": list(SYSTEMS),
+        "systems": list(a.systems),
+        "stream": a.stream,
         "loraplex": {
             "max_batch_size": a.max_batch_size,
             "batch_wait_timeout_s": a.batch_wait_s,
@@ -236,6 +272,25 @@ def setup_record(a: argparse.Namespace, fx: FixtureSpec) -> dict:
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "versions": {"torch": torch.__version__, "ray": ray.__version__, "python": sys.version.split()[0]},
     }
+
+
+def reference_system(systems: tuple[str, ...]) -> str:
+    """The system that runs first and sets the SLO: the reference of the others (baseline, else vllm-server)."""
+    for s in ("baseline", "vllm-server", "loraplex-vllm", "loraplex"):
+        if s in systems and (s == systems[0] or any(REFERENCE_OF.get(o) == s for o in systems)):
+            return s
+    return systems[0]
+
+
+def _vllm_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def main(argv=None) -> int:
@@ -270,6 +325,11 @@ def main(argv=None) -> int:
         max_queued=a.max_queued,
         baseline_max_models=a.baseline_max_models,
         max_tokens=a.max_tokens,
+        vllm_max_loras=a.vllm_max_loras,
+        vllm_max_cpu_loras=a.vllm_max_cpu_loras,
+        vllm_max_lora_rank=a.vllm_max_lora_rank,
+        vllm_kv_gb=a.vllm_kv_gb,
+        vllm_threads_bind=a.vllm_threads_bind,
     )
     workload = WorkloadSpec(
         seed=a.seed,
@@ -293,8 +353,21 @@ def main(argv=None) -> int:
         max_error_rate=a.max_error_rate,
         min_achieved=a.min_achieved,
         stop_after_fails=a.stop_after_fails,
+        systems=a.systems,
+        reference=reference_system(a.systems),
+        stream=a.stream,
     )
-    steps, criteria = [], None
+    if any(s.startswith("vllm") or s.startswith("loraplex-vllm") for s in a.systems):
+        setup["vllm"] = {
+            "max_loras": a.vllm_max_loras,
+            "max_cpu_loras": max(a.vllm_max_cpu_loras, a.adapters),
+            "max_lora_rank": a.vllm_max_lora_rank,
+            "max_num_seqs": a.max_batch_size,
+            "kv_gb": a.vllm_kv_gb,
+            "threads_bind": a.vllm_threads_bind,
+            "version": _vllm_version(),
+        }
+    steps, criteria, vllm_proc = [], None, None
     try:
         base_url = start_local_cluster(
             a.port,
@@ -304,12 +377,29 @@ def main(argv=None) -> int:
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
         )
         t = time.time()
-        setup["loraplex"]["app_args"] = deploy_systems(deploy, base_dir, ad_dir, names)
-        wait_healthy(base_url, [f"/{s}/health" for s in SYSTEMS], timeout_s=300)
+        vllm_url = None
+        if "vllm-server" in a.systems:
+            from loraplex.bench.vllm_server import start_vllm_server
+
+            vllm_proc = start_vllm_server(deploy, base_dir, ad_dir, names, a.vllm_port, tmp / "vllm_server.log")
+            vllm_url = f"http://127.0.0.1:{a.vllm_port}"
+        setup["loraplex"]["app_args"] = deploy_systems(deploy, base_dir, ad_dir, names, a.systems)
+        urls = system_urls(base_url, vllm_url, a.systems)
+        apps = sorted({u for s, u in urls.items() if s in SERVE_APPS or s == "loraplex-vllm-mix"})
+        wait_healthy(base_url, [u.removeprefix(base_url) + "/health" for u in apps], timeout_s=600)
+        if vllm_url:
+            wait_healthy(vllm_url, ["/health"], timeout_s=600)
         setup["deploy_s"] = round(time.time() - t, 1)
-        print(f"both apps up in {setup['deploy_s']} s on {base_url}; rates {setup['rates']}", flush=True)
-        steps, criteria = asyncio.run(sweep(ladder, base_url, names, setup))
+        print(f"{len(urls)} systems up in {setup['deploy_s']} s; rates {setup['rates']}", flush=True)
+        steps, criteria = asyncio.run(sweep(ladder, urls, names, setup))
     finally:
+        if vllm_proc is not None:
+            from loraplex.bench.vllm_server import stop_vllm_server
+
+            stop_vllm_server(vllm_proc)
+            log = tmp / "vllm_server.log"
+            if log.exists():
+                setup["vllm_server_log_tail"] = log.read_text(errors="replace").splitlines()[-5:]
         stop_local_app()
         if not a.keep_fixture:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -317,7 +407,7 @@ def main(argv=None) -> int:
     setup["wall_s"] = round(time.time() - t_start, 1)
     if criteria is None:  # no step ran and no --slo-ms: the summary says so with a NaN SLO
         criteria = Criteria(math.nan, a.max_error_rate, a.min_achieved)
-    report = {"setup": setup, "steps": steps, "summary": summarize(steps, criteria)}
+    report = {"setup": setup, "steps": steps, "summary": summarize(steps, criteria, a.systems)}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
     plot_serving(report, a.plot or a.json.with_suffix(".png"))

@@ -8,7 +8,7 @@ import json
 import httpx
 
 from loraplex.bench.load import latency_ms, run_step, server_delta, step_order, step_stats
-from loraplex.bench.systems import SYSTEMS, request_for
+from loraplex.bench.systems import ALL_SYSTEMS, SYSTEMS, mix_composition, request_for, system_urls
 from loraplex.bench.workloads import Arrival
 
 
@@ -57,10 +57,28 @@ def test_step_order_starts_with_the_baseline_then_rotates():
 
 
 def test_request_for_routes_the_baseline_by_header():
-    url, body, headers = request_for("baseline", "http://h", "a3", [5, 6], 16)
+    urls = system_urls("http://h", "http://v:9", ALL_SYSTEMS)
+    url, body, headers = request_for("baseline", urls["baseline"], "a3", [5, 6], 16, stream=True)
     assert url == "http://h/baseline/v1/completions" and headers == {"serve_multiplexed_model_id": "a3"}
     assert body == {"model": "a3", "prompt": [5, 6], "max_tokens": 16, "temperature": 0, "ignore_eos": True}
-    assert request_for("loraplex", "http://h", "a3", [5], 16)[0] == "http://h/loraplex/v1/completions"
+    assert request_for("loraplex", urls["loraplex"], "a3", [5], 16)[0] == "http://h/loraplex/v1/completions"
+    url, body, _ = request_for("vllm-server", urls["vllm-server"], "a3", [5], 16, stream=True)
+    assert url == "http://v:9/v1/completions" and body["stream"] and body["stream_options"] == {"include_usage": True}
+    assert urls["loraplex-vllm-mix"] == urls["loraplex-vllm"] == "http://h/loraplex-vllm"
+
+
+def test_the_mix_is_half_single_three_tenths_blend_one_fifth_stack():
+    names = [f"a{i}" for i in range(8)]
+    kinds = []
+    for i in range(1000):
+        prompt = [i, 3, 5]
+        _, body, _ = request_for("loraplex-vllm-mix", "http://h/loraplex-vllm", names[i % 8], prompt, 4, names=names)
+        comp = body["composition"]
+        kinds.append(comp["mode"] if isinstance(comp, dict) else "single")
+        again = request_for("loraplex-vllm-mix", "http://h/x", names[i % 8], prompt, 4, names=names)[1]
+        assert again["composition"] == comp  # fixed by the request: every run sends the same mix
+    assert (kinds.count("single"), kinds.count("blend"), kinds.count("stack")) == (500, 300, 200)
+    assert mix_composition("a7", names, [6]) == {"mode": "blend", "weights": {"a7": 0.6, "a0": 0.4}}
 
 
 def test_run_step_against_a_fake_server():
@@ -79,7 +97,7 @@ def test_run_step_against_a_fake_server():
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await run_step(client, "baseline", "http://fake", 50.0, work, max_tokens=4, timeout=5)
+            return await run_step(client, "baseline", "http://fake/baseline", 50.0, work, max_tokens=4, timeout=5)
 
     st = asyncio.run(go())
     assert [m for m, _ in seen] == [w.adapter for w in work]  # every arrival sent, in order, with the routing header
