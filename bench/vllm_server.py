@@ -57,10 +57,19 @@ def server_env(spec: DeploySpec) -> dict[str, str]:
     }
 
 
+RAY_WORKER_NICENESS = 15  # Ray runs every worker process (our replicas and their vLLM children) at nice 15
+
+
 def start_vllm_server(
     spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[str], port: int, log: Path
 ) -> subprocess.Popen:
-    """Start the server in its own process group (so `stop_vllm_server` also ends its EngineCore children)."""
+    """Start the server in its own process group (so `stop_vllm_server` also ends its EngineCore children), at
+    the niceness Ray gives its workers: the load client runs at nice 0 on the same cores, and would otherwise
+    preempt our serving stack (nice 15) but not vLLM's server."""
+
+    def lower_priority() -> None:
+        os.nice(RAY_WORKER_NICENESS - os.nice(0))
+
     with open(log, "wb") as out:
         return subprocess.Popen(
             server_command(spec, base_dir, ad_dir, names, port),
@@ -68,6 +77,7 @@ def start_vllm_server(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=lower_priority,
         )
 
 

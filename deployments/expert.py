@@ -84,7 +84,12 @@ class ExpertDeployment:
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield getter.result()
+                    # Everything queued since the last yield goes as one item: each item is a Serve streaming
+                    # hop (replica -> ingress -> proxy) whose CPU the engine would otherwise lose under load.
+                    parts = [getter.result()]
+                    while not queue.empty():
+                        parts.append(queue.get_nowait())
+                    yield "".join(parts)
                 else:
                     getter.cancel()
             yield task.result()

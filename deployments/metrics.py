@@ -76,7 +76,7 @@ class ExpertMetrics:
         )
         self.cache = Counter(
             "loraplex_adapter_cache",
-            description="Adapter store lookups by tier and result.",
+            description="Adapter store lookups by tier (host, device; composed on vLLM groups) and result.",
             tag_keys=("tier", "result"),
         )
         self.load_seconds = Counter(
@@ -92,8 +92,10 @@ class ExpertMetrics:
             ("store_host_misses", "host", "miss"),
             ("store_device_hits", "device", "hit"),
             ("store_device_misses", "device", "miss"),
+            ("composed_hits", "composed", "hit"),  # vLLM groups: composed-adapter folders reused / written
+            ("composed_misses", "composed", "miss"),
         ):
-            delta = stats[key] - self._last.get(key, 0)
+            delta = stats.get(key, 0) - self._last.get(key, 0)
             if delta:
                 self.cache.inc(delta, tags={"tier": tier, "result": result})
         for key, counter in (("tokens", self.tokens), ("store_load_seconds", self.load_seconds)):

@@ -182,6 +182,34 @@ def test_fields_only_vllm_runs_are_a_400_on_the_native_group(mixed):
     assert "groups on engine vllm run them: ['support']" in r.json()["error"]["message"]
 
 
+def test_an_adapter_registered_at_run_time_reaches_the_vllm_group(mixed, roots):
+    import shutil
+
+    from tests.integration.conftest import DEMO
+
+    _, imports = roots
+    shutil.copytree(DEMO / "adapters" / "intent", imports / "vintent")
+    r = httpx.post(
+        f"{mixed}/v1/adapters", json={"name": "team/vintent", "source": str(imports / "vintent")}, timeout=60
+    )
+    assert r.status_code == 201, r.text
+
+    def complete(comp):
+        body = {"model": "base", "prompt": E.prompt, "max_tokens": 16, "temperature": 0, "composition": comp}
+        return httpx.post(f"{mixed}/v1/completions", json=body, timeout=60).json()
+
+    single, ref = complete("team/vintent"), complete("intent")
+    assert single["routing"]["group"] == "support" and single["choices"][0]["text"] == ref["choices"][0]["text"]
+    stack = complete({"mode": "stack", "adapters": ["team/vintent", "sentiment"]})  # a composed adapter over it
+    assert (
+        stack["choices"][0]["text"]
+        == complete({"mode": "stack", "adapters": ["intent", "sentiment"]})["choices"][0]["text"]
+    )
+    assert httpx.delete(f"{mixed}/v1/adapters/team/vintent", timeout=60).status_code == 200
+    gone = httpx.post(f"{mixed}/v1/completions", json={"model": "team/vintent", "prompt": E.prompt}, timeout=60)
+    assert gone.status_code == 404
+
+
 def test_killing_a_vllm_replica_under_load_loses_nothing(mixed):
     import ray
 

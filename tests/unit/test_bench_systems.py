@@ -37,3 +37,27 @@ def test_baseline_gets_the_same_replica_and_admission_limits():
     bl = baseline_app_args(SPEC, Path("/b"), Path("/a"), adapter_names(4))
     assert bl["num_cpus"] == lp["resources"]["num_cpus"] and bl["max_queued_requests"] == lp["max_queued_requests"]
     assert bl["max_models"] == 4  # no eviction unless --baseline-max-models says so
+
+
+def test_vllm_server_and_the_vllm_group_get_the_same_engine_sizes():
+    from loraplex.bench.systems import loraplex_vllm_app_args
+    from loraplex.bench.vllm_server import server_command, server_env
+
+    names = adapter_names(4)
+    cmd = server_command(SPEC, Path("/b"), Path("/a"), names, 9)
+    flag = lambda f: cmd[cmd.index(f) + 1]  # noqa: E731
+    group = AppArgs(**loraplex_vllm_app_args(SPEC, Path("/b"), Path("/a"), names)).groups[0]
+    opts = group.vllm_options
+    assert group.engine == "vllm" and list(group.adapters) == names
+    assert (flag("--max-loras"), flag("--max-cpu-loras"), flag("--max-lora-rank"), flag("--max-num-seqs")) == (
+        str(opts.max_loras),
+        str(opts.max_cpu_loras),
+        str(opts.max_lora_rank),
+        str(opts.max_num_seqs),
+    )
+    assert cmd[cmd.index("--lora-modules") + 1 : cmd.index("--lora-modules") + 5] == [f"{n}=/a/{n}" for n in names]
+    env = server_env(SPEC)
+    assert (env["VLLM_CPU_KVCACHE_SPACE"], env["VLLM_CPU_OMP_THREADS_BIND"]) == (
+        str(opts.cpu_kvcache_space_gb),
+        opts.cpu_threads_bind,
+    )

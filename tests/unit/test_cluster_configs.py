@@ -143,7 +143,7 @@ def test_cluster_launcher_config():
     workers = [t for n, t in types.items() if n != c["head_node_type"]]
     assert sum(t["max_workers"] for t in workers) <= c["max_workers"]
     setup = " ; ".join(c["setup_commands"])
-    assert "pip install -r requirements.txt && pip install -e ." in setup
+    assert "pip install -r requirements-gpu.txt && pip install -e ." in setup  # GPU nodes: CUDA torch + vLLM
     assert "/mnt" in setup  # the shared filesystem
 
 
