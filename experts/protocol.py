@@ -26,6 +26,16 @@ class GenerationPayload(TypedDict):
 Outcome = Result | LoraplexError  # what a replica answers: a typed value either way, never a dict with a class name
 
 
+def count_outcome(counters: dict, res: Outcome) -> None:
+    """The per-replica counters both engines keep (requests, cancelled, tokens, errors), for one answer."""
+    counters["requests"] += 1
+    if isinstance(res, Result):
+        counters["cancelled"] += res.finish_reason == "cancelled"
+        counters["tokens"] += res.completion_tokens
+    else:
+        counters["errors"] += 1
+
+
 class ServingEngine(Protocol):
     def submit(self, payload: GenerationPayload, on_token: TokenCallback | None = None) -> Future[Outcome]:
         """Queue one request; the future resolves to its `Result` or its typed error (it never raises)."""

@@ -21,8 +21,8 @@ from loraplex.config.engine import EngineConfig
 from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.engine import Engine
 from loraplex.experts.errors import LoraplexError, RequestError, as_error
-from loraplex.experts.protocol import GenerationPayload, Outcome
-from loraplex.experts.request import Request, Result
+from loraplex.experts.protocol import GenerationPayload, Outcome, count_outcome
+from loraplex.experts.request import Request
 from loraplex.experts.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -158,15 +158,9 @@ class NativeReplica:
 
     def _answer(self, fut: Future, res: Outcome) -> None:
         with self._lock:
-            c = self.counters
             self.inflight -= 1
             self._cancels.pop(id(fut), None)
-            c["requests"] += 1
-            if isinstance(res, Result):
-                c["cancelled"] += res.finish_reason == "cancelled"
-                c["tokens"] += res.completion_tokens
-            else:
-                c["errors"] += 1
+            count_outcome(self.counters, res)
         if not fut.done():
             fut.set_result(res)
 

@@ -55,7 +55,7 @@ from loraplex.experts.errors import (
 )
 from loraplex.experts.lora.targets import target_linears
 from loraplex.experts.prompt import encode_prompt
-from loraplex.experts.protocol import GenerationPayload, Outcome
+from loraplex.experts.protocol import GenerationPayload, Outcome, count_outcome
 from loraplex.experts.request import Choice, Request, Result, TokenLogprob
 from loraplex.experts.sampling import SamplingParams
 
@@ -316,14 +316,8 @@ class VllmReplica:
 
     def _answer(self, fut: Future, res: Outcome) -> None:
         with self._lock:
-            c = self.counters
             self.inflight -= 1
-            c["requests"] += 1
-            if isinstance(res, Result):
-                c["cancelled"] += res.finish_reason == "cancelled"
-                c["tokens"] += res.completion_tokens
-            else:
-                c["errors"] += 1
+            count_outcome(self.counters, res)
         if not fut.done():
             fut.set_result(res)
 
