@@ -41,7 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from loraplex.config.engine import EngineConfig, VllmOptions
 from loraplex.experts.adapters.composed import ComposedAdapter, ComposedAdapterCache, compose, write_peft
-from loraplex.experts.adapters.store import AdapterStore, Version
+from loraplex.experts.adapters.store import AdapterStore
 from loraplex.experts.composition import Base, Blend, Chain, Composition, Moe, Single, Stack, adapters_of
 from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.engine import pick_device, pick_dtype
@@ -226,7 +226,6 @@ class VllmReplica:
         )
         self._ids = itertools.count(1)
         self._lora_ids: dict[tuple, int] = {}  # ("adapter", name, version) | ("composed", key) -> vLLM LoRA id
-        self._composed_parts: dict[str, dict[str, Version]] = {}  # composed key -> its parts' versions
         self._lock = threading.Lock()  # counters, id maps, tasks
         self._tasks: dict[int, asyncio.Task] = {}  # id(future) -> its task on the vLLM loop
         self.counters = {"requests": 0, "errors": 0, "cancelled": 0, "tokens": 0, "lora_loads": 0}
@@ -440,19 +439,12 @@ class VllmReplica:
         return request, key
 
     def _composed_folder(self, weights: dict[str, float]) -> tuple[str, Path]:
-        """The leased folder of a composed adapter, rebuilt when one of its parts changed on disk."""
+        """The leased folder of a composed adapter; keyed on its parts' versions on disk, so a re-registered part
+        gives a new folder (and a new vLLM id) while requests in flight keep the old one."""
         versioned = {n: self.store.get_versioned(n) for n in weights if weights[n]}
-        versions = {n: v for n, (v, _) in versioned.items()}
         adapters = {n: a for n, (_, a) in versioned.items()}
-        build = lambda: compose(adapters, weights, self.options.max_lora_rank)  # noqa: E731
-        key, folder = self.composed.get(weights, build)
-        if self._composed_parts.setdefault(key, versions) != versions:  # a part was re-registered
-            self.composed.release(key)
-            self.composed.drop(key)  # in use by running requests: they keep the old one, vLLM keeps its copy
-            key, folder = self.composed.get(weights, build)
-            self._composed_parts[key] = versions
-            self._forget(("composed", key))
-        return key, folder
+        tag = repr(sorted((n, v) for n, (v, _) in versioned.items()))
+        return self.composed.get(weights, lambda: compose(adapters, weights, self.options.max_lora_rank), tag)
 
     def _lora_id(self, key: tuple, stale: tuple | None = None) -> tuple[int, bool]:
         """vLLM's integer id for one version of an adapter (new versions get new ids: vLLM caches by id)."""
@@ -482,7 +474,6 @@ class VllmReplica:
             self._schedule_remove(lora_id)
 
     def _composed_evicted(self, key: str) -> None:
-        self._composed_parts.pop(key, None)
         self._forget(("composed", key))
 
     def _schedule_remove(self, lora_id: int) -> None:

@@ -175,9 +175,13 @@ class ComposedAdapterCache:
     def nbytes(self) -> int:
         return sum(self._entries.values())
 
-    def get(self, weights: Mapping[str, float], build: Callable[[], ComposedAdapter]) -> tuple[str, Path]:
-        """``(key, folder)`` of the composition, leased until ``release(key)``."""
-        key = composition_key(weights)
+    def get(
+        self, weights: Mapping[str, float], build: Callable[[], ComposedAdapter], tag: str = ""
+    ) -> tuple[str, Path]:
+        """``(key, folder)`` of the composition, leased until ``release(key)``. ``tag`` names what else the
+        folder depends on (the engine passes its parts' versions on disk: a re-registered part is a new key, and
+        the stale folder ages out, even while requests still use it)."""
+        key = composition_key(weights) + (f"-{hashlib.sha256(tag.encode()).hexdigest()[:8]}" if tag else "")
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)

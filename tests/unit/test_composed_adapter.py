@@ -145,3 +145,13 @@ def test_a_leased_composed_adapter_is_never_evicted_or_dropped(loaded, tmp_path)
     assert evicted == [k1] and cache.keys() == [k0]  # back within the bound: the unleased one goes
     cache.release(k0)
     assert cache.drop(k0) is True and not p0.exists() and evicted == [k1, k0]
+
+
+def test_a_tag_keeps_versions_apart(loaded, tmp_path):
+    """The engine tags a composition with its parts' versions: new files, new key; the old folder stays."""
+    cache = ComposedAdapterCache(tmp_path / "cache")
+    w = {"a": 0.5, "c": 0.5}
+    k1, p1 = cache.get(w, lambda: compose(loaded, w, max_rank=32), tag="v1")
+    k2, p2 = cache.get(w, lambda: compose(loaded, w, max_rank=32), tag="v2")
+    assert k1 != k2 and k1.startswith(composition_key(w)) and p1.is_dir() and p2.is_dir()
+    assert cache.get(w, lambda: compose(loaded, w, max_rank=32), tag="v1")[0] == k1 and cache.hits == 1
