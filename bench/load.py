@@ -51,15 +51,9 @@ def latency_ms(latencies_s: list[float]) -> dict[str, float | None]:
 
 
 def _percentiles_ms(values_s: list[float], prefix: str) -> dict[str, float | None]:
-    import numpy as np
-
-    if not values_s:
-        return {f"{prefix}_p50_ms": None, f"{prefix}_p99_ms": None}
-    v = np.array(values_s)
-    return {
-        f"{prefix}_p50_ms": round(float(np.percentile(v, 50)) * 1000, 1),
-        f"{prefix}_p99_ms": round(float(np.percentile(v, 99)) * 1000, 1),
-    }
+    """p50/p99 of `values_s` as `<prefix>_p50_ms`/`<prefix>_p99_ms` (TTFT, TPOT), the way `latency_ms` rounds."""
+    lat = latency_ms(values_s)
+    return {f"{prefix}_p50_ms": lat["p50_ms"], f"{prefix}_p99_ms": lat["p99_ms"]}
 
 
 def step_stats(results: list[dict], rate: float, window: float, t0: float) -> dict:

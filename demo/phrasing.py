@@ -109,15 +109,10 @@ _QUESTIONS: dict[str, tuple[str, ...]] = {
         "What are the entities?",
     ),
 }
+_LABEL_VERBS = ("classify", "identify", "label", "tag", "determine", "give me", "tell me")  # the labelling tasks'
 _VERBS: dict[str, tuple[str, ...]] = {
-    "intent": (
-        "classify",
-        "identify",
-        "label",
-        "tag",
-        "determine",
-        "give me",
-        "tell me",
+    "intent": _LABEL_VERBS
+    + (
         "find",
         "name",
         "categorize",
@@ -127,14 +122,8 @@ _VERBS: dict[str, tuple[str, ...]] = {
         "figure out",
         "what is",
     ),
-    "sentiment": (
-        "classify",
-        "identify",
-        "label",
-        "tag",
-        "determine",
-        "give me",
-        "tell me",
+    "sentiment": _LABEL_VERBS
+    + (
         "rate",
         "judge",
         "assess",

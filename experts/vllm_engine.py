@@ -222,7 +222,7 @@ class VllmReplica:
             options.composed_cache_count,
             int(options.composed_cache_mb * 2**20),
             config.base_model,
-            on_evict=self._composed_evicted,
+            on_evict=lambda key: self._forget(("composed", key)),  # vLLM drops its copy too
         )
         self._ids = itertools.count(1)
         self._lora_ids: dict[tuple, int] = {}  # ("adapter", name, version) | ("composed", key) -> vLLM LoRA id
@@ -235,9 +235,10 @@ class VllmReplica:
         self._thread.start()
         t0 = time.perf_counter()
         kwargs = engine_args(config, options)
+        log.info("starting vLLM: %s", kwargs)
         kwargs["structured_outputs_config"] = StructuredOutputsConfig(**kwargs["structured_outputs_config"])
         self.llm = self._run(self._start(AsyncEngineArgs(**kwargs)), START_TIMEOUT_S)
-        log.info("vLLM engine ready in %.1f s: %s", time.perf_counter() - t0, engine_args(config, options))
+        log.info("vLLM engine ready in %.1f s", time.perf_counter() - t0)
         self._base_lora = self._run(self._zero_lora(), START_TIMEOUT_S) if self._cpu_lora_bug() else None
         for name in pinned:  # validate + load at start: a broken adapter fails the deploy, loudly
             self._run(self._lora_request(Single(name)), START_TIMEOUT_S)
@@ -472,9 +473,6 @@ class VllmReplica:
             lora_id = self._lora_ids.pop(key, None)
         if lora_id is not None:
             self._schedule_remove(lora_id)
-
-    def _composed_evicted(self, key: str) -> None:
-        self._forget(("composed", key))
 
     def _schedule_remove(self, lora_id: int) -> None:
         asyncio.run_coroutine_threadsafe(self.llm.remove_lora(lora_id), self._loop)

@@ -255,7 +255,7 @@ class Gateway:
         return max(votes, key=lambda g: (votes[g], -[group_of.get(n) for n in names].index(g)))
 
     # ---- requests ----------------------------------------------------------------------------
-    def _sampling(self, req) -> dict:
+    def _sampling(self, req) -> SamplingParams:
         limits = self.args.limits
         max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
         max_tokens = limits.default_max_tokens if max_tokens is None else max_tokens
@@ -297,11 +297,11 @@ class Gateway:
             logit_bias=bias,
             structured=structured,
         )  # validates, raises SamplingError
-        return sampling_payload(params)
+        return params
 
-    def _check_engine(self, group: str, sampling: dict) -> None:
+    def _check_engine(self, group: str, params: SamplingParams) -> None:
         """Fields only vLLM groups run: a clear 400 naming them, this group and the groups that would."""
-        unsupported = SamplingParams(**sampling).native_unsupported()
+        unsupported = params.native_unsupported()
         if unsupported and self.args.engine_of[group] == "native":
             vllm = [g for g, e in self.args.engine_of.items() if e == "vllm"]
             raise SamplingError(
@@ -320,9 +320,10 @@ class Gateway:
         self._check_prompt_chars(len(text) if text else len(req.prompt))
         if isinstance(req.prompt, list) and self.uses_router(req.model, req.composition):
             raise RequestError("model 'auto' routes on text; send the prompt as a string")
-        sampling = self._sampling(req)
+        params = self._sampling(req)
         spec, routing = self.resolve(req.model, req.composition, text)
-        return self._plan(req, {"prompt": req.prompt, "composition": spec, "sampling": sampling}, routing, text)
+        payload = {"prompt": req.prompt, "composition": spec, "sampling": sampling_payload(params)}
+        return self._plan(req, payload, params, routing, text)
 
     def plan_chat(self, req: ChatCompletionRequest) -> Plan:
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
@@ -331,7 +332,7 @@ class Gateway:
             raise RequestError("the last message must be from the user or system, not 'assistant'")
         messages = [m.model_dump() for m in req.messages]
         self._check_prompt_chars(sum(len(m["content"]) for m in messages))
-        sampling = self._sampling(req)
+        params = self._sampling(req)
         text = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
         spec, routing = self.resolve(req.model, req.composition, text)
         if isinstance(parse_composition(spec), Chain):
@@ -342,10 +343,11 @@ class Gateway:
                     messages, add_generation_prompt=True, tokenize=True, return_dict=False
                 )
             )
-        return self._plan(req, {"prompt": prompt, "composition": spec, "sampling": sampling}, routing, text)
+        payload = {"prompt": prompt, "composition": spec, "sampling": sampling_payload(params)}
+        return self._plan(req, payload, params, routing, text)
 
-    def _plan(self, req, payload: dict, routing: dict, text: str = "") -> Plan:
-        self._check_engine(routing["group"], payload["sampling"])
+    def _plan(self, req, payload: dict, params: SamplingParams, routing: dict, text: str = "") -> Plan:
+        self._check_engine(routing["group"], params)
         comp = parse_composition(payload["composition"])
         names = [n for n, _ in comp.selected()] if isinstance(comp, Moe) else list(adapters_of(comp))
         include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
