@@ -9,6 +9,11 @@ forward of their own, then their KV cache is left-padded to the running length a
 leave as soon as they finish (cache, mask and LoRA gather shrink). Masks hide the padding and explicit
 position ids keep each row's positions its own, so a row decodes as it would alone (tests compare
 against solo runs and PEFT). The batched LoRA layers also work under HF `generate` (tested).
+
+A request with `n` sampled choices is prefilled once; its rows' KV cache is then copied into one row
+set per choice, and each choice samples with its own generator (greedy choices are one answer, so one
+row set serves them). Prompts to be scored (`prompt_logprobs`, completions `echo`) are prefilled on
+their own forward that keeps every position's logits.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from loraplex.experts.logits import RowContext, needs_processing, process_logits
+from loraplex.experts.logprobs import TokenLogprob, prompt_logprobs, step_logprobs
 from loraplex.experts.lora.layers import LoraBatch, WrappedModel
 from loraplex.experts.sampling import SamplingParams, choose_tokens
+from loraplex.experts.structured import Grammar, GrammarBook
 
 TokenCallback = Callable[[str], None]
 
@@ -37,7 +45,7 @@ class GenItem:
     rows: list[dict[int, float]]  # per virtual row: {slot: weight}
     mix: list[float]  # logits = sum_j mix[j] * logits(rows[j])
     params: SamplingParams
-    on_token: TokenCallback | None = None
+    on_token: TokenCallback | None = None  # choice 0's text deltas
     cancelled: Callable[[], bool] | None = None  # polled every step: a gone client frees its row at once
 
 
@@ -48,20 +56,33 @@ class GenOutput:
     finish_reason: str  # "stop" (EOS or stop string) | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # per token of `token_ids` (params.logprobs set)
+    prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token (params.prompt_logprobs set)
 
 
 @dataclass
 class _State:
     item: GenItem
     generator: torch.Generator | None
+    choice: int = 0  # which of the item's sampled copies
+    grammar: Grammar | None = None
     ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
     steps: int = 0  # tokens sampled, EOS included (the usage count OpenAI clients expect)
     finish: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
-    def output(self) -> GenOutput:
-        return GenOutput(self.text, self.ids, self.finish or "length", len(self.item.prompt_ids), self.steps)
+    def output(self, prompt_lp: list[TokenLogprob] | None) -> GenOutput:
+        return GenOutput(
+            self.text,
+            self.ids,
+            self.finish or "length",
+            len(self.item.prompt_ids),
+            self.steps,
+            self.logprobs,
+            prompt_lp,
+        )
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -75,30 +96,40 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return hold
 
 
-def _advance(st: _State, token: int, tokenizer, eos_ids: set[int]) -> None:
+def _advance(st: _State, token: int, logprob: TokenLogprob | None, tokenizer, eos_ids: set[int]) -> None:
     p = st.item.params
     st.steps += 1
+    if st.grammar is not None:
+        st.grammar.accept(token)
     if token in eos_ids and not p.ignore_eos:
         st.finish = "stop"
     else:
         st.ids.append(token)
+        if logprob is not None:
+            st.logprobs.append(logprob)
         st.text = tokenizer.decode(st.ids, skip_special_tokens=True)
-        cut = min((i for i in (st.text.find(s) for s in p.stop) if i >= 0), default=-1)
+        # stop strings count only from min_tokens on (vLLM's rule)
+        cut = (
+            min((i for i in (st.text.find(s) for s in p.stop) if i >= 0), default=-1)
+            if st.steps >= p.min_tokens
+            else -1
+        )
         if cut >= 0:
             st.text, st.finish = st.text[:cut], "stop"
+        elif st.grammar is not None and st.grammar.terminated:
+            st.finish = "stop"
         elif st.steps >= p.max_tokens:
             st.finish = "length"
-    if st.item.on_token is not None:
+    if st.item.on_token is not None and st.choice == 0:
         safe = len(st.text) if st.finish else len(st.text) - _held_back(st.text, p.stop)
         if safe > st.emitted:
             st.item.on_token(st.text[st.emitted : safe])
             st.emitted = safe
 
 
-def _new_state(item: GenItem) -> _State:
-    p = item.params
-    gen = None if p.greedy else torch.Generator().manual_seed(p.seed if p.seed is not None else random.getrandbits(63))
-    return _State(item, gen)
+def _seed(p: SamplingParams, choice: int) -> int:
+    """Choice k of a seeded request samples with seed + k: reproducible, and the choices differ."""
+    return (p.seed + choice) % 2**63 if p.seed is not None else random.getrandbits(63)
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
@@ -117,23 +148,28 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
 class Decoder:
     """One running batch that requests join between decode steps and leave as they finish.
 
-    `step(joining)` prefills the joining items, samples one token for every active item, drops the
-    finished ones and runs the decode forward for the rest; it returns the items that finished. The
-    caller owns admission (slots, row budget): rows hold slot indices, so the slots of running rows
-    must not be rewritten (`loraplex.experts.scheduler.Scheduler` leases them).
+    `step(joining)` prefills the joining items, samples one token for every active choice, drops the
+    finished ones and runs the decode forward for the rest; it returns the items whose choices have all
+    finished, with one output per choice (`params.n`). The caller owns admission (slots, row budget):
+    rows hold slot indices, so the slots of running rows must not be rewritten
+    (`loraplex.experts.scheduler.Scheduler` leases them).
     """
 
-    def __init__(self, wrapped: WrappedModel, tokenizer, eos_ids: set[int], pad_id: int):
+    def __init__(
+        self, wrapped: WrappedModel, tokenizer, eos_ids: set[int], pad_id: int, grammars: GrammarBook | None = None
+    ):
         self.wrapped, self.tokenizer, self.eos_ids, self.pad_id = wrapped, tokenizer, eos_ids, pad_id
+        self.grammars = grammars
+        self._stop_ids = sorted(eos_ids)
         self.device = next(wrapped.model.parameters()).device
         self._cache_kwarg = cache_kwarg(wrapped.model)
         self.can_join = True  # False once a cache layer type is seen that cannot be left-padded (then: static batches)
-        self.last_size = 0  # items that got a token in the last step
+        self.last_size = 0  # choices that got a token in the last step
         self.clear()
 
     def clear(self) -> None:
         """Forget the running batch (its rows, cache and logits)."""
-        self._states: list[_State] = []  # active items, in batch order
+        self._states: list[_State] = []  # active choices, in batch order
         self._rows: list[dict[int, float]] = []  # per virtual row: {slot: weight}
         self._owner: list[int] = []  # virtual row -> index in _states
         self._cache: DynamicCache | None = None
@@ -141,8 +177,10 @@ class Decoder:
         self._last_pos: torch.Tensor | None = None  # [vrows] position of each row's last token
         self._logits: torch.Tensor | None = None  # [vrows, vocab] for the next sample
         self._lora: LoraBatch | None = None
-        self._mix: torch.Tensor | None = None  # [items, vrows]; None when every item is one row of weight 1
-        self._spread: torch.Tensor | None = None  # [vrows] owning item of each row (item token -> its rows)
+        self._mix: torch.Tensor | None = None  # [choices, vrows]; None when every choice is one row of weight 1
+        self._spread: torch.Tensor | None = None  # [vrows] owning choice of each row (its token -> its rows)
+        self._done: dict[int, list[GenOutput | None]] = {}  # id(item) -> its choices' outputs so far
+        self._prompt_lp: dict[int, list[TokenLogprob]] = {}  # id(item) -> its scored prompt
 
     def __len__(self) -> int:
         return len(self._states)
@@ -151,34 +189,82 @@ class Decoder:
     def num_rows(self) -> int:
         return len(self._rows)
 
-    def step(self, joining: list[GenItem] | tuple = ()) -> list[tuple[GenItem, GenOutput]]:
+    def step(self, joining: list[GenItem] | tuple = ()) -> list[tuple[GenItem, list[GenOutput]]]:
         with torch.inference_mode():
             if joining:
                 self._join(list(joining))
+            finished: list[tuple[GenItem, list[GenOutput]]] = []
+            scored_only = [n for n, st in enumerate(self._states) if st.item.params.max_tokens == 0]
+            if scored_only:  # echo with max_tokens 0: the prefill was the whole job
+                for n in scored_only:
+                    self._states[n].finish = "length"
+                finished += self._collect([self._states[n] for n in scored_only])
+                self._keep([n for n, st in enumerate(self._states) if st.finish is None])
             self.last_size = len(self._states)
             if not self._states:
-                return []
+                return finished
+            states = self._states
             logits = self._logits.float()  # [vrows, vocab]
             if self._mix is not None:
-                logits = self._mix @ logits  # [items, vocab]
-            states = self._states
-            tokens = choose_tokens(logits, [st.item.params for st in states], [st.generator for st in states])
-            for st, t in zip(states, tokens.tolist()):
-                _advance(st, t, self.tokenizer, self.eos_ids)
+                logits = self._mix @ logits  # [choices, vocab]
+            params = [st.item.params for st in states]
+            want = [n for n, p in enumerate(params) if p.logprobs is not None]
+            raw = torch.log_softmax(logits[want], dim=-1) if want else None  # [len(want), vocab], before processing
+            process = [n for n, p in enumerate(params) if needs_processing(p)]
+            if process:
+                logits = logits.clone() if logits.data_ptr() == self._logits.data_ptr() else logits
+                ctx = [
+                    RowContext(params[n], states[n].item.prompt_ids, states[n].ids, states[n].grammar) for n in process
+                ]
+                logits[process] = process_logits(logits[process], ctx, self._stop_ids)
+            tokens = choose_tokens(logits, params, [st.generator for st in states])
+            entries: dict[int, TokenLogprob] = {}
+            if want:
+                k = max(params[n].logprobs for n in want)
+                for n, e in zip(want, step_logprobs(raw, tokens[want], k, self.tokenizer)):
+                    e.top = e.top[: params[n].logprobs]
+                    entries[n] = e
+            for n, (st, t) in enumerate(zip(states, tokens.tolist())):
+                _advance(st, t, entries.get(n), self.tokenizer, self.eos_ids)
                 if st.finish is None and st.item.cancelled is not None and st.item.cancelled():
                     st.finish = "cancelled"
             done = [st for st in states if st.finish is not None]
             if done:
                 keep = [n for n, st in enumerate(states) if st.finish is None]
                 tokens = tokens[torch.tensor(keep, dtype=torch.long, device=tokens.device)]
+                finished += self._collect(done)
                 self._keep(keep)
             if self._states:
                 self._decode(tokens)
-            return [(st.item, st.output()) for st in done]
+            return finished
+
+    def _collect(self, done: list[_State]) -> list[tuple[GenItem, list[GenOutput]]]:
+        """File finished choices under their items; an item is finished when all its choices are."""
+        out = []
+        for st in done:
+            key = id(st.item)
+            slots = self._done.setdefault(key, [None] * st.item.params.copies)
+            slots[st.choice] = st.output(self._prompt_lp.get(key))
+            if all(o is not None for o in slots):
+                del self._done[key]
+                self._prompt_lp.pop(key, None)
+                n = st.item.params.n
+                outs = slots if len(slots) == n else [slots[0]] + [replace(slots[0]) for _ in range(n - 1)]
+                out.append((st.item, outs))
+        return out
 
     # ---- batch membership -------------------------------------------------------------------
     def _join(self, items: list[GenItem]) -> None:
-        """Prefill `items` in one forward and append them (cache, mask, rows) to the running batch."""
+        """Prefill `items` and append their choices (cache, mask, rows) to the running batch; prompts to be
+        scored get a forward of their own that keeps all positions' logits."""
+        plain = [it for it in items if it.params.prompt_logprobs is None]
+        if plain:
+            self._prefill(plain, scored=False)
+        for it in items:
+            if it.params.prompt_logprobs is not None:
+                self._prefill([it], scored=True)
+
+    def _prefill(self, items: list[GenItem], scored: bool) -> None:
         owner = [i for i, it in enumerate(items) for _ in it.rows]
         rows = [r for it in items for r in it.rows]
         width = max(len(it.prompt_ids) for it in items)
@@ -198,9 +284,27 @@ class Decoder:
                 position_ids=positions,
                 **{self._cache_kwarg: cache},
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=0 if scored else 1,  # 0 = every position
             )
+        if scored:
+            (it,) = items
+            ids = it.prompt_ids
+            mix = torch.tensor(it.mix, device=out.logits.device, dtype=torch.float32)
+            mixed = torch.einsum("r,rtv->tv", mix, out.logits[:, width - len(ids) :].float())  # [len(ids), vocab]
+            self._prompt_lp[id(it)] = prompt_logprobs(mixed, ids, it.params.prompt_logprobs, self.tokenizer)
         logits = out.logits[:, -1, :]  # [new vrows, vocab]
+        # one row set per sampled choice: the prompt's cache rows repeated
+        starts = [0]
+        for it in items:
+            starts.append(starts[-1] + len(it.rows))
+        index = [
+            starts[i] + r for i, it in enumerate(items) for _ in range(it.params.copies) for r in range(len(it.rows))
+        ]
+        if len(index) != len(rows):
+            idx = torch.tensor(index, dtype=torch.long, device=self.device)
+            cache.batch_select_indices(idx)
+            mask, positions, logits = mask[idx], positions[idx], logits[idx]
+            rows = [rows[v] for v in index]
         self.can_join = self.can_join and all(type(layer) is DynamicLayer for layer in cache.layers)
         if self._cache is None:
             self._cache, self._mask, self._last_pos, self._logits = cache, mask, positions[:, -1], logits
@@ -215,7 +319,12 @@ class Decoder:
             self._mask = torch.cat([F.pad(self._mask, (total - old, 0)), F.pad(mask, (total - new, 0))])
             self._last_pos = torch.cat([self._last_pos, positions[:, -1]])
             self._logits = torch.cat([self._logits, logits])
-        self._states += [_new_state(it) for it in items]
+        for it in items:
+            p = it.params
+            for c in range(p.copies):
+                gen = None if p.greedy else torch.Generator().manual_seed(_seed(p, c))
+                grammar = self.grammars.grammar(p.structured) if p.structured is not None and self.grammars else None
+                self._states.append(_State(it, gen, c, grammar, logprobs=[] if p.logprobs is not None else None))
         self._rows += rows
         self._lora = self.wrapped.lora_batch(self._rows)
         self._reindex()

@@ -22,7 +22,9 @@ from loraplex.experts.errors import CompositionError, LoraplexError, RequestErro
 from loraplex.experts.lora.layers import WrappedModel, wrap_model
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.request import Request, Result
+from loraplex.experts.sampling import SamplingParams
 from loraplex.experts.scheduler import Scheduler
+from loraplex.experts.structured import GrammarBook
 
 __all__ = ["Engine", "Request", "Result", "pick_device", "pick_dtype"]
 
@@ -60,6 +62,8 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])  # the logits' width
+        self.grammars = GrammarBook(tokenizer, self.vocab_size, sorted(self.eos_ids))
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
@@ -76,21 +80,24 @@ class Engine:
         fit this replica) without touching the model; returns the token ids of its (first) prompt."""
         for name in adapters_of(request.composition):
             self.store.resolve(name)
-        unsupported = request.params.native_unsupported()
-        if unsupported:
-            raise SamplingError(
-                f"{unsupported} not supported by the native engine yet; a group with engine: vllm runs them"
-            )
+        params = request.params
+        self.check_sampling(params)
         if isinstance(request.composition, Chain):
             if not isinstance(request.prompt, str):
                 raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
+            if params.n > 1 or params.prompt_logprobs is not None:
+                raise SamplingError(
+                    "n > 1 and echo are not supported with chain compositions (each stage feeds the next)"
+                )
             prompt: str | list[int] = request.composition.stages[0].render(request.prompt, "")
         else:
             prompt = request.prompt
             rows, _ = weight_rows(request.composition)
-            if len(rows) > self.config.max_batch_rows:
+            need = len(rows) * params.copies
+            if need > self.config.max_batch_rows:
                 raise CompositionError(
-                    f"composition needs {len(rows)} rows; this replica's max_batch_rows is {self.config.max_batch_rows}"
+                    f"composition needs {need} rows ({len(rows)} per choice x {params.copies} sampled choices); "
+                    f"this replica's max_batch_rows is {self.config.max_batch_rows}"
                 )
             used = len(adapters_of(request.composition))
             if used > self.config.max_slots:
@@ -99,6 +106,14 @@ class Engine:
                     f"adapter slots, so at most {self.config.max_slots} adapters per request"
                 )
         return self.encode(prompt, request.params.max_tokens)
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        """What depends on this model: biased token ids inside its vocabulary, a response format that compiles."""
+        bad = [t for t, _ in params.logit_bias if t >= self.vocab_size]
+        if bad:
+            raise SamplingError(f"logit_bias token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        if params.structured is not None:
+            self.grammars.check(params.structured)
 
     def encode(self, prompt: str | list[int], max_tokens: int) -> list[int]:
         """Token ids of a prompt, checked against the vocabulary and the model's context length."""
@@ -120,7 +135,7 @@ class Engine:
         self.store.release(lease)
 
     def new_decoder(self) -> Decoder:
-        return Decoder(self.wrapped, self.tokenizer, self.eos_ids, self.pad_id)
+        return Decoder(self.wrapped, self.tokenizer, self.eos_ids, self.pad_id, self.grammars)
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Result]:

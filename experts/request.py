@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from loraplex.experts.composition import Base, Composition, parse_composition
 from loraplex.experts.decoder import TokenCallback
+from loraplex.experts.logprobs import TokenLogprob
 from loraplex.experts.sampling import SamplingParams
 
 
@@ -28,15 +29,6 @@ class Request:
         **sampling: object,
     ) -> Request:
         return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token, cancel)  # type: ignore[arg-type]
-
-
-@dataclass
-class TokenLogprob:
-    """One generated token's log probability and the most likely tokens at its step (best first)."""
-
-    token: str
-    logprob: float
-    top: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +54,7 @@ class Result:
     token_ids: list[int] = field(default_factory=list)  # the (last stage's) generated tokens, EOS excluded
     logprobs: list[TokenLogprob] | None = None  # per token of `token_ids`, when the request asked for them
     more: list[Choice] = field(default_factory=list)  # choices 2..n (n > 1)
+    prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token (echo), the first without a value
 
     @property
     def choices(self) -> list[Choice]:

@@ -28,9 +28,9 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
     ignore_eos: bool = False  # decode exactly max_tokens (benchmarks, load tests)
-    # What the vLLM engine runs and the native engine does not yet (`native_unsupported`):
     n: int = 1  # choices, sharing one prefill
     logprobs: int | None = None  # log probabilities of the chosen tokens plus this many top alternatives
+    prompt_logprobs: int | None = None  # the prompt's tokens' log probabilities too (completions `echo`)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
@@ -45,8 +45,11 @@ class SamplingParams:
         def num(v: object) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
-            problems.append(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        least = 0 if self.prompt_logprobs is not None else 1  # 0: score the prompt only (echo)
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < least:
+            problems.append(
+                f"max_tokens must be an integer >= 1 (0 only with echo and logprobs), got {self.max_tokens!r}"
+            )
         if not num(self.temperature) or not 0 <= self.temperature <= 100:
             problems.append(f"temperature must be in [0, 100], got {self.temperature!r}")
         if not num(self.top_p) or not 0 < self.top_p <= 1:
@@ -84,6 +87,12 @@ class SamplingParams:
             problems.append(f"n must be an integer in [1, {MAX_N}], got {self.n!r}")
         if self.logprobs is not None and (not integer(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
             problems.append(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] or null, got {self.logprobs!r}")
+        if self.prompt_logprobs is not None and (
+            not integer(self.prompt_logprobs) or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS
+        ):
+            problems.append(
+                f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}] or null, got {self.prompt_logprobs!r}"
+            )
         for name in ("presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if not num(v) or not -2 <= v <= 2:
@@ -119,15 +128,10 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def native_unsupported(self) -> list[str]:
-        """Fields set to something the native engine does not run yet (the vLLM engine runs them all)."""
-        defaults = SamplingParams()
-        fields = ("n", "logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p")
-        out = [f for f in fields if getattr(self, f) != getattr(defaults, f)]
-        out += ["min_tokens"] if self.min_tokens else []
-        out += ["logit_bias"] if self.logit_bias else []
-        out += ["response_format"] if self.structured is not None else []
-        return out
+    @property
+    def copies(self) -> int:
+        """Rows decoded for the `n` choices: greedy choices are one answer n times, so one row serves them all."""
+        return 1 if self.greedy else self.n
 
 
 def sampling_payload(params: SamplingParams) -> dict:
@@ -142,8 +146,8 @@ def sampling_payload(params: SamplingParams) -> dict:
 def choose_tokens(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> torch.Tensor:
-    """One token per row of `logits: [rows, vocab]`; greedy rows are vectorised, sampled rows use their own
-    generator."""
+    """One token per row of processed `logits: [rows, vocab]` (`experts.logits`); greedy rows are vectorised,
+    sampled rows use their own generator. Order as vLLM's sampler: temperature, min_p, top-k, top-p."""
     tokens = logits.argmax(dim=-1)  # [rows]
     for i, p in enumerate(params):
         if p.greedy:
@@ -152,6 +156,9 @@ def choose_tokens(
         if p.top_k > 0 and p.top_k < row.numel():
             kth = torch.topk(row, p.top_k).values[-1]
             row = row.masked_fill(row < kth, float("-inf"))
+        if p.min_p > 0:
+            probs = torch.softmax(row, dim=-1)
+            row = row.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
         probs = torch.softmax(row, dim=-1)
         if p.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from loraplex.experts.adapters.store import Lease
 from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder, GenItem, GenOutput, TokenCallback
 from loraplex.experts.errors import CapacityError, LoraplexError, as_error
-from loraplex.experts.request import Request, Result
+from loraplex.experts.request import Choice, Request, Result
+from loraplex.experts.sampling import SamplingParams
 
 Done = Callable[[Result | LoraplexError], None]
 
@@ -84,9 +85,9 @@ class Scheduler:
         self._waiting.append(_Work(request, done, ids))
 
     def step(self) -> int:
-        """Admit what fits, then one decode step of the running batch; returns how many requests it decoded."""
-        for item, out in self.decoder.step(self._admit()):
-            self._finish(item, out)
+        """Admit what fits, then one decode step of the running batch; returns how many choices it decoded."""
+        for item, outs in self.decoder.step(self._admit()):
+            self._finish(item, outs)
         return self.decoder.last_size
 
     def fail_all(self, error: LoraplexError) -> None:
@@ -102,15 +103,20 @@ class Scheduler:
             w.done(error)
 
     # ---- internals ---------------------------------------------------------------------------
-    def _stage(self, w: _Work) -> tuple[Composition, str | list[int], TokenCallback | None]:
+    def _stage(self, w: _Work) -> tuple[Composition, str | list[int], SamplingParams, TokenCallback | None]:
+        """The current stage's composition, prompt, sampling and stream callback. A chain's earlier stages feed
+        the next one: only the last is streamed, constrained to a response format and scored."""
         req = w.request
         if isinstance(req.composition, Chain):
             stages = req.composition.stages
             st = stages[w.stage]
             comp: Composition = Single(st.adapter) if st.adapter else Base()
             last = w.stage == len(stages) - 1
-            return comp, st.render(req.prompt, w.texts[-1] if w.texts else ""), req.on_token if last else None
-        return req.composition, req.prompt, req.on_token
+            prompt = st.render(req.prompt, w.texts[-1] if w.texts else "")
+            if last:
+                return comp, prompt, req.params, req.on_token
+            return comp, prompt, replace(req.params, structured=None, logprobs=None), None
+        return req.composition, req.prompt, req.params, req.on_token
 
     def _admit(self) -> list[GenItem]:
         if self._running and not self.decoder.can_join:
@@ -124,9 +130,10 @@ class Scheduler:
                 self._waiting.popleft()
                 w.done(Result("", "cancelled", w.prompt_tokens, w.completion_tokens, w.texts))
                 continue
-            comp, prompt, on_token = self._stage(w)
+            comp, prompt, params, on_token = self._stage(w)
             wrows, mix = weight_rows(comp)
-            if rows + len(wrows) > self.engine.max_batch_rows:
+            need = len(wrows) * params.copies  # one row set per sampled choice
+            if rows + need > self.engine.max_batch_rows:
                 break  # waits for rows to finish; FIFO, nobody overtakes it
             try:
                 if w.ids is None:  # e.g. a chain stage: it may have grown past the context
@@ -146,22 +153,36 @@ class Scheduler:
             ids, w.ids = w.ids, None
             slot_rows = [{lease.slots[n]: wt for n, wt in r.items()} for r in wrows]
             cancelled = cancel.is_set if cancel is not None else None
-            item = GenItem(ids, slot_rows, mix, w.request.params, on_token, cancelled)
+            item = GenItem(ids, slot_rows, mix, params, on_token, cancelled)
             self._running[id(item)] = (w, lease)
-            rows += len(wrows)
+            rows += need
             items.append(item)
         return items
 
-    def _finish(self, item: GenItem, out: GenOutput) -> None:
+    def _finish(self, item: GenItem, outs: list[GenOutput]) -> None:
         w, lease = self._running.pop(id(item))
         self.engine.release(lease)
+        out = outs[0]
         w.texts.append(out.text)
         w.prompt_tokens += out.prompt_tokens
-        w.completion_tokens += out.completion_tokens
+        w.completion_tokens += sum(o.completion_tokens for o in outs)
         comp = w.request.composition
         if isinstance(comp, Chain) and w.stage + 1 < len(comp.stages) and out.finish_reason != "cancelled":
             w.stage += 1
             self._waiting.appendleft(w)
             return
         stages = w.texts if len(w.texts) > 1 else []
-        w.done(Result(out.text, out.finish_reason, w.prompt_tokens, w.completion_tokens, stages, list(out.token_ids)))
+        more = [Choice(o.text, o.finish_reason, list(o.token_ids), o.logprobs) for o in outs[1:]]
+        w.done(
+            Result(
+                out.text,
+                out.finish_reason,
+                w.prompt_tokens,
+                w.completion_tokens,
+                stages,
+                list(out.token_ids),
+                out.logprobs,
+                more,
+                out.prompt_logprobs,
+            )
+        )

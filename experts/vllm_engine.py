@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import logging
 import os
@@ -53,10 +54,11 @@ from loraplex.experts.errors import (
     SamplingError,
     as_error,
 )
+from loraplex.experts.logprobs import TokenLogprob, token_texts
 from loraplex.experts.lora.targets import target_linears
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.protocol import GenerationPayload, Outcome, count_outcome
-from loraplex.experts.request import Choice, Request, Result, TokenLogprob
+from loraplex.experts.request import Choice, Request, Result
 from loraplex.experts.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """Our sampling fields as vLLM `SamplingParams` keyword arguments (same meaning: 0 = greedy / no top-k).
     Structured output is separate (`structured_outputs`), built where vLLM is imported."""
     return {
-        "max_tokens": params.max_tokens,
+        "max_tokens": max(1, params.max_tokens),  # vLLM needs >= 1; a scoring-only request drops its one token
         "temperature": params.temperature,
         "top_p": params.top_p,
         "top_k": params.top_k,
@@ -139,6 +141,7 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "min_p": params.min_p,
         "min_tokens": params.min_tokens,
         "logit_bias": dict(params.logit_bias) or None,
+        "prompt_logprobs": params.prompt_logprobs,
     }
 
 
@@ -162,6 +165,28 @@ class _Output:
         self.logprobs: list[TokenLogprob] | None = None
         self.finish_reason = "cancelled"  # until vLLM says it finished
         self.n_tokens = 0  # the usage count: EOS included, as the native engine counts it
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.first_token = ""  # the prompt's first token as text (vLLM gives it no entry)
+
+    def add_prompt(self, ro, k: int) -> None:
+        """vLLM's prompt logprobs (first entry None) as ours, top `k` by rank."""
+        if ro.prompt_logprobs is None or self.prompt_logprobs is not None:
+            return
+        out: list[TokenLogprob] = []
+        for tid, step in zip(ro.prompt_token_ids, ro.prompt_logprobs):
+            if step is None:
+                out.append(TokenLogprob(self.first_token, None, None))
+                continue
+            chosen = step[tid]
+            top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+            out.append(
+                TokenLogprob(
+                    chosen.decoded_token or "",
+                    chosen.logprob,
+                    [(lp.decoded_token or "", lp.logprob) for _, lp in top[:k]],
+                )
+            )
+        self.prompt_logprobs = out
 
     def add(self, c, logprobs: int | None) -> None:
         self.parts.append(c.text)
@@ -176,8 +201,12 @@ class _Output:
         if c.finish_reason is not None:
             self.finish_reason = c.finish_reason if c.finish_reason in ("stop", "length") else "cancelled"
 
-    def close(self, eos_ids: set[int]) -> None:
-        """vLLM's ids end with the EOS token that stopped them; the native engine's (and OpenAI's) do not."""
+    def close(self, eos_ids: set[int], scoring_only: bool = False) -> None:
+        """vLLM's ids end with the EOS token that stopped them; the native engine's (and OpenAI's) do not. A
+        scoring-only request (max_tokens 0) ran one token vLLM insists on: dropped."""
+        if scoring_only:
+            self.parts, self.token_ids, self.finish_reason = [], [], "length"
+            self.logprobs = [] if self.logprobs is not None else None
         self.n_tokens = len(self.token_ids)
         if self.finish_reason == "stop" and self.token_ids and self.token_ids[-1] in eos_ids:
             self.token_ids = self.token_ids[:-1]
@@ -333,10 +362,18 @@ class VllmReplica:
             more = [Choice(o.text, o.finish_reason, o.token_ids, o.logprobs) for o in choices[1:]]
             completion = sum(c.n_tokens for c in choices)
             return Result(
-                first.text, first.finish_reason, len(ids), completion, [], first.token_ids, first.logprobs, more
+                first.text,
+                first.finish_reason,
+                len(ids),
+                completion,
+                [],
+                first.token_ids,
+                first.logprobs,
+                more,
+                first.prompt_logprobs,
             )
-        if req.params.n > 1:
-            raise SamplingError("n > 1 is not supported with chain compositions (each stage feeds the next)")
+        if req.params.n > 1 or req.params.prompt_logprobs is not None:
+            raise SamplingError("n > 1 and echo are not supported with chain compositions (stages feed each other)")
         if not isinstance(req.prompt, str):
             raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
         texts: list[str] = []
@@ -350,7 +387,9 @@ class VllmReplica:
                 self.max_positions,
             )
             stage_comp = Single(stage.adapter) if stage.adapter else Base()
-            (out,) = await self._generate(stage_comp, ids, req.params, req.on_token if last else None)
+            # earlier stages feed the next one: only the last is constrained to a format and scored
+            params = req.params if last else dataclasses.replace(req.params, structured=None, logprobs=None)
+            (out,) = await self._generate(stage_comp, ids, params, req.on_token if last else None)
             texts.append(out.text)
             prompt_tokens += len(ids)
             completion_tokens += out.n_tokens
@@ -389,11 +428,18 @@ class VllmReplica:
             except (ValueError, VLLMClientError) as e:  # vLLM's own checks (a schema it cannot compile...): a 400
                 raise SamplingError(f"vLLM refused the sampling parameters: {e}") from None
             outs = [_Output() for _ in range(kwargs["n"])]
+            scoring_only = params.max_tokens == 0
+            if params.prompt_logprobs is not None:
+                outs[0].first_token = token_texts(self.tokenizer, ids[:1])[0]
             try:
                 async for ro in self.llm.generate(
                     TokensPrompt(prompt_token_ids=ids), sp, uuid.uuid4().hex, lora_request=lora
                 ):
+                    if params.prompt_logprobs is not None:
+                        outs[0].add_prompt(ro, params.prompt_logprobs)
                     for c in ro.outputs:
+                        if scoring_only:
+                            continue
                         o = outs[c.index]
                         o.add(c, params.logprobs)
                         if c.index == 0 and c.text and on_token is not None:
@@ -401,7 +447,7 @@ class VllmReplica:
             except VLLMClientError as e:  # vLLM's request checks (its 4xx class): a 400 here too, not a 500
                 raise SamplingError(f"vLLM refused the request: {e}") from None
             for o in outs:
-                o.close(self.eos_ids)
+                o.close(self.eos_ids, scoring_only)
             return [copy.deepcopy(outs[0]) for _ in range(copies)] if copies > 1 else outs
         finally:
             if lease is not None:
