@@ -304,6 +304,9 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=16000, ge=1, description="Longer prompts get HTTP 400.")
     max_tokens_limit: int = Field(default=512, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(default=64, ge=1, description="max_tokens when the request gives none.")
+    max_prompts: int = Field(
+        default=32, ge=1, description="Prompts one /v1/completions request may list (each gets its own n choices)."
+    )
     max_routing_queue: int = Field(
         default=64,
         ge=1,

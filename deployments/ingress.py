@@ -21,6 +21,7 @@ from loraplex.experts.protocol import GenerationPayload, Outcome
 from loraplex.experts.request import Result
 from loraplex.gateway import responses
 from loraplex.gateway.auth import AccessControl
+from loraplex.gateway.generation_defaults import generation_defaults
 from loraplex.gateway.http_errors import http_error
 from loraplex.gateway.planner import Gateway
 from loraplex.gateway.protocol import (
@@ -79,7 +80,12 @@ class RouterIngress:
             from loraplex.router.router import Router
 
             router = Router.load(self.args.routing.router_path)
-        self.gateway = Gateway(self.args, router, AutoTokenizer.from_pretrained(self.args.base_model))
+        self.gateway = Gateway(
+            self.args,
+            router,
+            AutoTokenizer.from_pretrained(self.args.base_model),
+            sampling_defaults=generation_defaults(self.args.base_model),
+        )
         self.reloader = None
         if router is not None:
             self.reloader = RouterReloader(
@@ -123,16 +129,13 @@ class RouterIngress:
             # model "auto" runs the router's encoder: off the event loop, behind a bounded line
             uses_router = self.gateway.uses_router(body.model, body.composition)
             plan = await self.routing.run(plan_fn, body) if uses_router else plan_fn(body)
-            handle = self.experts[plan.group]
-            if plan.primary_adapter:
-                handle = handle.options(multiplexed_model_id=plan.primary_adapter)
+            handle = self._handle(plan)
             if plan.stream:
                 response = await self._stream(handle, plan, chat)
             else:
-                result = await self._generate(handle, plan.payload)
-                response = (
-                    error_response(result) if isinstance(result, LoraplexError) else JSONResponse(respond(plan, result))
-                )
+                results = await asyncio.gather(*(self._generate(self._handle(p), p.payload) for p in plan.parts))
+                failed = [r for r in results if isinstance(r, LoraplexError)]
+                response = error_response(failed[0]) if failed else JSONResponse(respond(plan, results))
         except Exception as e:
             response = error_response(e)
         self.metrics.observe(
@@ -141,6 +144,11 @@ class RouterIngress:
         if plan is not None and plan.learn_text and response.status_code < 400:
             self._learn(plan.model, plan.learn_text)
         return response
+
+    def _handle(self, plan):
+        """The expert group's handle, with the request's adapter as the replica-affinity key."""
+        handle = self.experts[plan.group]
+        return handle.options(multiplexed_model_id=plan.primary_adapter) if plan.primary_adapter else handle
 
     def _learn(self, adapter: str, text: str) -> None:
         """Offer a request that named its adapter to the traffic reservoir, in the background and only when the

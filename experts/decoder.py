@@ -101,21 +101,19 @@ def _advance(st: _State, token: int, logprob: TokenLogprob | None, tokenizer, eo
     st.steps += 1
     if st.grammar is not None:
         st.grammar.accept(token)
-    if token in eos_ids and not p.ignore_eos:
+    if (token in eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
         st.finish = "stop"
     else:
         st.ids.append(token)
         if logprob is not None:
             st.logprobs.append(logprob)
-        st.text = tokenizer.decode(st.ids, skip_special_tokens=True)
-        # stop strings count only from min_tokens on (vLLM's rule)
-        cut = (
-            min((i for i in (st.text.find(s) for s in p.stop) if i >= 0), default=-1)
-            if st.steps >= p.min_tokens
-            else -1
-        )
+        st.text = tokenizer.decode(st.ids, skip_special_tokens=p.skip_special_tokens)
+        cut, hit = -1, ""
+        if st.steps >= p.min_tokens:  # stop strings count only from min_tokens on (vLLM's rule)
+            found = [(i, s) for s in p.stop if (i := st.text.find(s)) >= 0]
+            cut, hit = min(found) if found else (-1, "")
         if cut >= 0:
-            st.text, st.finish = st.text[:cut], "stop"
+            st.text, st.finish = st.text[: cut + (len(hit) if p.include_stop_str else 0)], "stop"
         elif st.grammar is not None and st.grammar.terminated:
             st.finish = "stop"
         elif st.steps >= p.max_tokens:

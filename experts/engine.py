@@ -109,9 +109,14 @@ class Engine:
 
     def check_sampling(self, params: SamplingParams) -> None:
         """What depends on this model: biased token ids inside its vocabulary, a response format that compiles."""
-        bad = [t for t, _ in params.logit_bias if t >= self.vocab_size]
-        if bad:
-            raise SamplingError(f"logit_bias token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        for name, ids in (
+            ("logit_bias", [t for t, _ in params.logit_bias]),
+            ("stop_token_ids", params.stop_token_ids),
+            ("allowed_token_ids", params.allowed_token_ids or ()),
+        ):
+            bad = [t for t in ids if t >= self.vocab_size]
+            if bad:
+                raise SamplingError(f"{name} token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         if params.structured is not None:
             self.grammars.check(params.structured)
 

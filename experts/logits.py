@@ -1,6 +1,6 @@
 """Logits processing between the model and the token choice, in vLLM's order, so a field means the same on
-both engines: grammar mask, `logit_bias`, `min_tokens` (stop tokens masked), then repetition, frequency and
-presence penalties. Temperature, `min_p`, top-k and top-p follow in the sampler
+both engines: `allowed_token_ids`, grammar mask, `logit_bias`, `min_tokens` (stop tokens masked), then
+repetition, frequency and presence penalties. Temperature, `min_p`, top-k and top-p follow in the sampler
 (`experts.sampling.choose_tokens`); greedy rows take the argmax of the processed logits.
 
 Penalties follow vLLM's definitions: repetition divides positive logits (multiplies negative ones) of every
@@ -36,6 +36,7 @@ def needs_processing(p: SamplingParams) -> bool:
         or p.frequency_penalty
         or p.presence_penalty
         or p.structured is not None
+        or p.allowed_token_ids is not None
     )
 
 
@@ -47,13 +48,18 @@ def process_logits(logits: torch.Tensor, rows: list[RowContext], stop_ids: list[
         if not needs_processing(p):
             continue
         row = logits[i]  # [vocab], a view
+        if p.allowed_token_ids is not None:
+            keep = torch.zeros_like(row, dtype=torch.bool)
+            keep[torch.tensor(p.allowed_token_ids, dtype=torch.long, device=row.device)] = True
+            row.masked_fill_(~keep, float("-inf"))
         if r.grammar is not None:
             r.grammar.mask(row)
         if p.logit_bias:
             ids = torch.tensor([t for t, _ in p.logit_bias], device=row.device)
             row.index_add_(0, ids, torch.tensor([b for _, b in p.logit_bias], device=row.device, dtype=row.dtype))
-        if p.min_tokens and len(r.output_ids) < p.min_tokens and stop_ids:
-            row[torch.tensor(stop_ids, device=row.device)] = float("-inf")
+        if p.min_tokens and len(r.output_ids) < p.min_tokens:
+            stops = [*stop_ids, *p.stop_token_ids]
+            row[torch.tensor(stops, dtype=torch.long, device=row.device)] = float("-inf")
         if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             out = torch.tensor(r.output_ids, dtype=torch.long, device=row.device)
             counts = torch.bincount(out, minlength=vocab)[:vocab].to(row.dtype)  # [vocab]

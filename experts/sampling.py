@@ -38,6 +38,11 @@ class SamplingParams:
     min_tokens: int = 0
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (token id, bias in [-100, 100])
     structured: tuple[str, str] | None = None  # ("json_object", "") or ("json_schema", schema as JSON text)
+    # vLLM extensions, with vLLM's meaning:
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)  # stop (like EOS) on any of these
+    include_stop_str: bool = False  # keep the matched stop string at the end of the text
+    skip_special_tokens: bool = True  # when decoding the text
+    allowed_token_ids: tuple[int, ...] | None = None  # sample only among these
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,6 +121,19 @@ class SamplingParams:
         if len(bias) > MAX_LOGIT_BIAS or any(t < 0 or not -100 <= b <= 100 for t, b in bias):
             problems.append(f"logit_bias takes at most {MAX_LOGIT_BIAS} token ids >= 0 with biases in [-100, 100]")
         object.__setattr__(self, "logit_bias", bias)
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            ids = getattr(self, name)
+            if ids is None:
+                continue
+            if not isinstance(ids, (tuple, list)) or not all(integer(t) and t >= 0 for t in ids) or len(ids) > 4096:
+                problems.append(f"{name} must be a list of at most 4096 token ids >= 0, got {str(ids)[:200]!r}")
+            elif name == "allowed_token_ids" and not ids:
+                problems.append("allowed_token_ids must not be empty (null = every token)")
+            else:
+                object.__setattr__(self, name, tuple(ids))
+        for name in ("include_stop_str", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.structured is not None:
             st = tuple(self.structured)
             if len(st) != 2 or st[0] not in STRUCTURED or not isinstance(st[1], str):
@@ -140,6 +158,8 @@ def sampling_payload(params: SamplingParams) -> dict:
     out["stop"] = list(params.stop)
     out["logit_bias"] = [list(p) for p in params.logit_bias]
     out["structured"] = list(params.structured) if params.structured is not None else None
+    out["stop_token_ids"] = list(params.stop_token_ids)
+    out["allowed_token_ids"] = list(params.allowed_token_ids) if params.allowed_token_ids is not None else None
     return out
 
 

@@ -142,6 +142,10 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "min_tokens": params.min_tokens,
         "logit_bias": dict(params.logit_bias) or None,
         "prompt_logprobs": params.prompt_logprobs,
+        "stop_token_ids": list(params.stop_token_ids) or None,
+        "include_stop_str_in_output": params.include_stop_str,
+        "skip_special_tokens": params.skip_special_tokens,
+        "allowed_token_ids": list(params.allowed_token_ids) if params.allowed_token_ids is not None else None,
     }
 
 

@@ -17,9 +17,10 @@ from loraplex.experts.adapters import routing_examples
 from loraplex.experts.adapters.registry import MARKER
 from loraplex.experts.adapters.store import adapter_folder, check_name, find_adapters
 from loraplex.experts.composition import Base, Blend, Chain, Moe, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import CompositionError, ConfigError, RequestError, SamplingError, UnknownAdapterError
+from loraplex.experts.errors import CompositionError, ConfigError, RequestError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams, sampling_payload
+from loraplex.gateway.generation_defaults import OPENAI_DEFAULTS
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.gateway.routing_examples import RoutingExamples
 from loraplex.router.policy import BASE
@@ -43,13 +44,31 @@ class Plan:
     learn_text: str | None = None  # the routing text of a request that named one adapter (a labelled example)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
+    echo: str | None = None  # completions echo: the prompt text that goes before the completion
+    more: list[Plan] = field(
+        default_factory=list
+    )  # a completion listing several prompts: one plan per prompt after the first
+    n: int = 1
+
+    @property
+    def parts(self) -> list[Plan]:
+        """This plan and its siblings, one per prompt, in prompt order."""
+        return [self, *self.more]
 
 
 class Gateway:
-    def __init__(self, args: AppArgs, router=None, tokenizer=None, adapters_ttl_s: float = 2.0):
+    def __init__(
+        self,
+        args: AppArgs,
+        router=None,
+        tokenizer=None,
+        adapters_ttl_s: float = 2.0,
+        sampling_defaults: dict[str, float] | None = None,
+    ):
         self.args = args
         self.router = router
         self.tokenizer = tokenizer
+        self.sampling_defaults = {**OPENAI_DEFAULTS, **(sampling_defaults or {})}  # see gateway.generation_defaults
         self.policy = args.routing  # a PolicyConfig: the app's routing knobs, one source of their defaults
         self._ttl = adapters_ttl_s
         self._adapters: tuple[float, list[str]] = (0.0, [])
@@ -261,53 +280,65 @@ class Gateway:
         max_tokens = limits.default_max_tokens if max_tokens is None else max_tokens
         if max_tokens > limits.max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {limits.max_tokens_limit}")
+        echo = isinstance(req, CompletionRequest) and req.echo
         if isinstance(req, ChatCompletionRequest):
             if req.top_logprobs is not None and not req.logprobs:
                 raise RequestError("top_logprobs needs logprobs: true")
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
         else:
             logprobs = req.logprobs
-        if req.stream and (req.n > 1 or logprobs is not None):
-            raise RequestError("streaming supports n=1 without logprobs; send stream: false for n > 1 or logprobs")
+        if req.stream and (req.n > 1 or logprobs is not None or echo):
+            raise RequestError(
+                "streaming supports n=1 without logprobs or echo; send stream: false for n > 1, logprobs or echo"
+            )
+        if req.response_format is not None and req.structured_outputs is not None:
+            raise RequestError("send response_format or structured_outputs, not both")
         structured = None
-        fmt = req.response_format
-        if fmt is not None and fmt.type == "json_object":
+        fmt, so = req.response_format, req.structured_outputs
+        if (fmt is not None and fmt.type == "json_object") or (so is not None and so.json_object):
             structured = ("json_object", "")
         elif fmt is not None and fmt.json_schema is not None:
             structured = ("json_schema", json.dumps(fmt.json_schema.schema_))
+        elif so is not None:
+            structured = ("json_schema", so.json_ if isinstance(so.json_, str) else json.dumps(so.json_))
         try:
             bias = tuple((int(t), b) for t, b in (req.logit_bias or {}).items())
         except ValueError:
             raise RequestError(f"logit_bias keys must be token ids, got {sorted(req.logit_bias)[:5]}") from None
+        d = self.sampling_defaults
+
+        def pick(name: str):
+            v = getattr(req, name)
+            return d[name] if v is None else v
+
+        top_k = pick("top_k")
+        prompt_lp = None  # echo scores the prompt when logprobs are asked for, or when it is all there is to do
+        if echo and (logprobs is not None or max_tokens == 0):
+            prompt_lp = logprobs or 0
         params = SamplingParams(
             max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
+            temperature=pick("temperature"),
+            top_p=pick("top_p"),
+            top_k=0 if top_k == -1 else top_k,  # vLLM: -1 or 0 = off
             stop=req.stop if req.stop is not None else (),
             seed=req.seed,
             ignore_eos=req.ignore_eos,
             n=req.n,
             logprobs=logprobs,
+            prompt_logprobs=prompt_lp,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
-            repetition_penalty=req.repetition_penalty,
-            min_p=req.min_p,
+            repetition_penalty=pick("repetition_penalty"),
+            min_p=pick("min_p"),
             min_tokens=req.min_tokens,
             logit_bias=bias,
             structured=structured,
+            stop_token_ids=tuple(req.stop_token_ids or ()),
+            include_stop_str=req.include_stop_str_in_output,
+            skip_special_tokens=req.skip_special_tokens,
+            allowed_token_ids=tuple(req.allowed_token_ids) if req.allowed_token_ids is not None else None,
         )  # validates, raises SamplingError
         return params
-
-    def _check_engine(self, group: str, params: SamplingParams) -> None:
-        """Fields only vLLM groups run: a clear 400 naming them, this group and the groups that would."""
-        unsupported = params.native_unsupported()
-        if unsupported and self.args.engine_of[group] == "native":
-            vllm = [g for g, e in self.args.engine_of.items() if e == "vllm"]
-            raise SamplingError(
-                f"{unsupported} not supported by group {group!r} (engine native) yet; "
-                + (f"groups on engine vllm run them: {vllm}" if vllm else "no group of this app runs engine vllm")
-            )
 
     def _check_prompt_chars(self, n: int) -> None:
         if n == 0:
@@ -315,22 +346,62 @@ class Gateway:
         if n > self.args.limits.max_prompt_chars:
             raise RequestError(f"prompt has {n} characters; the limit is {self.args.limits.max_prompt_chars}")
 
+    def prompts(self, prompt) -> list[str | list[int]]:
+        """A completion's `prompt` as a list of prompts (text or token ids), within the server's limit."""
+        if isinstance(prompt, str) or (prompt and all(isinstance(t, int) for t in prompt)):
+            return [prompt]
+        if not prompt:
+            raise RequestError("prompt must not be empty")
+        if len(prompt) > self.args.limits.max_prompts:
+            raise RequestError(
+                f"prompt lists {len(prompt)} prompts; this server takes at most {self.args.limits.max_prompts} "
+                "per request (limits.max_prompts)"
+            )
+        return list(prompt)
+
     def plan_completion(self, req: CompletionRequest) -> Plan:
-        text = req.prompt if isinstance(req.prompt, str) else ""
-        self._check_prompt_chars(len(text) if text else len(req.prompt))
-        if isinstance(req.prompt, list) and self.uses_router(req.model, req.composition):
-            raise RequestError("model 'auto' routes on text; send the prompt as a string")
         params = self._sampling(req)
+        prompts = self.prompts(req.prompt)
+        if len(prompts) > 1 and req.stream:
+            raise RequestError("streaming takes one prompt; send stream: false for a list of prompts")
+        plans = [self._plan_prompt(req, p, params) for p in prompts]
+        plans[0].more = plans[1:]
+        return plans[0]
+
+    def _plan_prompt(self, req: CompletionRequest, prompt: str | list[int], params: SamplingParams) -> Plan:
+        text = prompt if isinstance(prompt, str) else ""
+        self._check_prompt_chars(len(text) if text else len(prompt))
+        if isinstance(prompt, list) and self.uses_router(req.model, req.composition):
+            raise RequestError("model 'auto' routes on text; send the prompt as a string")
         spec, routing = self.resolve(req.model, req.composition, text)
-        payload = {"prompt": req.prompt, "composition": spec, "sampling": sampling_payload(params)}
-        return self._plan(req, payload, params, routing, text)
+        chain = isinstance(parse_composition(spec), Chain)
+        if text and req.add_special_tokens is False and not chain and self.tokenizer is not None:
+            prompt = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        payload = {"prompt": prompt, "composition": spec, "sampling": sampling_payload(params)}
+        plan = self._plan(req, payload, params, routing, text)
+        if req.echo:
+            plan.echo = text if text else self.tokenizer.decode(prompt) if self.tokenizer is not None else ""
+        return plan
+
+    def _chat_messages(self, req: ChatCompletionRequest) -> list[dict]:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+        last = messages[-1]["role"]
+        if req.continue_final_message:
+            if last != "assistant":
+                raise RequestError("continue_final_message needs the last message to be from the assistant")
+            if req.add_generation_prompt:
+                raise RequestError("continue_final_message and add_generation_prompt cannot both be true")
+        elif last == "assistant":
+            raise RequestError(
+                "the last message must be from the user or system, not 'assistant' "
+                "(or set continue_final_message: true and add_generation_prompt: false)"
+            )
+        return messages
 
     def plan_chat(self, req: ChatCompletionRequest) -> Plan:
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise RequestError("this base model has no chat template; use /v1/completions")
-        if req.messages[-1].role == "assistant":
-            raise RequestError("the last message must be from the user or system, not 'assistant'")
-        messages = [m.model_dump() for m in req.messages]
+        messages = self._chat_messages(req)
         self._check_prompt_chars(sum(len(m["content"]) for m in messages))
         params = self._sampling(req)
         text = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
@@ -338,21 +409,26 @@ class Gateway:
         if isinstance(parse_composition(spec), Chain):
             prompt: str | list[int] = text  # chain templates embed the user text themselves
         else:
-            prompt = list(
-                self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            try:
+                rendered = self.tokenizer.apply_chat_template(
+                    messages,
+                    add_generation_prompt=req.add_generation_prompt,
+                    continue_final_message=req.continue_final_message,
+                    tokenize=False,
+                    **(req.chat_template_kwargs or {}),
                 )
-            )
+            except Exception as e:  # a template that raises on these messages (e.g. roles it refuses) or kwargs
+                raise RequestError(f"the chat template cannot render these messages: {e}") from None
+            prompt = list(self.tokenizer(rendered, add_special_tokens=bool(req.add_special_tokens))["input_ids"])
         payload = {"prompt": prompt, "composition": spec, "sampling": sampling_payload(params)}
         return self._plan(req, payload, params, routing, text)
 
     def _plan(self, req, payload: dict, params: SamplingParams, routing: dict, text: str = "") -> Plan:
-        self._check_engine(routing["group"], params)
         comp = parse_composition(payload["composition"])
         names = [n for n, _ in comp.selected()] if isinstance(comp, Moe) else list(adapters_of(comp))
-        include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         named = req.composition is None and req.model not in RESERVED_MODELS and bool(text)
-        return Plan(
+        plan = Plan(
             routing["group"],
             payload,
             routing,
@@ -361,7 +437,11 @@ class Gateway:
             req.stream,
             include_usage,
             learn_text=text if named and self.examples.reservoir is not None else None,
+            n=params.n,
         )
+        if req.request_id:
+            plan.id = req.request_id
+        return plan
 
     def explain(self, req: RouteRequest) -> dict:
         self._check_prompt_chars(len(req.prompt))

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loraplex.experts.errors import RequestError
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,50 +35,150 @@ class ResponseFormat(_Body):
         return self
 
 
+# Known OpenAI / vLLM fields this server does not run, with the values that mean "off" (accepted, so clients that
+# always send them work): anything else is a 400 naming the field (`unsupported_fields`).
+NOT_SUPPORTED: dict[str, tuple[str, tuple[object, ...]]] = {
+    "tools": ("tool calling", (None, [])),
+    "tool_choice": ("tool calling", (None, "none", "auto")),
+    "functions": ("function calling", (None, [])),
+    "function_call": ("function calling", (None, "none", "auto")),
+    "parallel_tool_calls": ("tool calling", (None, True, False)),
+    "suffix": ("insertion (suffix)", (None, "")),
+    "best_of": ("best_of (use n)", (None, 1)),
+    "audio": ("audio output", (None,)),
+    "modalities": ("non-text modalities", (None, ["text"])),
+    "prediction": ("predicted outputs", (None,)),
+    "web_search_options": ("web search", (None,)),
+    "reasoning_effort": ("reasoning effort", (None,)),
+    "use_beam_search": ("beam search", (None, False)),
+    "length_penalty": ("beam search length_penalty", (None, 1.0, 1)),
+    "bad_words": ("bad_words", (None, [])),
+    "prompt_embeds": ("prompt embeddings", (None,)),
+    "logprob_token_ids": ("logprob_token_ids", (None, [])),
+    "return_tokens_as_token_ids": ("return_tokens_as_token_ids", (None, False)),
+    "truncate_prompt_tokens": ("truncate_prompt_tokens", (None,)),
+    "priority": ("priority scheduling", (None, 0)),
+    "spaces_between_special_tokens": ("spaces_between_special_tokens: false", (None, True)),
+    "watermarking": ("watermarking", (None, False)),
+}
+
+
+def unsupported_fields(body: dict) -> list[str]:
+    """Problems for the fields in `body` that this server knows but does not run (values other than "off")."""
+    return [
+        f"field {k!r} is not supported by this server ({what}); got {str(body[k])[:80]}"
+        for k, (what, off) in NOT_SUPPORTED.items()
+        if k in body and not any(body[k] == v and type(body[k]) is type(v) or body[k] is v for v in off)
+    ]
+
+
+class StreamOptions(_Body):
+    include_usage: bool | None = Field(default=None, description="Add a final chunk with the request's usage.")
+    continuous_usage_stats: Literal[False] | None = Field(
+        default=None, description="vLLM extension: only false (usage comes in the final chunk)."
+    )
+
+
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs` extension, the JSON kinds (the same grammar path as `response_format`)."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json", description="A JSON schema.")
+    json_object: bool | None = Field(default=None, description="Any JSON object.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StructuredOutputs:
+        if (self.json_ is not None) == bool(self.json_object):
+            raise ValueError("structured_outputs takes exactly one of 'json' (a schema) or 'json_object': true")
+        return self
+
+
 class _Sampling(_Body):
+    @classmethod
+    def from_body(cls, body: dict):
+        """Validate a request body: known-but-unsupported fields first (a 400 naming each one that is not "off",
+        e.g. `tools`), then the model (unknown fields are 400s naming them too)."""
+        problems = unsupported_fields(body)
+        if problems:
+            raise RequestError("; ".join(problems))
+        return cls(**{k: v for k, v in body.items() if k not in NOT_SUPPORTED})
+
     model: str = Field(description="An adapter name, 'base', or 'auto' (MoE routing).")
     max_tokens: int | None = Field(default=None, description="Tokens to generate (default from the server's limits).")
     max_completion_tokens: int | None = Field(default=None, description="Alias of max_tokens (newer OpenAI clients).")
-    temperature: float = Field(default=0.0, description="0 = greedy.")
-    top_p: float = Field(default=1.0)
-    top_k: int = Field(default=0, description="Extension: 0 = off.")
+    temperature: float | None = Field(
+        default=None, description="0 = greedy. Default: the base model's generation_config, else 1.0 (as OpenAI)."
+    )
+    top_p: float | None = Field(default=None, description="Default: generation_config, else 1.0.")
+    top_k: int | None = Field(default=None, description="vLLM extension: 0 or -1 = off. Default: generation_config.")
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = Field(default=None)
-    n: int = Field(default=1, description="Choices sharing one prefill (vLLM groups; native groups: 1).")
+    n: int = Field(default=1, description="Choices per prompt, sharing one prefill.")
     stream: bool = Field(default=False)
-    stream_options: dict[str, bool] | None = Field(
-        default=None, description="{'include_usage': true} adds a usage chunk."
-    )
+    stream_options: StreamOptions | None = Field(default=None, description="{'include_usage': true} adds usage.")
     composition: dict[str, Any] | str | None = Field(
         default=None, description="Extension: the engine's composition object; overrides `model` routing."
     )
-    user: str | None = Field(default=None, description="Accepted and ignored.")
-    ignore_eos: bool = Field(default=False, description="Extension: decode exactly max_tokens.")
-    # Run by vLLM groups; native groups answer 400 for values other than the defaults.
-    presence_penalty: float = Field(default=0.0, description="In [-2, 2].")
-    frequency_penalty: float = Field(default=0.0, description="In [-2, 2].")
-    repetition_penalty: float = Field(default=1.0, description="vLLM extension: > 1 discourages repeats.")
-    min_p: float = Field(default=0.0, description="vLLM extension: drop tokens below min_p x the top probability.")
-    min_tokens: int = Field(default=0, description="vLLM extension: no EOS or stop before this many tokens.")
+    user: str | None = Field(default=None, description="Accepted; logged with the request id.")
+    presence_penalty: float = Field(default=0.0, description="In [-2, 2], on tokens already in the output.")
+    frequency_penalty: float = Field(default=0.0, description="In [-2, 2], times each token's count in the output.")
     logit_bias: dict[str, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
     response_format: ResponseFormat | None = Field(default=None, description="json_object or json_schema output.")
+    # vLLM extensions, with vLLM's meaning
+    ignore_eos: bool = Field(default=False, description="vLLM extension: decode exactly max_tokens.")
+    repetition_penalty: float | None = Field(
+        default=None, description="vLLM extension: > 1 discourages tokens of the prompt and output."
+    )
+    min_p: float | None = Field(default=None, description="vLLM extension: drop tokens below min_p x the top one.")
+    min_tokens: int = Field(default=0, description="vLLM extension: no EOS or stop before this many tokens.")
+    stop_token_ids: list[int] | None = Field(default=None, description="vLLM extension: token ids that stop.")
+    include_stop_str_in_output: bool = Field(default=False, description="vLLM extension: keep the stop string.")
+    skip_special_tokens: bool = Field(default=True, description="vLLM extension: drop special tokens from text.")
+    allowed_token_ids: list[int] | None = Field(
+        default=None, description="vLLM extension: sample only among these token ids."
+    )
+    structured_outputs: StructuredOutputs | None = Field(
+        default=None, description="vLLM extension: {'json': schema} or {'json_object': true}."
+    )
+    add_special_tokens: bool | None = Field(
+        default=None, description="vLLM extension: add the tokenizer's special tokens (completions: yes, chat: no)."
+    )
+    request_id: str | None = Field(default=None, description="vLLM extension: the request id (x-request-id wins).")
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[int] = Field(description="Text, or token ids.")
-    echo: Literal[False] = Field(default=False, description="Only false is supported.")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, token ids, or a list of either (one set of n choices per prompt)."
+    )
+    echo: bool = Field(default=False, description="Return the prompt before the completion (with logprobs: scored).")
     logprobs: int | None = Field(default=None, description="Chosen-token log probabilities plus this many top ones.")
 
 
+class TextPart(_Body):
+    type: Literal["text"] = Field(description="Only text parts: this server serves text models.")
+    text: str
+
+
 class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="developer is read as system.")
+    content: str | list[TextPart] = Field(description="Text, or a list of text parts (joined with newlines).")
+    name: str | None = Field(default=None, description="Accepted; not shown to the model.")
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = Field(default=None, description="Return the chosen tokens' log probabilities.")
     top_logprobs: int | None = Field(default=None, description="With logprobs: this many top tokens per step.")
+    add_generation_prompt: bool = Field(default=True, description="vLLM extension: end with the assistant's turn.")
+    continue_final_message: bool = Field(
+        default=False, description="vLLM extension: continue the last (assistant) message instead of a new turn."
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="vLLM extension: extra variables for the chat template."
+    )
 
 
 class RouteRequest(_Body):

@@ -77,4 +77,7 @@ def parse_json(raw: bytes) -> dict:
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:
-    return model(**parse_json(raw))
+    """The body as `model`; models with their own `from_body` (the OpenAI requests) check more first."""
+    body = parse_json(raw)
+    from_body = getattr(model, "from_body", None)
+    return from_body(body) if from_body is not None else model(**body)

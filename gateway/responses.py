@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import json
 
+from loraplex.experts.logprobs import TokenLogprob
 from loraplex.experts.request import Choice, Result
 from loraplex.gateway.planner import Plan
 
 
-def _completion_logprobs(c: Choice) -> dict | None:
-    """OpenAI's completions shape: parallel lists, top alternatives as {token: logprob}."""
-    if c.logprobs is None:
+def _completion_logprobs(entries: list[TokenLogprob] | None) -> dict | None:
+    """OpenAI's completions shape: parallel lists, top alternatives as {token: logprob} (None for the first
+    token of an echoed prompt, which nothing predicts)."""
+    if entries is None:
         return None
     offsets, at = [], 0
-    for t in c.logprobs:
+    for t in entries:
         offsets.append(at)
         at += len(t.token)
     return {
-        "tokens": [t.token for t in c.logprobs],
-        "token_logprobs": [t.logprob for t in c.logprobs],
-        "top_logprobs": [dict(t.top) for t in c.logprobs],
+        "tokens": [t.token for t in entries],
+        "token_logprobs": [t.logprob for t in entries],
+        "top_logprobs": [dict(t.top) if t.top is not None else None for t in entries],
         "text_offset": offsets,
     }
 
@@ -43,30 +45,49 @@ def _chat_logprobs(c: Choice) -> dict | None:
     }
 
 
-def _response(plan: Plan, result: Result, prefix: str, obj: str, choices: list[dict]) -> dict:
+def _usage(results: list[Result]) -> dict[str, int]:
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _response(plan: Plan, results: list[Result], prefix: str, obj: str, choices: list[dict]) -> dict:
     """The body both endpoints share; `choices` hold what differs (`text` or `message`)."""
-    if result.stages:
-        choices[0]["stages"] = result.stages
+    if results[0].stages:
+        choices[0]["stages"] = results[0].stages
     return {
         "id": f"{prefix}-{plan.id}",
         "object": obj,
         "created": plan.created,
         "model": plan.model,
         "choices": choices,
-        "usage": result.usage,
+        "usage": _usage(results),
         "routing": plan.routing,
     }
 
 
-def completion_response(plan: Plan, result: Result) -> dict:
-    choices = [
-        {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": _completion_logprobs(c)}
-        for i, c in enumerate(result.choices)
-    ]
-    return _response(plan, result, "cmpl", "text_completion", choices)
+def completion_response(plan: Plan, results: list[Result]) -> dict:
+    """One choice per prompt and `n` (index = prompt x n + choice, as OpenAI and vLLM number them); with echo,
+    the prompt's text (and its scored tokens) comes first."""
+    choices = []
+    many = len(plan.parts) > 1
+    for part, result in zip(plan.parts, results):
+        for c in result.choices:
+            text, lp = c.text, c.logprobs
+            if part.echo is not None:
+                text = part.echo + text
+                if lp is not None:
+                    lp = (result.prompt_logprobs or []) + lp
+            choice = {"index": len(choices), "text": text, "finish_reason": c.finish_reason}
+            choice["logprobs"] = _completion_logprobs(lp)
+            if many:
+                choice["routing"] = part.routing  # each prompt was routed on its own
+            choices.append(choice)
+    return _response(plan, results, "cmpl", "text_completion", choices)
 
 
-def chat_response(plan: Plan, result: Result) -> dict:
+def chat_response(plan: Plan, results: list[Result]) -> dict:
+    (result,) = results
     choices = [
         {
             "index": i,
@@ -76,7 +97,7 @@ def chat_response(plan: Plan, result: Result) -> dict:
         }
         for i, c in enumerate(result.choices)
     ]
-    return _response(plan, result, "chatcmpl", "chat.completion", choices)
+    return _response(plan, results, "chatcmpl", "chat.completion", choices)
 
 
 def stream_chunk(

@@ -88,7 +88,11 @@ def test_composition_errors(name, spec, match):
 
 
 SAMPLING_CASES = [
-    ("max_tokens 0", {"max_tokens": 0}, "max_tokens must be an integer >= 1, got 0"),
+    (
+        "max_tokens 0",
+        {"max_tokens": 0},
+        "max_tokens must be an integer >= 1 \\(0 only with echo and logprobs\\), got 0",
+    ),
     ("negative temperature", {"temperature": -1}, r"temperature must be in \[0, 100\], got -1"),
     ("top_p 0", {"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
     ("top_k negative", {"top_k": -2}, "top_k must be an integer >= 0"),

@@ -119,6 +119,15 @@ def _freq_pres(fp, pp):
     return f
 
 
+def _allowed(ids):
+    def f(logits, prompt, out):
+        keep = torch.full_like(logits, float("-inf"))
+        keep[ids] = 0.0
+        return logits + keep
+
+    return f
+
+
 def _bias(bias):
     def f(logits, prompt, out):
         logits = logits.clone()
@@ -135,6 +144,7 @@ PENALTY_CASES = [
     ("presence", dict(presence_penalty=2.0), _freq_pres(0.0, 2.0)),
     ("frequency+presence", dict(frequency_penalty=0.7, presence_penalty=-0.5), _freq_pres(0.7, -0.5)),
     ("logit_bias", dict(logit_bias={17: 3.0, 42: -100.0}), _bias({17: 3.0, 42: -100.0})),
+    ("allowed_token_ids", dict(allowed_token_ids=[40, 41, 99, 150]), _allowed([40, 41, 99, 150])),
 ]
 
 
@@ -153,6 +163,27 @@ def test_min_tokens_holds_eos_back_and_logit_bias_pulls_it(engine):
     assert eager.finish_reason == "stop" and eager.token_ids == [] and eager.completion_tokens == 1
     held = engine.generate([_req("a", logit_bias={eos: 100.0}, min_tokens=5, max_tokens=20)])[0]
     assert held.finish_reason == "stop" and len(held.token_ids) == 5 and held.completion_tokens == 6
+
+
+def test_stop_token_ids_stop_like_eos_and_stop_strings_can_stay(engine):
+    full = engine.generate([_req("a", max_tokens=10, ignore_eos=True)])[0]
+    third = full.token_ids[2]
+    cut = engine.generate([_req("a", max_tokens=10, ignore_eos=True, stop_token_ids=[third])])[0]
+    first = full.token_ids.index(third)
+    assert cut.finish_reason == "stop" and cut.token_ids == full.token_ids[:first]
+    stop = full.text[3:5]
+    kept = engine.generate([_req("a", max_tokens=10, ignore_eos=True, stop=[stop], include_stop_str=True)])[0]
+    dropped = engine.generate([_req("a", max_tokens=10, ignore_eos=True, stop=[stop])])[0]
+    assert kept.text == dropped.text + stop and kept.text.endswith(stop)
+
+
+def test_skip_special_tokens_false_keeps_them_in_the_text(engine):
+    pad = engine.tokenizer.pad_token_id
+    kw = dict(max_tokens=3, ignore_eos=True, logit_bias={pad: 100.0})
+    skipped = engine.generate([_req("a", **kw)])[0]
+    kept = engine.generate([_req("a", skip_special_tokens=False, **kw)])[0]
+    assert skipped.token_ids == kept.token_ids == [pad] * 3
+    assert skipped.text == "" and kept.text == engine.tokenizer.pad_token * 3
 
 
 def test_min_p_drops_tokens_below_its_share_of_the_top_probability(engine):
@@ -210,6 +241,9 @@ ERROR_CASES = [
     ("bad schema", dict(structured=("json_schema", '{"type": "nonsense"}')), "cannot be compiled"),
     ("max_tokens 0 without echo", dict(max_tokens=0), "0 only with echo"),
     ("min_tokens above max", dict(min_tokens=9, max_tokens=3), "min_tokens"),
+    ("allowed outside vocab", dict(allowed_token_ids=[1, 99_999]), "allowed_token_ids token ids [99999]"),
+    ("stop id outside vocab", dict(stop_token_ids=[99_999]), "stop_token_ids token ids [99999]"),
+    ("empty allowed", dict(allowed_token_ids=[]), "must not be empty"),
 ]
 
 

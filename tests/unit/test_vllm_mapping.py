@@ -53,8 +53,21 @@ def test_sampling_fields_keep_their_meaning():
         "min_p": 0.0,
         "min_tokens": 0,
         "logit_bias": None,
+        "prompt_logprobs": None,
+        "stop_token_ids": None,
+        "include_stop_str_in_output": False,
+        "skip_special_tokens": True,
+        "allowed_token_ids": None,
     }
     assert sampling_kwargs(SamplingParams())["stop"] is None
+    vllm_ext = SamplingParams(
+        stop_token_ids=(5, 6), include_stop_str=True, skip_special_tokens=False, allowed_token_ids=(1, 2)
+    )
+    k = sampling_kwargs(vllm_ext)
+    assert (k["stop_token_ids"], k["include_stop_str_in_output"], k["skip_special_tokens"]) == ([5, 6], True, False)
+    assert k["allowed_token_ids"] == [1, 2]
+    scoring = sampling_kwargs(SamplingParams(max_tokens=0, prompt_logprobs=1))
+    assert (scoring["max_tokens"], scoring["prompt_logprobs"]) == (1, 1)  # vLLM needs one token; it is dropped
     extra = SamplingParams(n=3, logprobs=2, repetition_penalty=1.2, min_tokens=2, logit_bias={"7": -100})
     k = sampling_kwargs(extra)
     assert (k["n"], k["logprobs"], k["repetition_penalty"], k["min_tokens"], k["logit_bias"]) == (
