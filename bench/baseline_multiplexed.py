@@ -14,7 +14,7 @@ is the same OpenAI-style `{"model", "prompt", "max_tokens", "ignore_eos"}` that 
     app = build_baseline({"base_model": ..., "adapter_roots": [...], "max_models": 32})
     serve.run(app, name="baseline", route_prefix="/baseline")
     # POST /baseline/v1/completions  -H 'serve_multiplexed_model_id: a3'
-    #      -d '{"model": "a3", "prompt": [5, 6], "max_tokens": 16}'
+    #      -d '{"temperature": 0, "model": "a3", "prompt": [5, 6], "max_tokens": 16}'
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotation through @serve.ingress.

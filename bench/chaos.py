@@ -51,7 +51,8 @@ def run_chaos(
                     outcomes.append(
                         str(
                             c.post(
-                                f"{url}/v1/completions", json={"model": task, "prompt": prompt, "max_tokens": 24}
+                                f"{url}/v1/completions",
+                                json={"temperature": 0, "model": task, "prompt": prompt, "max_tokens": 24},
                             ).status_code
                         )
                     )

@@ -36,7 +36,7 @@ async def run_load(
         try:
             r = await client.post(
                 f"{url}/v1/completions",
-                json={"model": rng.choice(["auto", task]), "prompt": prompt, "max_tokens": 32},
+                json={"temperature": 0, "model": rng.choice(["auto", task]), "prompt": prompt, "max_tokens": 32},
                 timeout=60,
             )
             code = r.status_code

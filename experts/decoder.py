@@ -219,7 +219,8 @@ class Decoder:
             entries: dict[int, TokenLogprob] = {}
             if want:
                 k = max(params[n].logprobs for n in want)
-                for n, e in zip(want, step_logprobs(raw, tokens[want], k, self.tokenizer)):
+                contexts = [states[n].ids for n in want]
+                for n, e in zip(want, step_logprobs(raw, tokens[want], k, self.tokenizer, contexts)):
                     e.top = e.top[: params[n].logprobs]
                     entries[n] = e
             for n, (st, t) in enumerate(zip(states, tokens.tolist())):

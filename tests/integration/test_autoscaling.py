@@ -51,6 +51,7 @@ def test_hot_group_scales_up_and_back_while_cold_group_stays(server, roots):
                     c.post(
                         url,
                         json={
+                            "temperature": 0,
                             "model": "entities",
                             "prompt": prompts[(i + n) % 16],
                             "max_tokens": 32,

@@ -50,7 +50,7 @@ def errors_app(server, roots):
 @pytest.mark.parametrize("name,args,status,type_,retry", CASES, ids=[c[0] for c in CASES])
 def test_expert_side_errors_keep_their_status(errors_app, how, name, args, status, type_, retry):
     for stream in (False, True):
-        body = {"model": "base", "prompt": f"{name}:{how}", "stream": stream}
+        body = {"temperature": 0, "model": "base", "prompt": f"{name}:{how}", "stream": stream}
         r = httpx.post(f"{errors_app}/v1/completions", json=body, timeout=60)
         assert r.status_code == status, (stream, r.text)
         err = r.json()["error"]

@@ -42,7 +42,13 @@ def test_killing_an_expert_replica_under_load_loses_nothing(server, roots):
                 try:
                     outcomes.append(
                         c.post(
-                            url, json={"model": "entities", "prompt": prompts[(i + n) % 8], "max_tokens": 24}
+                            url,
+                            json={
+                                "temperature": 0,
+                                "model": "entities",
+                                "prompt": prompts[(i + n) % 8],
+                                "max_tokens": 24,
+                            },
                         ).status_code
                     )
                 except httpx.HTTPError as e:  # a hang would surface here as a timeout
@@ -109,11 +115,15 @@ def test_corrupt_adapters_fail_alone_and_the_replica_keeps_serving(server, roots
     e = make_examples("intent", 1, seed=3, split="heldout")[0]
     for name, msg in expected.items():
         r = httpx.post(
-            f"{server}/v1/completions", json={"model": name, "prompt": e.prompt, "max_tokens": 8}, timeout=60
+            f"{server}/v1/completions",
+            json={"temperature": 0, "model": name, "prompt": e.prompt, "max_tokens": 8},
+            timeout=60,
         )
         assert r.status_code == 422 and msg in r.json()["error"]["message"], r.text
     ok = httpx.post(
-        f"{server}/v1/completions", json={"model": "intent", "prompt": e.prompt, "max_tokens": 8}, timeout=60
+        f"{server}/v1/completions",
+        json={"temperature": 0, "model": "intent", "prompt": e.prompt, "max_tokens": 8},
+        timeout=60,
     )
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
     for name in expected:
@@ -143,7 +153,7 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
         try:
             r = httpx.post(
                 f"{server}/v1/completions",
-                json={"model": "kept/entities", "prompt": e.prompt, "max_tokens": 32},
+                json={"temperature": 0, "model": "kept/entities", "prompt": e.prompt, "max_tokens": 32},
                 timeout=30,
             )
             if r.status_code == 200:
@@ -165,7 +175,14 @@ def test_client_disconnect_mid_stream_cancels_the_generation_and_frees_its_row(s
     before = stats()
     e = make_examples("entities", 1, seed=5, split="heldout")[0]
     budget = 120
-    body = {"model": "entities", "prompt": e.prompt, "max_tokens": budget, "ignore_eos": True, "stream": True}
+    body = {
+        "temperature": 0,
+        "model": "entities",
+        "prompt": e.prompt,
+        "max_tokens": budget,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         received = 0
@@ -183,6 +200,8 @@ def test_client_disconnect_mid_stream_cancels_the_generation_and_frees_its_row(s
     assert after["inflight"] == 0
     assert after["tokens"] - before["tokens"] < budget  # decoding stopped early: the row was freed
     ok = httpx.post(
-        f"{server}/v1/completions", json={"model": "entities", "prompt": e.prompt, "max_tokens": 16}, timeout=60
+        f"{server}/v1/completions",
+        json={"temperature": 0, "model": "entities", "prompt": e.prompt, "max_tokens": 16},
+        timeout=60,
     )
     assert ok.status_code == 200

@@ -36,7 +36,7 @@ def test_reload_under_load_loses_nothing(server, roots, tmp_path):
         with httpx.Client(timeout=60) as c:
             n = 0
             while not stop.is_set():
-                body = {"model": "auto", "prompt": prompts[(i + n) % len(prompts)], "max_tokens": 2}
+                body = {"temperature": 0, "model": "auto", "prompt": prompts[(i + n) % len(prompts)], "max_tokens": 2}
                 codes.append(c.post(f"{base}/v1/completions", json=body).status_code)
                 n += 1
 

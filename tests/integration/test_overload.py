@@ -30,7 +30,15 @@ def test_overload_sheds_with_503_and_recovers(server, roots):
     def one(i: int):
         t0 = time.perf_counter()
         r = httpx.post(
-            url, json={"model": "entities", "prompt": prompts[i % 8], "max_tokens": 24, "ignore_eos": True}, timeout=120
+            url,
+            json={
+                "temperature": 0,
+                "model": "entities",
+                "prompt": prompts[i % 8],
+                "max_tokens": 24,
+                "ignore_eos": True,
+            },
+            timeout=120,
         )
         return r.status_code, r.headers.get("retry-after"), time.perf_counter() - t0
 
@@ -44,6 +52,6 @@ def test_overload_sheds_with_503_and_recovers(server, roots):
     assert max(shed) < 5  # rejected fast, not after a long queue
     ok = sorted(dt for c, _, dt in results if c == 200)
     assert ok[-1] < 60  # accepted requests bounded: at most the bounded queue ahead of them
-    r = httpx.post(url, json={"model": "entities", "prompt": prompts[0], "max_tokens": 8}, timeout=60)
+    r = httpx.post(url, json={"temperature": 0, "model": "entities", "prompt": prompts[0], "max_tokens": 8}, timeout=60)
     assert r.status_code == 200  # recovers once the load drops
     serve.delete("overload")

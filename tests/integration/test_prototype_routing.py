@@ -68,7 +68,9 @@ def test_register_with_examples_routes_paraphrases_survives_restart_and_delete_r
     for task in ("intent", "sentiment", "entities"):  # the trained tasks keep their routes
         e = make_examples(task, 1, seed=11, split="heldout")[0]
         assert _route(server, e.prompt)["weights"] == {task: 1.0}
-    r = httpx.post(f"{server}/v1/completions", json={"model": "auto", "prompt": paraphrases[0], "max_tokens": 4})
+    r = httpx.post(
+        f"{server}/v1/completions", json={"temperature": 0, "model": "auto", "prompt": paraphrases[0], "max_tokens": 4}
+    )
     assert r.status_code == 200 and r.json()["routing"]["weights"] == {"team/priority": 1.0}, r.text
     info = httpx.get(f"{server}/v1/adapters/team/priority", timeout=30).json()
     assert info["routing"] == {"trained": False, "routing_examples": 8, "traffic_examples": 0}, info

@@ -14,22 +14,22 @@ def _inflight(server) -> int:
 
 BAD = [
     # name, raw body, status, message fragment
-    ("lone surrogate", b'{"model": "intent", "prompt": "\\ud800 hi"}', 400, "lone UTF-16 surrogate"),
+    ("lone surrogate", b'{"temperature": 0, "model": "intent", "prompt": "\\ud800 hi"}', 400, "lone UTF-16 surrogate"),
     (
         "lone surrogate in chat",
-        b'{"model": "intent", "messages": [{"role": "user", "content": "x \\udfff"}]}',
+        b'{"temperature": 0, "model": "intent", "messages": [{"role": "user", "content": "x \\udfff"}]}',
         400,
         "lone UTF-16 surrogate",
     ),
     (
         "100,000 nested arrays",
-        b'{"model": "intent", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"temperature": 0, "model": "intent", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         400,
         "nested deeper than",
     ),
     (
         "100,000-char stop string",
-        json.dumps({"model": "intent", "prompt": "x", "stop": ["s" * 100_000]}).encode(),
+        json.dumps({"temperature": 0, "model": "intent", "prompt": "x", "stop": ["s" * 100_000]}).encode(),
         400,
         "at most 256 characters",
     ),
@@ -47,7 +47,9 @@ def test_hostile_bodies_get_4xx_and_leave_no_request_behind(server, name, body, 
         assert message in r.json()["error"]["message"]
     assert _inflight(server) == 0
     ok = httpx.post(
-        f"{server}/v1/completions", json={"model": "intent", "prompt": "hello", "max_tokens": 2}, timeout=60
+        f"{server}/v1/completions",
+        json={"temperature": 0, "model": "intent", "prompt": "hello", "max_tokens": 2},
+        timeout=60,
     )
     assert ok.status_code == 200
 
@@ -56,7 +58,7 @@ def test_a_chunked_body_over_the_limit_is_refused(server):
     """Defect 8: the size limit holds for bodies without a Content-Length too (read in chunks, stopped early)."""
 
     def chunks():
-        yield b'{"model": "intent", "prompt": "'
+        yield b'{"temperature": 0, "model": "intent", "prompt": "'
         for _ in range(40):
             yield b"x" * 50_000
         yield b'"}'
@@ -79,7 +81,7 @@ def test_chain_usage_counts_every_stage(server):
     msg = "I was charged twice for ORD-48213"
     r = httpx.post(
         f"{server}/v1/completions",
-        json={"model": "base", "prompt": msg, "composition": chain, "max_tokens": 8},
+        json={"temperature": 0, "model": "base", "prompt": msg, "composition": chain, "max_tokens": 8},
         timeout=60,
     )
     assert r.status_code == 200, r.text
@@ -87,7 +89,12 @@ def test_chain_usage_counts_every_stage(server):
     stages = [
         httpx.post(
             f"{server}/v1/completions",
-            json={"model": st["adapter"], "prompt": st["prompt"].replace("{input}", msg), "max_tokens": 8},
+            json={
+                "temperature": 0,
+                "model": st["adapter"],
+                "prompt": st["prompt"].replace("{input}", msg),
+                "max_tokens": 8,
+            },
             timeout=60,
         ).json()["usage"]
         for st in chain["stages"]

@@ -49,7 +49,9 @@ def test_completion_per_adapter_answers_the_task(client, task):
         assert r.model_extra["routing"]["group"] == ("extraction" if task == "entities" else "support")
         ok += text == e.answer.strip()
         base_ok += (
-            client.completions.create(model="base", prompt=e.prompt, max_tokens=40).choices[0].text.strip()
+            client.completions.create(temperature=0, model="base", prompt=e.prompt, max_tokens=40)
+            .choices[0]
+            .text.strip()
             == e.answer.strip()
         )
     assert ok >= 10 and base_ok <= 1, f"{task}: adapter {ok}/12 exact, base {base_ok}/12"
@@ -81,7 +83,7 @@ def test_greedy_completion_equals_peft_generate(server, client):
 def test_chat_completion(client):
     e = examples("sentiment", 1)[0]
     r = client.chat.completions.create(
-        model="sentiment", messages=[{"role": "user", "content": e.prompt}], max_tokens=8
+        temperature=0, model="sentiment", messages=[{"role": "user", "content": e.prompt}], max_tokens=8
     )
     assert r.choices[0].message.content.strip() and r.model_extra["routing"]["weights"] == {"sentiment": 1.0}
     assert r.usage.prompt_tokens > 0
@@ -90,13 +92,15 @@ def test_chat_completion(client):
 def test_auto_routing_picks_the_task_adapter(client):
     for task in ADAPTERS:
         e = examples(task, 1)[0]
-        r = client.completions.create(model="auto", prompt=e.prompt, max_tokens=40)
+        r = client.completions.create(temperature=0, model="auto", prompt=e.prompt, max_tokens=40)
         routing = r.model_extra["routing"]
         assert routing["mode"] == "auto" and max(routing["weights"], key=routing["weights"].get) == task
         assert routing["confidence"] > 0.6
         assert (
             r.choices[0].text.strip()
-            == client.completions.create(model=task, prompt=e.prompt, max_tokens=40).choices[0].text.strip()
+            == client.completions.create(temperature=0, model=task, prompt=e.prompt, max_tokens=40)
+            .choices[0]
+            .text.strip()
         )
 
 
@@ -131,7 +135,9 @@ COMPOSITIONS = [
 def test_every_composition_mode(client, name, comp):
     e = examples("intent", 1)[0]
     prompt = e.message if name == "chain" else e.prompt
-    r = client.completions.create(model="base", prompt=prompt, max_tokens=40, extra_body={"composition": comp})
+    r = client.completions.create(
+        temperature=0, model="base", prompt=prompt, max_tokens=40, extra_body={"composition": comp}
+    )
     text = r.choices[0].text.strip()
     assert text and r.choices[0].finish_reason in ("stop", "length"), (name, text)
     assert set(r.model_extra["routing"]["weights"]) == set(comp.get("weights", {})) | set(comp.get("adapters", [])) | {
@@ -144,14 +150,17 @@ def test_every_composition_mode(client, name, comp):
 
 def test_streaming_matches_non_streaming(server, client):
     e = examples("entities", 1)[0]
-    full = client.completions.create(model="entities", prompt=e.prompt, max_tokens=40).choices[0].text
-    chunks = list(client.completions.create(model="entities", prompt=e.prompt, max_tokens=40, stream=True))
+    full = client.completions.create(temperature=0, model="entities", prompt=e.prompt, max_tokens=40).choices[0].text
+    chunks = list(
+        client.completions.create(temperature=0, model="entities", prompt=e.prompt, max_tokens=40, stream=True)
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     with httpx.stream(
         "POST",
         f"{server}/v1/chat/completions",
         json={
+            "temperature": 0,
             "model": "intent",
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -171,21 +180,26 @@ def J(obj) -> bytes:
 BAD = [
     # name, raw body, status, message fragment
     ("malformed JSON", b"{not json", 400, "not valid JSON"),
-    ("invalid UTF-8", b'{"model": "intent", "prompt": "\xff\xfe"}', 400, "not valid JSON"),
+    ("invalid UTF-8", b'{"temperature": 0, "model": "intent", "prompt": "\xff\xfe"}', 400, "not valid JSON"),
     ("body not an object", J([1, 2]), 400, "body must be a JSON object, got list"),
-    ("oversized body", J({"model": "intent", "prompt": "x" * 1_100_000}), 413, "the limit is 1000000"),
-    ("wrong type", J({"model": "intent", "prompt": "x", "max_tokens": "ten"}), 400, "max_tokens"),
+    (
+        "oversized body",
+        J({"temperature": 0, "model": "intent", "prompt": "x" * 1_100_000}),
+        413,
+        "the limit is 1000000",
+    ),
+    ("wrong type", J({"temperature": 0, "model": "intent", "prompt": "x", "max_tokens": "ten"}), 400, "max_tokens"),
     ("missing prompt", J({"model": "intent"}), 400, "prompt: Field required"),
     ("missing model", J({"prompt": "x"}), 400, "model: Field required"),
     (
         "huge max_tokens",
-        J({"model": "intent", "prompt": "x", "max_tokens": 100000}),
+        J({"temperature": 0, "model": "intent", "prompt": "x", "max_tokens": 100000}),
         400,
         "exceeds this server's limit of 256",
     ),
     (
         "negative max_tokens",
-        J({"model": "intent", "prompt": "x", "max_tokens": -5}),
+        J({"temperature": 0, "model": "intent", "prompt": "x", "max_tokens": -5}),
         400,
         "max_tokens must be an integer >= 1, got -5",
     ),
@@ -197,31 +211,60 @@ BAD = [
     ),
     (
         "top_p out of range",
-        J({"model": "intent", "prompt": "x", "top_p": 1.5}),
+        J({"temperature": 0, "model": "intent", "prompt": "x", "top_p": 1.5}),
         400,
         "top_p must be in (0, 1], got 1.5",
     ),
-    ("empty prompt", J({"model": "intent", "prompt": ""}), 400, "prompt must not be empty"),
-    ("prompt over the limit", J({"model": "intent", "prompt": "x" * 9000}), 400, "the limit is 8000"),
-    ("unknown model", J({"model": "nope", "prompt": "x"}), 404, "unknown adapter 'nope'; available adapters: ["),
-    ("traversal name", J({"model": "../../etc/passwd", "prompt": "x"}), 400, "invalid adapter name '../../etc/passwd'"),
-    ("absolute path name", J({"model": "/etc/passwd", "prompt": "x"}), 400, "no absolute paths"),
+    ("empty prompt", J({"temperature": 0, "model": "intent", "prompt": ""}), 400, "prompt must not be empty"),
+    ("prompt over the limit", J({"temperature": 0, "model": "intent", "prompt": "x" * 9000}), 400, "the limit is 8000"),
+    (
+        "unknown model",
+        J({"temperature": 0, "model": "nope", "prompt": "x"}),
+        404,
+        "unknown adapter 'nope'; available adapters: [",
+    ),
+    (
+        "traversal name",
+        J({"temperature": 0, "model": "../../etc/passwd", "prompt": "x"}),
+        400,
+        "invalid adapter name '../../etc/passwd'",
+    ),
+    ("absolute path name", J({"temperature": 0, "model": "/etc/passwd", "prompt": "x"}), 400, "no absolute paths"),
     (
         "unknown adapter in composition",
-        J({"model": "base", "prompt": "x", "composition": {"mode": "stack", "adapters": ["intent", "zz"]}}),
+        J(
+            {
+                "temperature": 0,
+                "model": "base",
+                "prompt": "x",
+                "composition": {"mode": "stack", "adapters": ["intent", "zz"]},
+            }
+        ),
         404,
         "unknown adapter 'zz'",
     ),
-    ("bad mode", J({"model": "base", "prompt": "x", "composition": {"mode": "mix"}}), 400, "valid modes"),
+    (
+        "bad mode",
+        J({"temperature": 0, "model": "base", "prompt": "x", "composition": {"mode": "mix"}}),
+        400,
+        "valid modes",
+    ),
     (
         "empty weights",
-        J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {}}}),
+        J({"temperature": 0, "model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {}}}),
         400,
         "non-empty object of adapter -> weight",
     ),
     (
         "negative weight",
-        J({"model": "base", "prompt": "x", "composition": {"mode": "blend", "weights": {"intent": -1}}}),
+        J(
+            {
+                "temperature": 0,
+                "model": "base",
+                "prompt": "x",
+                "composition": {"mode": "blend", "weights": {"intent": -1}},
+            }
+        ),
         400,
         "must be a finite number >= 0, got -1",
     ),
@@ -233,7 +276,7 @@ BAD = [
     ),
     (
         "chain without stages",
-        J({"model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": []}}),
+        J({"temperature": 0, "model": "base", "prompt": "x", "composition": {"mode": "chain", "stages": []}}),
         400,
         "list of 1..8 stages",
     ),
@@ -241,6 +284,7 @@ BAD = [
         "bad template",
         J(
             {
+                "temperature": 0,
                 "model": "base",
                 "prompt": "x",
                 "composition": {"mode": "chain", "stages": [{"adapter": "intent", "prompt": "{nope}"}]},
@@ -249,12 +293,23 @@ BAD = [
         400,
         "valid placeholders",
     ),
-    ("n=3 on a native group", J({"model": "intent", "prompt": "x", "n": 3}), 400, "not supported by group 'support'"),
     (
-        "unknown field",
+        "unsupported field",
         J({"model": "intent", "prompt": "x", "best_of": 2}),
         400,
-        "best_of: Extra inputs are not permitted",
+        "field 'best_of' is not supported by this server",
+    ),
+    (
+        "tools",
+        J({"model": "intent", "prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        400,
+        "field 'tools' is not supported",
+    ),
+    (
+        "unknown field",
+        J({"model": "intent", "prompt": "x", "bestof": 2}),
+        400,
+        "bestof: Extra inputs are not permitted",
     ),
 ]
 
@@ -269,7 +324,11 @@ def test_bad_requests(server, name, body, status, message):
 
 def test_server_keeps_serving_after_bad_input(server):
     assert httpx.get(f"{server}/health", timeout=30).status_code == 200
-    r = post(server, "/v1/completions", {"model": "intent", "prompt": examples("intent", 1)[0].prompt, "max_tokens": 8})
+    r = post(
+        server,
+        "/v1/completions",
+        {"temperature": 0, "model": "intent", "prompt": examples("intent", 1)[0].prompt, "max_tokens": 8},
+    )
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
@@ -279,7 +338,15 @@ def test_concurrent_mixed_requests_are_batched_and_all_succeed(server):
     for i in range(24):
         task = ADAPTERS[i % 3]
         comp = None if i % 4 else {"mode": "blend", "weights": {"intent": 0.5, "sentiment": 0.5}}
-        bodies.append({"model": task, "prompt": examples(task, 8)[i % 8].prompt, "max_tokens": 16, "composition": comp})
+        bodies.append(
+            {
+                "temperature": 0,
+                "model": task,
+                "prompt": examples(task, 8)[i % 8].prompt,
+                "max_tokens": 16,
+                "composition": comp,
+            }
+        )
     with cf.ThreadPoolExecutor(24) as pool:
         codes = list(pool.map(lambda b: post(server, "/v1/completions", b).status_code, bodies))
     assert codes == [200] * 24
@@ -303,15 +370,19 @@ def test_register_use_and_remove_an_adapter_at_run_time(server, roots):
     r = post(server, "/v1/adapters", {"name": "team/mood", "source": str(imports / "mood")})
     assert r.status_code == 201, r.text
     assert "team/mood" in [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]]
-    got = post(server, "/v1/completions", {"model": "team/mood", "prompt": e.prompt, "max_tokens": 8}).json()
-    want = post(server, "/v1/completions", {"model": "sentiment", "prompt": e.prompt, "max_tokens": 8}).json()
+    got = post(
+        server, "/v1/completions", {"temperature": 0, "model": "team/mood", "prompt": e.prompt, "max_tokens": 8}
+    ).json()
+    want = post(
+        server, "/v1/completions", {"temperature": 0, "model": "sentiment", "prompt": e.prompt, "max_tokens": 8}
+    ).json()
     assert got["choices"][0]["text"] == want["choices"][0]["text"]
     assert post(server, "/v1/adapters", {"name": "team/mood", "source": str(imports / "mood")}).status_code == 409
     assert post(server, "/v1/adapters", {"name": "x", "source": "/etc"}).status_code == 400
     assert httpx.delete(f"{server}/v1/adapters/intent").status_code == 409  # pinned adapters cannot be removed
     r = httpx.delete(f"{server}/v1/adapters/team/mood")
     assert r.status_code == 200, r.text
-    r = post(server, "/v1/completions", {"model": "team/mood", "prompt": e.prompt, "max_tokens": 8})
+    r = post(server, "/v1/completions", {"temperature": 0, "model": "team/mood", "prompt": e.prompt, "max_tokens": 8})
     assert r.status_code == 404
 
 
@@ -319,6 +390,7 @@ def test_concurrent_requests_for_different_adapters_equal_their_sequential_answe
     """The regression the serving benchmark found: mixed-adapter batches must not mix up rows."""
     bodies = [
         {
+            "temperature": 0,
             "model": ADAPTERS[i % 3],
             "prompt": examples(ADAPTERS[(i + 1) % 3], 6)[i % 6].prompt,
             "max_tokens": 12,
@@ -341,9 +413,9 @@ def test_reregistering_a_name_serves_its_new_weights(server, roots):
     _, imports = roots
     e = examples("intent", 1)[0]
     want = {
-        a: post(server, "/v1/completions", {"model": a, "prompt": e.prompt, "max_tokens": 8}).json()["choices"][0][
-            "text"
-        ]
+        a: post(server, "/v1/completions", {"temperature": 0, "model": a, "prompt": e.prompt, "max_tokens": 8}).json()[
+            "choices"
+        ][0]["text"]
         for a in ("sentiment", "intent")
     }
     assert want["sentiment"] != want["intent"]
@@ -351,7 +423,9 @@ def test_reregistering_a_name_serves_its_new_weights(server, roots):
         shutil.copytree(DEMO / "adapters" / source, imports / f"swap{version}")
         r = post(server, "/v1/adapters", {"name": "team/swap", "source": str(imports / f"swap{version}")})
         assert r.status_code == 201, r.text
-        got = post(server, "/v1/completions", {"model": "team/swap", "prompt": e.prompt, "max_tokens": 8}).json()
+        got = post(
+            server, "/v1/completions", {"temperature": 0, "model": "team/swap", "prompt": e.prompt, "max_tokens": 8}
+        ).json()
         assert got["choices"][0]["text"] == want[source], version
         assert httpx.delete(f"{server}/v1/adapters/team/swap").status_code == 200
 
@@ -359,12 +433,20 @@ def test_reregistering_a_name_serves_its_new_weights(server, roots):
 def test_a_moe_composition_without_weights_takes_the_routers_weights_over_http(server):
     e = examples("intent", 1)[0]
     comp = {"mode": "moe", "top_k": 2}
-    r = post(server, "/v1/completions", {"model": "auto", "prompt": e.prompt, "max_tokens": 4, "composition": comp})
+    r = post(
+        server,
+        "/v1/completions",
+        {"temperature": 0, "model": "auto", "prompt": e.prompt, "max_tokens": 4, "composition": comp},
+    )
     assert r.status_code == 200, r.text
     weights = r.json()["routing"]["weights"]
     assert max(weights, key=weights.get) == "intent" and abs(sum(weights.values()) - 1) < 1e-6
     # a bare message (no instruction): the router is unsure, so both of the top two carry weight
-    r = post(server, "/v1/completions", {"model": "base", "prompt": e.message, "max_tokens": 4, "composition": comp})
+    r = post(
+        server,
+        "/v1/completions",
+        {"temperature": 0, "model": "base", "prompt": e.message, "max_tokens": 4, "composition": comp},
+    )
     assert r.status_code == 200, r.text
     weights = r.json()["routing"]["weights"]
     assert len(weights) == 2 and abs(sum(weights.values()) - 1) < 1e-6, weights

@@ -4,6 +4,7 @@ adapter equals PEFT, and the composed-adapter cache, refusals, cancellation and 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -87,8 +88,8 @@ def _vllm(demo, prompt, comp, **sampling) -> Result:
     return out
 
 
-def _native(demo, prompt, comp) -> Result:
-    return demo["native"].generate([Request.from_json(prompt, comp, max_tokens=MAX_TOKENS)])[0]
+def _native(demo, prompt, comp, **sampling) -> Result:
+    return demo["native"].generate([Request.from_json(prompt, comp, **{"max_tokens": MAX_TOKENS, **sampling})])[0]
 
 
 @pytest.mark.parametrize("mode", list(COMPOSITIONS))
@@ -292,3 +293,55 @@ def test_logit_bias_min_tokens_and_penalties_reach_vllm(demo):
     plain = _vllm(demo, PROMPTS[1], None, max_tokens=40)
     assert _vllm(demo, PROMPTS[1], None, max_tokens=40, repetition_penalty=2.0).token_ids != plain.token_ids
     assert _vllm(demo, PROMPTS[1], None, max_tokens=40, presence_penalty=2.0).token_ids != plain.token_ids
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"intent": {"enum": ["order_status", "billing", "cancel_order"]}, "urgent": {"type": "boolean"}},
+    "required": ["intent", "urgent"],
+    "additionalProperties": False,
+}
+SAME_FIELDS = [
+    ("repetition_penalty", dict(repetition_penalty=1.6)),
+    ("frequency+presence", dict(frequency_penalty=0.8, presence_penalty=0.6)),
+    ("logit_bias", dict(logit_bias=[[35, 4.0], [223, -100.0], [296, -100.0]])),  # bans intent's first tokens
+    ("min_tokens", dict(min_tokens=20)),
+    ("stop_token_ids", dict(stop_token_ids=[29], ignore_eos=True)),
+    ("allowed_token_ids", dict(allowed_token_ids=list(range(20, 200)))),
+    ("json_schema", dict(structured=["json_schema", json.dumps(SCHEMA)], max_tokens=48)),
+    ("include_stop_str", dict(stop=["e"], include_stop_str=True)),
+]
+
+
+@pytest.mark.parametrize("name,fields", SAME_FIELDS, ids=[c[0] for c in SAME_FIELDS])
+def test_sampling_fields_mean_the_same_on_both_engines(demo, name, fields):
+    """Greedy decoding with each field gives the same tokens on the native engine and on vLLM, and the field
+    changed the output (so neither engine can be ignoring it)."""
+    changed = False
+    budget = {k: v for k, v in fields.items() if k == "max_tokens"}
+    for prompt, comp in ((PROMPTS[0], "intent"), (PROMPTS[1], {"mode": "stack", "adapters": ["entities", "intent"]})):
+        ours, ref = _native(demo, prompt, comp, **fields), _vllm(demo, prompt, comp, **fields)
+        assert ours.token_ids == ref.token_ids, (name, ours.text, ref.text)
+        assert (ours.text, ours.finish_reason, ours.completion_tokens) == (
+            ref.text,
+            ref.finish_reason,
+            ref.completion_tokens,
+        )
+        plain = _native(demo, prompt, comp, **budget)
+        changed |= (ours.text, ours.token_ids) != (plain.text, plain.token_ids)
+    assert changed
+
+
+def test_logprobs_and_echoed_prompt_scores_agree_across_engines(demo):
+    for comp in ("entities", {"mode": "blend", "weights": {"intent": 0.6, "sentiment": 0.4}}):
+        ours = _native(demo, PROMPTS[1], comp, logprobs=2, prompt_logprobs=2, max_tokens=6)
+        ref = _vllm(demo, PROMPTS[1], comp, logprobs=2, prompt_logprobs=2, max_tokens=6)
+        for got, want in ((ours.logprobs, ref.logprobs), (ours.prompt_logprobs, ref.prompt_logprobs)):
+            assert len(got) == len(want) > 3
+            assert [e.token for e in got] == [e.token for e in want]
+            assert [e.logprob for e in got[1:]] == pytest.approx([e.logprob for e in want[1:]], abs=2e-3)
+            assert [[t for t, _ in e.top] for e in got[1:]] == [[t for t, _ in e.top] for e in want[1:]]
+        assert ref.prompt_logprobs[0].logprob is None
+    scored = _vllm(demo, PROMPTS[2], None, prompt_logprobs=0, max_tokens=0)
+    assert (scored.token_ids, scored.completion_tokens, scored.text) == ([], 0, "")
+    assert len(scored.prompt_logprobs) == scored.prompt_tokens

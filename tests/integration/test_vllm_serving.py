@@ -101,6 +101,7 @@ def test_chat_auto_routing_and_streaming_through_vllm(server, mixed):
 
 def test_a_three_adapter_stack_runs_as_one_rank_48_composed_adapter(mixed):
     body = {
+        "temperature": 0,
         "model": "base",
         "prompt": E.prompt,
         "composition": {"mode": "stack", "adapters": ["intent", "sentiment", "entities"]},
@@ -115,7 +116,14 @@ def _stats(url: str) -> dict:
 
 
 def test_client_disconnect_aborts_the_vllm_request(mixed):
-    body = {"model": "intent", "prompt": E.prompt, "max_tokens": 120, "ignore_eos": True, "stream": True}
+    body = {
+        "temperature": 0,
+        "model": "intent",
+        "prompt": E.prompt,
+        "max_tokens": 120,
+        "ignore_eos": True,
+        "stream": True,
+    }
     cancelled = 0  # nothing before this test cancels on this app; /v1/stats reads one of its 2 replicas
     with httpx.stream("POST", f"{mixed}/v1/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
@@ -166,6 +174,7 @@ def test_logprobs_n_and_json_schema_through_the_openai_client(mixed):
         "additionalProperties": False,
     }
     out = client.chat.completions.create(
+        temperature=0,
         model="intent",
         messages=[{"role": "user", "content": E.prompt}],
         max_tokens=48,
@@ -174,12 +183,20 @@ def test_logprobs_n_and_json_schema_through_the_openai_client(mixed):
     jsonschema.validate(json.loads(out.choices[0].message.content), schema)
 
 
-def test_fields_only_vllm_runs_are_a_400_on_the_native_group(mixed):
-    body = {"model": "entities", "prompt": E.prompt, "logprobs": 1}
-    r = httpx.post(f"{mixed}/v1/completions", json=body, timeout=60)
-    assert r.status_code == 400
-    assert "['logprobs'] not supported by group 'extraction' (engine native)" in r.json()["error"]["message"]
-    assert "groups on engine vllm run them: ['support']" in r.json()["error"]["message"]
+def test_the_same_fields_run_on_the_native_group_of_the_same_app(mixed):
+    """logprobs, echo and n on the native group (extraction) beside the vLLM group (support): same shapes."""
+    for model, group in (("entities", "extraction"), ("intent", "support")):
+        body = {"temperature": 0, "model": model, "prompt": E.prompt, "logprobs": 1, "echo": True, "max_tokens": 4}
+        r = httpx.post(f"{mixed}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        (choice,) = out["choices"]
+        lp = choice["logprobs"]
+        assert out["routing"]["group"] == group and choice["text"].startswith(E.prompt)
+        assert len(lp["tokens"]) == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"] - (
+            choice["finish_reason"] == "stop"
+        )
+        assert lp["token_logprobs"][0] is None and all(v <= 0 for v in lp["token_logprobs"][1:])
 
 
 def test_an_adapter_registered_at_run_time_reaches_the_vllm_group(mixed, roots):
@@ -206,7 +223,9 @@ def test_an_adapter_registered_at_run_time_reaches_the_vllm_group(mixed, roots):
         == complete({"mode": "stack", "adapters": ["intent", "sentiment"]})["choices"][0]["text"]
     )
     assert httpx.delete(f"{mixed}/v1/adapters/team/vintent", timeout=60).status_code == 200
-    gone = httpx.post(f"{mixed}/v1/completions", json={"model": "team/vintent", "prompt": E.prompt}, timeout=60)
+    gone = httpx.post(
+        f"{mixed}/v1/completions", json={"temperature": 0, "model": "team/vintent", "prompt": E.prompt}, timeout=60
+    )
     assert gone.status_code == 404
 
 
@@ -221,7 +240,7 @@ def test_killing_a_vllm_replica_under_load_loses_nothing(mixed):
         with httpx.Client(timeout=120) as c:
             n = 0
             while not stop.is_set():
-                body = {"model": "intent", "prompt": prompts[(i + n) % 8], "max_tokens": 16}
+                body = {"temperature": 0, "model": "intent", "prompt": prompts[(i + n) % 8], "max_tokens": 16}
                 try:
                     outcomes.append(c.post(f"{mixed}/v1/completions", json=body).status_code)
                 except httpx.HTTPError as e:

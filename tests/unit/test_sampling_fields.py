@@ -13,6 +13,7 @@ import torch
 
 from loraplex.experts.engine import Request
 from loraplex.experts.errors import SamplingError
+from loraplex.experts.logprobs import token_texts
 from tests.unit.conftest import peft_model
 
 PROMPT = "my order ORD-12345 never arrived"
@@ -54,9 +55,18 @@ def test_logprobs_are_the_model_distribution_with_top_alternatives(engine, ref):
         assert entry.logprob == pytest.approx(float(lp[tid]), abs=1e-4)
         top_lp, top_ids = lp.topk(3)
         assert [v for _, v in entry.top] == pytest.approx(top_lp.tolist(), abs=1e-4)
-        assert [t for t, _ in entry.top] == [engine.tokenizer.decode([t]) for t in top_ids.tolist()]
-        assert entry.token == engine.tokenizer.decode([tid])
+        assert [t for t, _ in entry.top] == token_texts(engine.tokenizer, top_ids.tolist(), r.token_ids[:i])
         assert entry.top[0][1] == pytest.approx(entry.logprob, abs=1e-6)  # greedy: the chosen token is the top one
+
+
+def test_token_strings_concatenate_to_the_text_across_partial_characters(engine):
+    """A character split over byte tokens: the pieces before the last read "", the last carries the character
+    (vLLM's rule), so joining the logprob tokens gives the text."""
+    tok = engine.tokenizer
+    ids = tok("caf\u00e9 \u2713")["input_ids"]
+    assert any(tok.decode([t]).endswith("\ufffd") for t in ids)  # the tiny BPE really splits these characters
+    texts = [token_texts(tok, [t], ids[:i])[0] for i, t in enumerate(ids)]
+    assert "".join(texts) == "caf\u00e9 \u2713"
 
 
 def test_prompt_logprobs_score_every_prompt_token(engine, ref):
