@@ -9,14 +9,23 @@ run time, and string annotations inside a Serve-wrapped class make it treat `req
 import asyncio
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from starlette.exceptions import HTTPException
 
 from loraplex.config.app import AppArgs
 from loraplex.deployments.metrics import IngressMetrics
-from loraplex.experts.errors import CapacityError, LoraplexError, RequestError, UnavailableError
+from loraplex.experts.errors import (
+    CapacityError,
+    LoraplexError,
+    MethodNotAllowedError,
+    RequestError,
+    RouteNotFoundError,
+    UnavailableError,
+)
 from loraplex.experts.protocol import GenerationPayload, Outcome
 from loraplex.experts.request import Result
 from loraplex.gateway import responses
@@ -28,7 +37,9 @@ from loraplex.gateway.protocol import (
     AdapterRegistration,
     ChatCompletionRequest,
     CompletionRequest,
+    LoadLoraAdapter,
     RouteRequest,
+    UnloadLoraAdapter,
     openapi_body,
 )
 from loraplex.gateway.request_body import parse_body, read_limited
@@ -55,6 +66,28 @@ def typed(e: Exception) -> Exception:
 def error_response(e: Exception) -> JSONResponse:
     err = http_error(typed(e))
     return JSONResponse(err.body, status_code=err.status, headers=err.headers or None)
+
+
+def _routes() -> list[str]:
+    return sorted({f"{m} {r.path}" for r in app.routes for m in getattr(r, "methods", ()) if m != "HEAD"})
+
+
+@app.exception_handler(HTTPException)
+async def _framework_errors(request: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown routes and methods in the OpenAI error shape too (FastAPI's default is `{"detail": ...}`)."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return error_response(RouteNotFoundError(f"no route {where}; routes: {', '.join(_routes())}"))
+    if exc.status_code == 405:
+        allowed = [r.split(" ", 1)[0] for r in _routes() if r.split(" ", 1)[1] == request.url.path]
+        return error_response(MethodNotAllowedError(f"{where} is not allowed; methods for this route: {allowed}"))
+    return error_response(RequestError(f"{where}: {exc.detail}"))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_errors(request: Request, exc: RequestValidationError) -> JSONResponse:
+    msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return error_response(RequestError(f"{request.method} {request.url.path}: {msgs}"))
 
 
 def serve_http_host() -> str | None:
@@ -237,6 +270,8 @@ class RouterIngress:
                 raise RequestError("run-time adapter registration is off; set import_roots in the app config")
             out, status = await action()
             self.gateway.invalidate()
+            if isinstance(out, str):  # the vLLM-compatible endpoints answer a plain-text line
+                return PlainTextResponse(out, status_code=status)
             return JSONResponse(out, status_code=status)
         except Exception as e:
             return error_response(e)
@@ -248,6 +283,29 @@ class RouterIngress:
             out = await asyncio.to_thread(self.registry.register, body.name, body.source, body.routing_examples)
             await self._refresh_routing()
             return out, 201
+
+        return await self._admin(request, action)
+
+    @app.post("/v1/load_lora_adapter", openapi_extra=openapi_body(LoadLoraAdapter))
+    async def load_lora_adapter(self, request: Request):
+        """vLLM-compatible registration: the same validated, confined registry as `POST /v1/adapters`; answers
+        vLLM's plain-text success line so tools written for vLLM read it unchanged."""
+
+        async def action():
+            body = await self._body(request, LoadLoraAdapter)
+            await asyncio.to_thread(self.registry.register, body.lora_name, body.lora_path, None)
+            await self._refresh_routing()
+            return f"Success: LoRA adapter '{body.lora_name}' added successfully.", 200
+
+        return await self._admin(request, action)
+
+    @app.post("/v1/unload_lora_adapter", openapi_extra=openapi_body(UnloadLoraAdapter))
+    async def unload_lora_adapter(self, request: Request):
+        async def action():
+            body = await self._body(request, UnloadLoraAdapter)
+            await asyncio.to_thread(self.registry.remove, body.lora_name)
+            await self._refresh_routing()
+            return f"Success: LoRA adapter '{body.lora_name}' removed successfully.", 200
 
         return await self._admin(request, action)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -58,6 +59,8 @@ class GenOutput:
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None  # per token of `token_ids` (params.logprobs set)
     prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token (params.prompt_logprobs set)
+    joined_at: float = 0.0  # perf_counter when its prefill began (admission)
+    token_times: list[float] = field(default_factory=list)  # perf_counter of each sampled token
 
 
 @dataclass
@@ -72,6 +75,8 @@ class _State:
     steps: int = 0  # tokens sampled, EOS included (the usage count OpenAI clients expect)
     finish: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    joined_at: float = 0.0
+    token_times: list[float] = field(default_factory=list)
 
     def output(self, prompt_lp: list[TokenLogprob] | None) -> GenOutput:
         return GenOutput(
@@ -82,6 +87,8 @@ class _State:
             self.steps,
             self.logprobs,
             prompt_lp,
+            self.joined_at,
+            self.token_times,
         )
 
 
@@ -99,6 +106,7 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 def _advance(st: _State, token: int, logprob: TokenLogprob | None, tokenizer, eos_ids: set[int]) -> None:
     p = st.item.params
     st.steps += 1
+    st.token_times.append(time.perf_counter())
     if st.grammar is not None:
         st.grammar.accept(token)
     if (token in eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
@@ -264,6 +272,7 @@ class Decoder:
                 self._prefill([it], scored=True)
 
     def _prefill(self, items: list[GenItem], scored: bool) -> None:
+        joined_at = time.perf_counter()
         owner = [i for i, it in enumerate(items) for _ in it.rows]
         rows = [r for it in items for r in it.rows]
         width = max(len(it.prompt_ids) for it in items)
@@ -323,7 +332,8 @@ class Decoder:
             for c in range(p.copies):
                 gen = None if p.greedy else torch.Generator().manual_seed(_seed(p, c))
                 grammar = self.grammars.grammar(p.structured) if p.structured is not None and self.grammars else None
-                self._states.append(_State(it, gen, c, grammar, logprobs=[] if p.logprobs is not None else None))
+                lp = [] if p.logprobs is not None else None
+                self._states.append(_State(it, gen, c, grammar, logprobs=lp, joined_at=joined_at))
         self._rows += rows
         self._lora = self.wrapped.lora_batch(self._rows)
         self._reindex()

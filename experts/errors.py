@@ -72,6 +72,19 @@ class AdapterNameError(RequestError):
     """An adapter name is not a plain relative name inside a root (`../x`, `/abs`, symlinks out)."""
 
 
+class RouteNotFoundError(RequestError):
+    """No such HTTP route (HTTP 404), with the routes there are."""
+
+    status = 404
+    error_type = "not_found_error"
+
+
+class MethodNotAllowedError(RequestError):
+    """The route exists, with other methods (HTTP 405)."""
+
+    status = 405
+
+
 class ConflictError(RequestError):
     """The adapter exists already, or is pinned / not removable at run time (HTTP 409)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from loraplex.experts.composition import Base, Composition, parse_composition
@@ -18,6 +19,7 @@ class Request:
     params: SamplingParams = field(default_factory=SamplingParams)
     on_token: TokenCallback | None = None
     cancel: threading.Event | None = None  # set it (e.g. the client went away) to stop this request's decoding
+    arrival: float = field(default_factory=time.perf_counter)  # when the engine got it (latency metrics start here)
 
     @classmethod
     def from_json(
@@ -29,6 +31,22 @@ class Request:
         **sampling: object,
     ) -> Request:
         return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token, cancel)  # type: ignore[arg-type]
+
+
+@dataclass
+class Timing:
+    """Where a request's time went on its replica, in seconds from its arrival there (the latency metrics).
+    `queue_s` is the wait for a batch row (None where the engine does not say, e.g. vLLM's own queue)."""
+
+    queue_s: float | None
+    ttft_s: float | None  # to the first token the client sees (a chain: its last stage's first token)
+    e2e_s: float
+    token_gaps_s: list[float] = field(default_factory=list)  # between consecutive visible tokens (ITL)
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (vLLM's TPOT)."""
+        return sum(self.token_gaps_s) / len(self.token_gaps_s) if self.token_gaps_s else None
 
 
 @dataclass
@@ -55,6 +73,7 @@ class Result:
     logprobs: list[TokenLogprob] | None = None  # per token of `token_ids`, when the request asked for them
     more: list[Choice] = field(default_factory=list)  # choices 2..n (n > 1)
     prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token (echo), the first without a value
+    timing: Timing | None = None
 
     @property
     def choices(self) -> list[Choice]:

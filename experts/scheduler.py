@@ -12,6 +12,7 @@ other way round).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from loraplex.experts.adapters.store import Lease
 from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder, GenItem, GenOutput, TokenCallback
 from loraplex.experts.errors import CapacityError, LoraplexError, as_error
-from loraplex.experts.request import Choice, Request, Result
+from loraplex.experts.request import Choice, Request, Result, Timing
 from loraplex.experts.sampling import SamplingParams
 
 Done = Callable[[Result | LoraplexError], None]
@@ -52,6 +53,7 @@ class _Work:
     texts: list[str] = field(default_factory=list)  # outputs of the finished stages
     prompt_tokens: int = 0  # summed over finished stages
     completion_tokens: int = 0
+    joined_at: float | None = None  # when its first stage got batch rows
 
 
 class Scheduler:
@@ -163,6 +165,7 @@ class Scheduler:
         w, lease = self._running.pop(id(item))
         self.engine.release(lease)
         out = outs[0]
+        w.joined_at = out.joined_at if w.joined_at is None else w.joined_at
         w.texts.append(out.text)
         w.prompt_tokens += out.prompt_tokens
         w.completion_tokens += sum(o.completion_tokens for o in outs)
@@ -184,5 +187,13 @@ class Scheduler:
                 out.logprobs,
                 more,
                 out.prompt_logprobs,
+                self._timing(w, out),
             )
         )
+
+    @staticmethod
+    def _timing(w: _Work, out: GenOutput) -> Timing:
+        """From arrival: the wait for rows, the first visible token (the last stage's), and the gaps between."""
+        t0, times = w.request.arrival, out.token_times
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        return Timing(w.joined_at - t0, times[0] - t0 if times else None, time.perf_counter() - t0, gaps)

@@ -58,7 +58,7 @@ from loraplex.experts.logprobs import TokenLogprob, token_texts
 from loraplex.experts.lora.targets import target_linears
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.protocol import GenerationPayload, Outcome, count_outcome
-from loraplex.experts.request import Choice, Request, Result
+from loraplex.experts.request import Choice, Request, Result, Timing
 from loraplex.experts.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ class _Output:
         self.n_tokens = 0  # the usage count: EOS included, as the native engine counts it
         self.prompt_logprobs: list[TokenLogprob] | None = None
         self.first_token = ""  # the prompt's first token as text (vLLM gives it no entry)
+        self.times: list[float] = []  # perf_counter when each token arrived here (a delta of k tokens: k times)
 
     def add_prompt(self, ro, k: int) -> None:
         """vLLM's prompt logprobs (first entry None) as ours, top `k` by rank."""
@@ -193,6 +194,7 @@ class _Output:
         self.prompt_logprobs = out
 
     def add(self, c, logprobs: int | None) -> None:
+        self.times += [time.perf_counter()] * len(c.token_ids)
         self.parts.append(c.text)
         self.token_ids += c.token_ids
         if logprobs is not None and c.logprobs is not None:
@@ -220,6 +222,12 @@ class _Output:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def timing(self, arrival: float) -> Timing:
+        """vLLM queues inside its engine without telling us: no queue time; TTFT and gaps as the replica saw them."""
+        times = self.times
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        return Timing(None, times[0] - arrival if times else None, time.perf_counter() - arrival, gaps)
 
 
 class VllmReplica:
@@ -375,6 +383,7 @@ class VllmReplica:
                 first.logprobs,
                 more,
                 first.prompt_logprobs,
+                first.timing(req.arrival),
             )
         if req.params.n > 1 or req.params.prompt_logprobs is not None:
             raise SamplingError("n > 1 and echo are not supported with chain compositions (stages feed each other)")
@@ -401,7 +410,14 @@ class VllmReplica:
                 break
         stages = texts if len(texts) > 1 else []
         return Result(
-            texts[-1], out.finish_reason, prompt_tokens, completion_tokens, stages, out.token_ids, out.logprobs
+            texts[-1],
+            out.finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            stages,
+            out.token_ids,
+            out.logprobs,
+            timing=out.timing(req.arrival),
         )
 
     async def _generate(

@@ -197,6 +197,23 @@ class AdapterRegistration(_Body):
     )
 
 
+class LoadLoraAdapter(_Body):
+    """vLLM's `POST /v1/load_lora_adapter`: registers `lora_path` as `lora_name` (as `POST /v1/adapters`)."""
+
+    lora_name: str = Field(description="Adapter name (path-like names allowed, e.g. 'team/refunds').")
+    lora_path: str = Field(description="PEFT adapter folder inside one of the app's import_roots.")
+    load_inplace: Literal[False] = Field(
+        default=False, description="Only false: unload first to replace an adapter (no in-place swap)."
+    )
+
+
+class UnloadLoraAdapter(_Body):
+    """vLLM's `POST /v1/unload_lora_adapter`: removes a run-time registered adapter (as `DELETE /v1/adapters`)."""
+
+    lora_name: str = Field(description="The adapter to remove.")
+    lora_int_id: int | None = Field(default=None, description="Accepted for vLLM clients; names identify adapters.")
+
+
 def inline_schema(model: type[BaseModel]) -> dict:
     """The model's JSON schema with `$defs` references inlined, for an OpenAPI `requestBody`."""
     schema = model.model_json_schema()

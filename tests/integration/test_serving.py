@@ -386,6 +386,49 @@ def test_register_use_and_remove_an_adapter_at_run_time(server, roots):
     assert r.status_code == 404
 
 
+def test_vllm_style_load_and_unload_lora_adapter_share_the_registry(server, roots):
+    """What tools written for vLLM/SGLang call: same validation and confinement as /v1/adapters."""
+    import shutil
+
+    from tests.integration.conftest import DEMO
+
+    managed, imports = roots
+    shutil.copytree(DEMO / "adapters" / "intent", imports / "vintent2")
+    r = post(server, "/v1/load_lora_adapter", {"lora_name": "team/vi", "lora_path": str(imports / "vintent2")})
+    assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'team/vi' added successfully.")
+    assert "team/vi" in [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]]
+    e = examples("intent", 1)[0]
+    body = {"temperature": 0, "prompt": e.prompt, "max_tokens": 8}
+    got = post(server, "/v1/completions", {**body, "model": "team/vi"}).json()["choices"][0]["text"]
+    assert got == post(server, "/v1/completions", {**body, "model": "intent"}).json()["choices"][0]["text"]
+    again = post(server, "/v1/load_lora_adapter", {"lora_name": "team/vi", "lora_path": str(imports / "vintent2")})
+    assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
+    outside = post(server, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/etc"})
+    assert outside.status_code == 400 and "outside the allowed import roots" in outside.json()["error"]["message"]
+    inplace = {"lora_name": "team/vi", "lora_path": str(imports / "vintent2"), "load_inplace": True}
+    assert post(server, "/v1/load_lora_adapter", inplace).status_code == 400
+    r = post(server, "/v1/unload_lora_adapter", {"lora_name": "team/vi"})
+    assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'team/vi' removed successfully.")
+    assert post(server, "/v1/completions", {**body, "model": "team/vi"}).status_code == 404
+    assert post(server, "/v1/unload_lora_adapter", {"lora_name": "team/vi"}).status_code == 404
+
+
+ROUTE_CASES = [
+    ("unknown route", "GET", "/v1/nope", 404, "no route GET /v1/nope; routes: "),
+    ("unknown nested route", "POST", "/v2/completions", 404, "POST /v1/completions"),
+    ("wrong method", "GET", "/v1/completions", 405, "methods for this route: ['POST']"),
+    ("wrong method on adapters", "PUT", "/v1/load_lora_adapter", 405, "['POST']"),
+]
+
+
+@pytest.mark.parametrize("name,method,path,status,match", ROUTE_CASES, ids=[c[0] for c in ROUTE_CASES])
+def test_every_route_answers_in_the_openai_error_shape(server, name, method, path, status, match):
+    r = httpx.request(method, f"{server}{path}", timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert match in err["message"] and err["code"] == status and set(err) == {"message", "type", "param", "code"}
+
+
 def test_concurrent_requests_for_different_adapters_equal_their_sequential_answers(server):
     """The regression the serving benchmark found: mixed-adapter batches must not mix up rows."""
     bodies = [

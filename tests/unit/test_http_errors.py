@@ -25,6 +25,8 @@ CASES = [
     ("SamplingError", ("x",), 400, "invalid_request_error", None),
     ("AdapterNameError", ("x",), 400, "invalid_request_error", None),
     ("ConflictError", ("x",), 409, "conflict_error", None),
+    ("RouteNotFoundError", ("x",), 404, "not_found_error", None),
+    ("MethodNotAllowedError", ("x",), 405, "invalid_request_error", None),
     ("PayloadTooLargeError", ("x",), 413, "invalid_request_error", None),
     ("AdapterValidationError", ("a", ["bad rank", "bad shape"]), 422, "invalid_adapter", None),
     ("AuthenticationError", ("x",), 401, "authentication_error", None),

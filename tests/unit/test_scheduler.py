@@ -181,3 +181,20 @@ def test_a_cache_that_cannot_take_rows_mid_batch_falls_back_to_static_batches(en
     assert (s.running, s.waiting) == (1, 1)
     _drain(s)
     assert got.results["second"].text == _solo(engine, _req(PROMPTS[1], "b", max_tokens=3)).text
+
+
+def test_timing_splits_queue_first_token_and_gaps(engine):
+    """One row at a time: the second request waits for the first (queue time), then decodes; the times add up."""
+    s = Scheduler(engine, max_requests=1)
+    got = Collect()
+    s.add(_req(PROMPTS[0], "a", max_tokens=6, ignore_eos=True), got("first"))
+    s.add(_req(PROMPTS[1], "b", max_tokens=4, ignore_eos=True), got("second"))
+    _drain(s)
+    first, second = got.results["first"].timing, got.results["second"].timing
+    assert len(first.token_gaps_s) == 5 and len(second.token_gaps_s) == 3
+    for t in (first, second):
+        assert 0 <= t.queue_s <= t.ttft_s <= t.e2e_s
+        assert t.ttft_s + sum(t.token_gaps_s) <= t.e2e_s + 1e-6
+        assert t.tpot_s == pytest.approx(sum(t.token_gaps_s) / len(t.token_gaps_s))
+    # admitted only after the first one's last token (the two arrived within a millisecond)
+    assert second.queue_s >= first.ttft_s + sum(first.token_gaps_s) - 1e-3
