@@ -92,6 +92,7 @@ def server_delta(system: str, before: dict, after: dict) -> dict:
     vLLM's own server has no /v1/stats: {}."""
     if system != "baseline":
         b, c = next(iter(before.values()), {}), next(iter(after.values()), {})
+        b, c = b.get("total", b), c.get("total", c)  # loraplex: a group's replicas summed
         keys = ("requests", "batches", "rows", "tokens", "busy_s", "device_misses", "evictions_device")
         d = {k: round(c.get(k, 0) - b.get(k, 0), 3) for k in keys if k in c}
         if d.get("batches"):

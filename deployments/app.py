@@ -10,6 +10,7 @@ from ray.serve import Application
 from loraplex.config.app import AppArgs
 from loraplex.deployments.expert import ExpertDeployment
 from loraplex.deployments.ingress import RouterIngress
+from loraplex.deployments.metrics_board import MetricsBoard
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +35,16 @@ def build_app(args: dict) -> Application:
             "routing": cfg.routing.model_copy(update={"router_path": _absolute(cfg.routing.router_path)}),
         }
     )
+    board = MetricsBoard.bind()
     experts = {
         g.name: ExpertDeployment.options(**g.serve_options()).bind(
+            g.name,
             g.engine_config(cfg).model_dump(),
             list(g.adapters),
             g.max_batch_size,
             g.batch_wait_timeout_s,
             g.vllm_options.model_dump() if g.engine == "vllm" else None,
+            board,
         )
         for g in cfg.groups
     }
@@ -49,4 +53,4 @@ def build_app(args: dict) -> Application:
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
     )
-    return ingress.bind(cfg.model_dump(), experts)
+    return ingress.bind(cfg.model_dump(), experts, board)

@@ -10,10 +10,12 @@ import asyncio
 from ray import serve
 
 from loraplex.config.engine import EngineConfig, VllmOptions
-from loraplex.deployments.metrics import ExpertMetrics
+from loraplex.deployments.metrics_board import Pusher
 from loraplex.experts.errors import LoraplexError, as_error
 from loraplex.experts.protocol import GenerationPayload, Outcome, ServingEngine
 from loraplex.experts.replica import NativeReplica
+from loraplex.experts.request import Result
+from loraplex.observability.metrics import ExpertMetrics
 
 MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
 
@@ -22,11 +24,13 @@ MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity
 class ExpertDeployment:
     def __init__(
         self,
+        group: str,
         engine_config: dict,
         pinned: list[str],
         max_batch_size: int,
         batch_wait_timeout_s: float,
         vllm: dict | None = None,
+        board=None,
     ):
         config = EngineConfig(**engine_config)
         self.engine: ServingEngine
@@ -37,8 +41,17 @@ class ExpertDeployment:
 
             self.engine = VllmReplica(config, VllmOptions(**vllm), pinned)
         self.metrics = ExpertMetrics()
+        # the board learns of this replica once it can serve: /health waits for it
+        self.pusher = Pusher(board, "expert", group, self._collect) if board is not None else None
+
+    def _collect(self) -> tuple[str, dict]:
+        stats = self.engine.stats()
+        self.metrics.observe_stats(stats)
+        return self.metrics.render(), stats
 
     def __del__(self):
+        if getattr(self, "pusher", None) is not None:
+            self.pusher.stop()
         if hasattr(self, "engine"):  # vLLM: stop its EngineCore process, remove its composed adapters
             self.engine.close()
 
@@ -64,10 +77,15 @@ class ExpertDeployment:
             return err
         fut = self.engine.submit(payload)
         try:
-            return await asyncio.wrap_future(fut)
+            out = await asyncio.wrap_future(fut)
+            self._observe(payload, out)
+            return out
         finally:
             self.engine.cancel(fut)  # caller gone (cancelled): the engine drops the row; a no-op once answered
-            self.metrics.observe(self.engine.stats())
+
+    def _observe(self, payload: GenerationPayload, out: Outcome) -> None:
+        if isinstance(out, Result):
+            self.metrics.observe_result(serve.get_multiplexed_model_id() or None, out.timing)
 
     async def generate_stream(self, payload: GenerationPayload):
         """Yields text deltas (str), then the final `Result` or typed error."""
@@ -92,10 +110,11 @@ class ExpertDeployment:
                     yield "".join(parts)
                 else:
                     getter.cancel()
-            yield task.result()
+            out = task.result()
+            self._observe(payload, out)
+            yield out
         finally:
             self.engine.cancel(fut)  # client gone (generator closed/cancelled): the engine drops the row
-            self.metrics.observe(self.engine.stats())
 
     def record_autoscaling_stats(self) -> dict:
         """Replica load for the group's autoscaling policy (deployments/autoscaling.py)."""

@@ -7,6 +7,8 @@ run time, and string annotations inside a Serve-wrapped class make it treat `req
 """
 
 import asyncio
+import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +19,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from starlette.exceptions import HTTPException
 
 from loraplex.config.app import AppArgs
-from loraplex.deployments.metrics import IngressMetrics
+from loraplex.deployments.metrics_board import Pusher
 from loraplex.experts.errors import (
     CapacityError,
     LoraplexError,
@@ -45,7 +47,10 @@ from loraplex.gateway.protocol import (
 from loraplex.gateway.request_body import parse_body, read_limited
 from loraplex.gateway.router_reload import RouterReloader
 from loraplex.gateway.routing_stage import RoutingStage
+from loraplex.observability.metrics import IngressMetrics
+from loraplex.observability.request_log import access_line, request_id
 
+access_log = logging.getLogger("ray.serve")
 REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
 RETRIES = 2  # a replica dying mid-request: retry on another replica, then 503
 
@@ -103,7 +108,7 @@ def serve_http_host() -> str | None:
 @serve.deployment
 @serve.ingress(app)
 class RouterIngress:
-    def __init__(self, args: dict, experts: dict):
+    def __init__(self, args: dict, experts: dict, board):
         from transformers import AutoTokenizer
 
         self.args = AppArgs(**args)
@@ -131,6 +136,8 @@ class RouterIngress:
         self._learning: set[asyncio.Task] = set()
         self.experts = experts  # group name -> DeploymentHandle
         self.metrics = IngressMetrics()
+        self.board = board
+        self.pusher = Pusher(board, "ingress", None, self._collect)
         self.registry = None
         if self.args.import_roots:
             from loraplex.experts.adapters.registry import AdapterRegistry, linear_shapes
@@ -147,6 +154,14 @@ class RouterIngress:
                 a.max_adapter_mb,
             )
 
+    def _collect(self) -> tuple[str, dict]:
+        self.metrics.adapters_on_disk.set(len(self.gateway.adapters()))
+        return self.metrics.render(), {}
+
+    def __del__(self):
+        if getattr(self, "pusher", None) is not None:
+            self.pusher.stop()
+
     def _install_router(self, router) -> None:
         self.gateway.router = router  # one assignment: in-flight requests keep the router they read
 
@@ -155,28 +170,56 @@ class RouterIngress:
         return parse_body(raw, model)
 
     async def _serve(self, request: Request, model, plan_fn, respond, chat: bool):
-        plan = None
+        t0 = time.perf_counter()
+        rid = request_id(request.headers.get("x-request-id"))
+        plan = body = None
         try:
             self.access.check(request.headers.get("authorization"))
             body = await self._body(request, model)
             # model "auto" runs the router's encoder: off the event loop, behind a bounded line
             uses_router = self.gateway.uses_router(body.model, body.composition)
             plan = await self.routing.run(plan_fn, body) if uses_router else plan_fn(body)
-            handle = self._handle(plan)
+            if not body.request_id:
+                plan.id = rid
+            for part in plan.parts:
+                part.payload["request_id"] = plan.id
             if plan.stream:
-                response = await self._stream(handle, plan, chat)
-            else:
-                results = await asyncio.gather(*(self._generate(self._handle(p), p.payload) for p in plan.parts))
-                failed = [r for r in results if isinstance(r, LoraplexError)]
-                response = error_response(failed[0]) if failed else JSONResponse(respond(plan, results))
+                return await self._stream(self._handle(plan), plan, chat, lambda *a: self._record(t0, body, plan, *a))
+            results = await asyncio.gather(*(self._generate(self._handle(p), p.payload) for p in plan.parts))
+            failed = [r for r in results if isinstance(r, LoraplexError)]
+            response = error_response(failed[0]) if failed else JSONResponse(respond(plan, results))
+            ok = [r for r in results if isinstance(r, Result)]
+            usage = {k: sum(r.usage[k] for r in ok) for k in ("prompt_tokens", "completion_tokens")} if ok else None
+            self._record(t0, body, plan, response.status_code, usage, ok[0].timing if ok else None)
         except Exception as e:
             response = error_response(e)
-        self.metrics.observe(
-            plan.routing if plan else None, plan.primary_adapter if plan else None, response.status_code
-        )
-        if plan is not None and plan.learn_text and response.status_code < 400:
-            self._learn(plan.model, plan.learn_text)
+            self._record(t0, body, plan, response.status_code, None, None, rid)
         return response
+
+    def _record(self, t0, body, plan, status: int, usage, timing, rid: str | None = None) -> None:
+        """Metrics, the access line, and (opt-in) the traffic example, once the request is answered."""
+        latency = time.perf_counter() - t0
+        routing = plan.routing if plan else None
+        adapter = plan.primary_adapter if plan else None
+        self.metrics.observe(routing, adapter, status, latency, usage)
+        access_log.info(
+            access_line(
+                request_id=plan.id if plan else rid,
+                route="chat" if isinstance(body, ChatCompletionRequest) else "completions",
+                status=status,
+                latency_s=latency,
+                model=getattr(body, "model", None),
+                adapter=adapter,
+                group=(routing or {}).get("group"),
+                mode=(routing or {}).get("mode"),
+                stream=bool(plan and plan.stream),
+                usage=usage,
+                timing=timing,
+                user=getattr(body, "user", None),
+            )
+        )
+        if plan is not None and plan.learn_text and status < 400:
+            self._learn(plan.model, plan.learn_text)
 
     def _handle(self, plan):
         """The expert group's handle, with the request's adapter as the replica-affinity key."""
@@ -211,22 +254,27 @@ class RouterIngress:
                 await asyncio.sleep(0.5 * (attempt + 1))  # Serve routes the retry to a live replica
         raise AssertionError("unreachable")
 
-    async def _stream(self, handle, plan, chat: bool):
+    async def _stream(self, handle, plan, chat: bool, record):
         gen = handle.options(stream=True).generate_stream.remote(plan.payload)
         first = await gen.__anext__()  # an expert-side error arrives before any token: answer it with a status
         if isinstance(first, LoraplexError):
-            return error_response(first)
+            response = error_response(first)
+            record(response.status_code, None, None)
+            return response
 
         async def events():
             finished = False
+            status, usage, timing = 499, None, None  # 499: the client went away before the end
             try:
                 yield responses.stream_chunk(plan, chat, "", first=True)
                 item = first
                 while True:
                     if isinstance(item, LoraplexError):
+                        status = http_error(item).status
                         yield responses.stream_error(http_error(item).body)
                         break
                     if isinstance(item, Result):
+                        status, usage, timing = 200, item.usage, item.timing
                         yield responses.stream_chunk(plan, chat, None, finish=item.finish_reason)
                         if plan.include_usage:
                             yield responses.stream_chunk(plan, chat, None, usage=item.usage)
@@ -239,6 +287,7 @@ class RouterIngress:
             finally:
                 if not finished:
                     gen.cancel()  # client gone mid-stream: the expert's generator closes and frees the batch row
+                record(status, usage, timing)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -352,18 +401,35 @@ class RouterIngress:
 
     @app.get("/health")
     async def health(self):
-        return {"status": "ok", "groups": sorted(self.experts)}
+        """Ready (200) once every group has a replica that pushed its metrics in the last seconds (it finished
+        loading and its event loop answers); 503 naming the groups still starting."""
+        try:
+            live = await self.board.groups.remote()
+        except Exception as e:  # the board itself is (re)starting
+            return JSONResponse({"status": "starting", "reason": f"metrics board unavailable: {e}"}, status_code=503)
+        groups = {g: live.get(g, 0) for g in sorted(self.experts)}
+        waiting = [g for g, n in groups.items() if not n]
+        if waiting:
+            return JSONResponse({"status": "starting", "groups": groups, "waiting_for": waiting}, status_code=503)
+        return {"status": "ok", "groups": groups}
+
+    @app.get("/metrics")
+    async def prometheus(self):
+        """Every replica's metrics (ingress and experts) in Prometheus text format, labelled by role,
+        deployment (group) and replica. No API key: keep the serving port's /metrics off the public path, as
+        for any Prometheus target."""
+        try:
+            await self.pusher.push_async()  # this replica's latest, before the render
+            text = await self.board.exposition.remote()
+        except Exception as e:
+            return error_response(UnavailableError(f"metrics board unavailable, retry later ({e})"))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/stats")
     async def stats(self, request: Request):
+        """Per group: every live replica's engine counters and their sums (`total`)."""
         try:
             self.access.check(request.headers.get("authorization"))
+            return JSONResponse(await self.board.stats.remote())
         except Exception as e:
-            return error_response(e)
-        out = {}
-        for name, h in self.experts.items():
-            try:
-                out[name] = await h.stats.remote()
-            except Exception as e:  # a replica restarting must not break the stats endpoint
-                out[name] = {"error": str(e)}
-        return out
+            return error_response(typed(e))

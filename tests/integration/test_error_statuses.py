@@ -19,6 +19,7 @@ def errors_app(server, roots):
     from ray import serve
 
     from loraplex.deployments.ingress import RouterIngress
+    from loraplex.deployments.metrics_board import MetricsBoard
 
     def stand_in():  # defined in a function so Ray pickles the class by value
         @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -41,7 +42,8 @@ def errors_app(server, roots):
     Expert = stand_in()
     experts = {g["name"]: Expert.options(name=f"raising_{g['name']}").bind() for g in args["groups"]}
     ingress = RouterIngress.options(name="errors_ingress", ray_actor_options={"num_cpus": 0})
-    serve.run(ingress.bind(args, experts), name="errors", route_prefix="/errors")
+    board = MetricsBoard.options(name="errors_board").bind()
+    serve.run(ingress.bind(args, experts, board), name="errors", route_prefix="/errors")
     yield f"http://127.0.0.1:{PORT}/errors"
     serve.delete("errors")
 

@@ -171,7 +171,7 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
 
 def test_client_disconnect_mid_stream_cancels_the_generation_and_frees_its_row(server):
     """A client that goes away mid-stream must not keep a batch row decoding to max_tokens."""
-    stats = lambda: httpx.get(f"{server}/v1/stats", timeout=30).json()["extraction"]  # noqa: E731
+    stats = lambda: httpx.get(f"{server}/v1/stats", timeout=30).json()["extraction"]["total"]  # noqa: E731
     before = stats()
     e = make_examples("entities", 1, seed=5, split="heldout")[0]
     budget = 120

@@ -9,7 +9,8 @@ import pytest
 
 
 def _inflight(server) -> int:
-    return sum(s.get("inflight", 0) for s in httpx.get(f"{server}/v1/stats", timeout=30).json().values())
+    groups = httpx.get(f"{server}/v1/stats", timeout=30).json().values()
+    return sum(g["total"].get("inflight", 0) for g in groups)
 
 
 BAD = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
 
 import httpx
 import pytest
@@ -350,10 +351,17 @@ def test_concurrent_mixed_requests_are_batched_and_all_succeed(server):
     with cf.ThreadPoolExecutor(24) as pool:
         codes = list(pool.map(lambda b: post(server, "/v1/completions", b).status_code, bodies))
     assert codes == [200] * 24
-    after = httpx.get(f"{server}/v1/stats", timeout=30).json()
-    reqs = sum(after[g]["requests"] - before[g]["requests"] for g in after)
-    steps = sum(after[g]["batches"] - before[g]["batches"] for g in after)
-    rows = sum(after[g]["rows"] - before[g]["rows"] for g in after)
+
+    def delta(key: str) -> int:
+        return sum(after[g]["total"][key] - before[g]["total"][key] for g in after)
+
+    deadline = time.time() + 15
+    while True:  # replicas push their counters to the board every second
+        after = httpx.get(f"{server}/v1/stats", timeout=30).json()
+        if delta("requests") >= 24 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    reqs, steps, rows = delta("requests"), delta("batches"), delta("rows")
     assert (
         reqs == 24 and rows > steps
     )  # decode steps really held several requests (one at a time would give rows == steps)

@@ -7,9 +7,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["config", "experts", "router", "gateway", "autoscaling", "deployments", "demo", "bench"]
+PACKAGES = ["config", "experts", "router", "gateway", "autoscaling", "deployments", "observability", "demo", "bench"]
 RAY_ALLOWED = {"deployments", "bench"}
-SERVING = {"config", "experts", "router", "gateway", "autoscaling", "deployments"}
+SERVING = {"config", "experts", "router", "gateway", "autoscaling", "deployments", "observability"}
 
 
 def _modules() -> dict[str, Path]:
