@@ -108,7 +108,7 @@ class SamplingParams:
             problems.append(f"min_p must be in [0, 1], got {self.min_p!r}")
         if not integer(self.min_tokens) or self.min_tokens < 0:
             problems.append(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
-        elif integer(self.max_tokens) and self.min_tokens > self.max_tokens:
+        elif integer(self.max_tokens) and self.max_tokens >= 0 and self.min_tokens > self.max_tokens:
             problems.append(f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})")
         bias = self.logit_bias
         if isinstance(bias, dict):

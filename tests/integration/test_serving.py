@@ -202,7 +202,7 @@ BAD = [
         "negative max_tokens",
         J({"temperature": 0, "model": "intent", "prompt": "x", "max_tokens": -5}),
         400,
-        "max_tokens must be an integer >= 1, got -5",
+        "max_tokens must be an integer >= 1 (0 only with echo and logprobs), got -5",
     ),
     (
         "temperature out of range",

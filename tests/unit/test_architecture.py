@@ -7,7 +7,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["config", "experts", "router", "gateway", "autoscaling", "deployments", "observability", "demo", "bench"]
+PACKAGES = [
+    "config",
+    "experts",
+    "router",
+    "gateway",
+    "autoscaling",
+    "deployments",
+    "observability",
+    "cli",
+    "demo",
+    "bench",
+]
 RAY_ALLOWED = {"deployments", "bench"}
 SERVING = {"config", "experts", "router", "gateway", "autoscaling", "deployments", "observability"}
 
