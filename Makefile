@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := models/demo
 
-.PHONY: serve test lint format venv demo demo-cli bench byo clean
+.PHONY: serve test lint format venv tools demo demo-cli bench byo clean
 
 serve: demo
 	@echo "Starting Serve (ready in ~20-30 s) on http://127.0.0.1:8000 . Try:"
@@ -18,8 +18,14 @@ demo-cli: demo
 	$(PY) scripts/demo.py --models $(DEMO)
 
 # Lint first (seconds), then the whole suite.
-test: lint
+test: lint tools
 	$(PY) -m pytest tests
+
+# What the suite drives besides Python: promtool (Debian's prometheus package) checks the /metrics scrape,
+# and the official openai Node client (pinned in tests/clients/node/package-lock.json).
+tools:
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+	test -d tests/clients/node/node_modules/openai || npm ci --prefix tests/clients/node --no-audit --no-fund
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -109,12 +109,12 @@ def _advance(st: _State, token: int, logprob: TokenLogprob | None, tokenizer, eo
     st.token_times.append(time.perf_counter())
     if st.grammar is not None:
         st.grammar.accept(token)
+    if logprob is not None:  # the stopping token's too (OpenAI and vLLM list it; harnesses count on it)
+        st.logprobs.append(logprob)
     if (token in eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
         st.finish = "stop"
     else:
         st.ids.append(token)
-        if logprob is not None:
-            st.logprobs.append(logprob)
         st.text = tokenizer.decode(st.ids, skip_special_tokens=p.skip_special_tokens)
         cut, hit = -1, ""
         if st.steps >= p.min_tokens:  # stop strings count only from min_tokens on (vLLM's rule)

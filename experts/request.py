@@ -70,7 +70,8 @@ class Result:
     completion_tokens: int
     stages: list[str] = field(default_factory=list)  # chain: every stage's output, last == text
     token_ids: list[int] = field(default_factory=list)  # the (last stage's) generated tokens, EOS excluded
-    logprobs: list[TokenLogprob] | None = None  # per token of `token_ids`, when the request asked for them
+    # per token of `token_ids`, when asked for, plus the stopping token's (EOS or a stop token id) when one ended it
+    logprobs: list[TokenLogprob] | None = None
     more: list[Choice] = field(default_factory=list)  # choices 2..n (n > 1)
     prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token (echo), the first without a value
     timing: Timing | None = None

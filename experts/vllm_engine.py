@@ -215,9 +215,7 @@ class _Output:
             self.logprobs = [] if self.logprobs is not None else None
         self.n_tokens = len(self.token_ids)
         if self.finish_reason == "stop" and self.token_ids and self.token_ids[-1] in eos_ids:
-            self.token_ids = self.token_ids[:-1]
-            if self.logprobs:
-                self.logprobs = self.logprobs[: len(self.token_ids)]
+            self.token_ids = self.token_ids[:-1]  # its logprob entry stays, as in OpenAI's and vLLM's answers
 
     @property
     def text(self) -> str:

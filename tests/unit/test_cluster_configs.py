@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib.metadata import version
 from pathlib import Path
 
@@ -53,10 +54,64 @@ def test_rayservice_shape(rayservice):
     assert cluster["rayVersion"] == version("ray")  # the image must run the Ray this project pins
     head = cluster["headGroupSpec"]
     assert all(_gpus(c) == 0 for c in _containers(head["template"])), "the head group is CPU only"
-    for c in _containers(head["template"]) + [
-        c for g in cluster["workerGroupSpecs"] for c in _containers(g["template"])
-    ]:
-        assert c["image"] == "loraplex:latest"
+    gpu_names = {g["groupName"] for g in _gpu_groups(rayservice)}
+    pods = [(None, head)] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
+    for group, spec in pods:
+        for c in _containers(spec["template"]):
+            # a pinned tag in a registry, pulled once: `:latest` is always pulled and names no registry
+            image, tag = c["image"].rsplit(":", 1)
+            assert "/" in image and "." in image.split("/")[0] and tag != "latest", c["image"]
+            assert c["imagePullPolicy"] == "IfNotPresent"
+            assert tag.endswith("-gpu") == (group in gpu_names), (group, c["image"])  # Dockerfile targets gpu / cpu
+    assert cluster["authOptions"] == {"mode": "token"}  # dashboard and Jobs API are not open
+
+
+def _gib(q: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    for u, f in units.items():
+        if q.endswith(u):
+            return float(q[: -len(u)]) * f
+    return float(q) / 2**30
+
+
+def test_gpu_pods_fit_the_nodes_and_the_starting_replicas(rayservice, serve_config):
+    """cluster.yaml's GPU nodes (g5.4xlarge) have 64 GiB, less of it allocatable; and the groups' starting
+    replicas (one GPU pod each) must fit the gpu-workers' starting pods, or Serve waits on the autoscaler."""
+    for g in _gpu_groups(rayservice):
+        for c in _containers(g["template"]):
+            assert _gib(c["resources"]["requests"]["memory"]) <= 58, c["resources"]
+            assert _gib(c["resources"]["limits"]["memory"]) <= 58
+    args = AppArgs(**serve_config["applications"][0]["args"])
+    starting = sum(max(g.num_replicas, g.autoscaling.min_replicas) for g in args.groups)
+    assert sum(g["replicas"] for g in _gpu_groups(rayservice)) >= starting
+    assert sum(g["minReplicas"] for g in _gpu_groups(rayservice)) == sum(
+        g.autoscaling.min_replicas for g in args.groups
+    )
+
+
+def test_the_secret_it_mounts_is_created_by_the_documented_command(rayservice):
+    """The manifest does not define `loraplex-keys` (keys never go in a manifest); its header's kubectl command
+    must create that Secret with every key the pods read."""
+    text = (CLUSTER / "rayservice.yaml").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    used: dict[str, set[str]] = {}
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = spec["template"]["spec"]
+        for v in pod.get("volumes", []):
+            if "secret" in v:
+                used.setdefault(v["secret"]["secretName"], set()).update(i["key"] for i in v["secret"].get("items", []))
+        for c in pod["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    used.setdefault(ref["name"], set()).add(ref["key"])
+    assert used
+    for name, keys in used.items():
+        m = re.search(rf"kubectl create secret generic {name} (.+?)(\n#\s*[^ -]|$)", header.replace("\\\n#", ""), re.S)
+        assert m, f"no documented command creates Secret {name}"
+        for key in keys:
+            assert f"--from-literal={key}=" in m.group(1), (name, key)
 
 
 def test_every_application_args_validate_as_app_args(serve_config):

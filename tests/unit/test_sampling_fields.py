@@ -167,6 +167,14 @@ def test_penalties_and_bias_follow_the_reference_formula(engine, ref, name, fiel
     assert r.token_ids != plain.token_ids  # the field changed the output (the test would notice it ignored)
 
 
+def test_the_stopping_token_has_a_logprob_entry(engine):
+    """OpenAI and vLLM list the EOS that ended a completion; lm-evaluation-harness's echo scoring counts on it."""
+    eos = engine.tokenizer.eos_token_id
+    r = engine.generate([_req("a", logit_bias={eos: 100.0}, min_tokens=2, logprobs=1, max_tokens=20)])[0]
+    assert r.finish_reason == "stop" and len(r.token_ids) == 2 and len(r.logprobs) == 3
+    assert r.logprobs[-1].token == engine.tokenizer.decode([eos])
+
+
 def test_min_tokens_holds_eos_back_and_logit_bias_pulls_it(engine):
     eos = engine.tokenizer.eos_token_id
     eager = engine.generate([_req("a", logit_bias={eos: 100.0}, max_tokens=20)])[0]
@@ -292,4 +300,4 @@ def test_chain_constrains_and_scores_only_its_last_stage(engine):
     first = engine.generate([_req("a", max_tokens=40)])[0]
     assert r.stages[0] == first.text  # the first stage ran free
     jsonschema.validate(json.loads(r.text), SCHEMA)
-    assert len(r.logprobs) == len(r.token_ids)
+    assert r.finish_reason == "stop" and len(r.logprobs) == len(r.token_ids) + 1  # the EOS that ended it, too
