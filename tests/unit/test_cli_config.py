@@ -26,3 +26,52 @@ def test_shipped_configs_pass_and_a_broken_one_lists_each_problem(tmp_path, caps
     assert "invalid config" in capsys.readouterr().err
     assert main(["serve", "--check", str(ROOT / "config" / "serve.yaml")]) == 0
     assert check_config(tmp_path / "missing.yaml") == [f"{tmp_path / 'missing.yaml'}: no such file"]
+
+
+CRD = {
+    "spec": {
+        "versions": [
+            {
+                "name": "v1",
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "replicas": {"type": "integer"},
+                                    "memory": {"x-kubernetes-int-or-string": True},
+                                    "mode": {"type": "string", "enum": ["disabled", "token"]},
+                                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                                    "items": {"type": "array", "items": {"type": "object", "properties": {"a": {}}}},
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        ]
+    }
+}
+
+
+def test_the_crd_check_reports_schema_errors_and_pruned_fields():
+    from loraplex.cli.rayservice_check import check
+
+    good = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "x"},
+        "spec": {"replicas": 2, "memory": "56Gi", "mode": "token", "free": {"any": 1}, "items": [{"a": 1}]},
+    }
+    assert check(good, CRD) == []
+    bad = {**good, "spec": {**good["spec"], "replicas": "two", "mode": "tokens", "typo": 1, "items": [{"b": 2}]}}
+    problems = check(bad, CRD)
+    assert any("spec.replicas" in p and "not of type 'integer'" in p for p in problems)
+    assert any("spec.mode" in p and "is not one of" in p for p in problems)
+    assert ".spec.typo: not in the CRD's schema (would be pruned)" in problems
+    assert ".spec.items[0].b: not in the CRD's schema (would be pruned)" in problems
