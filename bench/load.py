@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from loraplex.bench.systems import SYSTEMS, request_for
 from loraplex.bench.verdict import Criteria
+from loraplex.bench.vllm_bench import SUPPORTED as VLLM_BENCH_SYSTEMS
+from loraplex.bench.vllm_bench import run_vllm_bench
 from loraplex.bench.workloads import Arrival, WorkloadSpec, consistency_pairs, make_workload
 
 
@@ -36,6 +38,8 @@ class LadderSpec:
     systems: tuple[str, ...] = SYSTEMS
     reference: str = "baseline"  # runs first at step 0; its p50 there sets the SLO unless slo_ms is given
     stream: bool = False  # streamed requests (TTFT and TPOT) for every system that streams
+    client: str = "ours"  # "vllm-bench": vLLM's `bench serve` drives the systems it can (bench.vllm_bench)
+    tokenizer: str | None = None  # the bench model's folder (vllm-bench tokenizes its random prompts with it)
 
 
 def latency_ms(latencies_s: list[float]) -> dict[str, float | None]:
@@ -319,9 +323,25 @@ async def sweep(
             for system in step_order(i, spec.systems, spec.reference):
                 if spec.stop_after_fails and fails[system] >= spec.stop_after_fails:
                     continue
-                st = await run_step(
-                    client, system, urls[system], rate, work, spec.max_tokens, spec.timeout, spec.stream, names
-                )
+                if spec.client == "vllm-bench" and system in VLLM_BENCH_SYSTEMS:
+                    st = await asyncio.to_thread(
+                        run_vllm_bench,
+                        system,
+                        urls[system],
+                        rate,
+                        timeout_s=spec.timeout + 3 * len(work) / rate + 120,
+                        tokenizer=spec.tokenizer,
+                        names=names,
+                        num_prompts=len(work),
+                        prompt_tokens=spec.workload.prompt_tokens,
+                        max_tokens=spec.max_tokens,
+                        seed=spec.workload.seed + i,
+                        stream=spec.stream,
+                    )
+                else:
+                    st = await run_step(
+                        client, system, urls[system], rate, work, spec.max_tokens, spec.timeout, spec.stream, names
+                    )
                 if criteria is None:
                     if st["p50_ms"] is None:
                         raise RuntimeError(

@@ -93,6 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="stream every request that a system can stream (adds TTFT and TPOT; the PEFT baseline cannot)",
     )
+    p.add_argument(
+        "--client",
+        choices=["ours", "vllm-bench"],
+        default="ours",
+        help="load client: ours (Zipf adapter popularity, every system) or vLLM's `vllm bench serve` for "
+        "loraplex, loraplex-vllm and vllm-server (a uniformly random adapter per request; the others keep ours)",
+    )
     g = p.add_argument_group("deployment (same for both systems unless noted)")
     g.add_argument("--port", type=int, default=18230, help="Serve HTTP port on 127.0.0.1")
     g.add_argument("--ray-cpus", type=float, default=2.0, help="num_cpus of the local Ray cluster")
@@ -356,7 +363,10 @@ def main(argv=None) -> int:
         systems=a.systems,
         reference=reference_system(a.systems),
         stream=a.stream,
+        client=a.client,
+        tokenizer=str(base_dir),
     )
+    setup["client"] = a.client
     if any(s.startswith("vllm") or s.startswith("loraplex-vllm") for s in a.systems):
         setup["vllm"] = {
             "max_loras": a.vllm_max_loras,

@@ -50,3 +50,17 @@ def test_langchain_chat_openai_and_openai(server):
     assert llm.invoke(E.prompt).strip() == E.answer
     batch = llm.batch([E.prompt, E.prompt])
     assert [b.strip() for b in batch] == [E.answer, E.answer]
+
+
+def test_vllm_bench_serve_drives_the_server(server):
+    """vLLM's own benchmark client: it always sends `repetition_penalty` and streams with usage; every request of
+    a short Poisson run must succeed, with a random adapter each."""
+    from loraplex.bench.vllm_bench import run_vllm_bench
+    from tests.integration.conftest import DEMO
+
+    st = run_vllm_bench(
+        "loraplex", server, 4.0, timeout_s=300, tokenizer=str(DEMO / "base"),
+        names=["intent", "sentiment", "entities"], num_prompts=8, prompt_tokens=16, max_tokens=4, seed=0,
+    )  # fmt: skip
+    assert (st["completed"], st["errors"]) == (8, 0), st
+    assert st["ttft_p50_ms"] is not None and st["tpot_p50_ms"] is not None and st["tokens_per_s"] > 0

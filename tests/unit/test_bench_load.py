@@ -104,3 +104,52 @@ def test_run_step_against_a_fake_server():
     assert (st["system"], st["sent"], st["completed"], st["error_kinds"]) == ("baseline", 5, 4, {"http_503": 1})
     assert st["tokens_per_s"] > 0 and st["achieved_rps"] > 0
     assert st["server"] == {"requests": 5} and st["p99_ms"] is not None
+
+
+def test_vllm_bench_command_and_its_result_as_a_step(tmp_path):
+    from loraplex.bench.verdict import Criteria
+    from loraplex.bench.vllm_bench import bench_command, step_record
+
+    cmd = bench_command(
+        "http://h/app",
+        "/m",
+        ["a0", "a1"],
+        rate=4.0,
+        num_prompts=40,
+        prompt_tokens=32,
+        max_tokens=16,
+        seed=3,
+        result=tmp_path / "r.json",
+        stream=False,
+    )
+    assert cmd[1:5] == ["-m", "loraplex.bench.vllm_cli", "bench", "serve"]
+    flags = dict(zip(cmd[5::1], cmd[6::1]))
+    assert (flags["--base-url"], flags["--request-rate"], flags["--num-prompts"]) == ("http://h/app", "4.0", "40")
+    assert (flags["--random-input-len"], flags["--random-output-len"], flags["--served-model-name"]) == (
+        "32",
+        "16",
+        "base",
+    )
+    assert cmd[cmd.index("--lora-modules") + 1 :][:2] == ["a0", "a1"] and "--no-stream" in cmd and "--ignore-eos" in cmd
+    out = {
+        "completed": 38,
+        "failed": 2,
+        "duration": 10.0,
+        "request_throughput": 3.8,
+        "output_throughput": 60.8,
+        "median_e2el_ms": 400.0,
+        "p99_e2el_ms": 900.0,
+        "median_ttft_ms": 80.0,
+        "p99_ttft_ms": 200.0,
+        "median_tpot_ms": 20.0,
+        "p99_tpot_ms": 40.0,
+    }
+    st = step_record("loraplex", 4.0, out)
+    assert (st["sent"], st["error_rate"], st["achieved_rps"], st["p99_ms"], st["tpot_p50_ms"]) == (
+        40,
+        0.05,
+        3.8,
+        900.0,
+        20.0,
+    )
+    assert Criteria(1000.0, 0.1, 0.9).passes(st) and not Criteria(800.0, 0.1, 0.9).passes(st)
