@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.demo.data import make_examples
+from loraplex.demo.data import INTENTS, make_examples
 
 pytestmark = pytest.mark.integration
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
@@ -22,7 +22,11 @@ def test_official_openai_node_client(server):
     assert node, "node is missing (Node 20)"
     assert (NODE_DIR / "node_modules" / "openai").is_dir(), "run `make tools` (npm ci in tests/clients/node)"
     run = subprocess.run(
-        [node, "check.mjs", f"{server}/v1", E.prompt], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
+        [node, "check.mjs", f"{server}/v1", E.prompt, json.dumps(list(INTENTS))],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
@@ -31,7 +35,7 @@ def test_official_openai_node_client(server):
     assert c["text"].strip() == E.answer and c["routing"]["group"] == "support"
     assert "".join(c["tokens"]).startswith(c["text"]) and c["usage"]["completion_tokens"] >= 1
     assert out["many"] == [0, 1, 2, 3]  # 2 prompts x n=2
-    assert out["chat"]["finish"] == "stop" and isinstance(json.loads(out["chat"]["content"])["intent"], str)
+    assert out["chat"]["finish"] == "stop" and json.loads(out["chat"]["content"])["intent"] in INTENTS
     assert out["stream"]["text"] and out["stream"]["usage"]["completion_tokens"] >= 1
     assert out["error"]["status"] == 404 and out["error"]["name"] == "NotFoundError"
     assert "unknown adapter 'no-such-adapter'" in out["error"]["message"]

@@ -1,9 +1,9 @@
 // The official `openai` Node client against a running loraplex server: models, completions (logprobs,
 // n, a list of prompts), chat (JSON schema output), streaming with usage, and a typed error.
-// Usage: node check.mjs BASE_URL PROMPT   (prints one JSON object; tests/integration/test_clients.py reads it)
+// Usage: node check.mjs BASE_URL PROMPT LABELS_JSON  (prints one JSON object; tests/integration/test_clients.py reads it)
 import OpenAI from "openai";
 
-const [baseURL, prompt] = process.argv.slice(2);
+const [baseURL, prompt, labels] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey: "unused", maxRetries: 0, timeout: 120000 });
 const out = {};
 
@@ -12,7 +12,12 @@ const c = await client.completions.create({ model: "intent", prompt, max_tokens:
 out.completion = { text: c.choices[0].text, tokens: c.choices[0].logprobs.tokens, usage: c.usage, routing: c.routing };
 const many = await client.completions.create({ model: "intent", prompt: [prompt, prompt], n: 2, max_tokens: 4, temperature: 0.8, seed: 1 });
 out.many = many.choices.map((ch) => ch.index);
-const schema = { type: "object", properties: { intent: { type: "string" } }, required: ["intent"], additionalProperties: false };
+const schema = {
+  type: "object",
+  properties: { intent: { enum: JSON.parse(labels) } },
+  required: ["intent"],
+  additionalProperties: false,
+};
 const chat = await client.chat.completions.create({
   model: "intent",
   messages: [{ role: "user", content: [{ type: "text", text: prompt }] }],
