@@ -324,6 +324,7 @@ async def sweep(
                 if spec.stop_after_fails and fails[system] >= spec.stop_after_fails:
                     continue
                 if spec.client == "vllm-bench" and system in VLLM_BENCH_SYSTEMS:
+                    before, load0 = await fetch_stats(client, urls[system]), os.getloadavg()
                     st = await asyncio.to_thread(
                         run_vllm_bench,
                         system,
@@ -338,6 +339,9 @@ async def sweep(
                         seed=spec.workload.seed + i,
                         stream=spec.stream,
                     )
+                    st["loadavg_start"] = [round(x, 2) for x in load0]
+                    st["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+                    st["server"] = server_delta(system, before, await fetch_stats(client, urls[system]))
                 else:
                     st = await run_step(
                         client, system, urls[system], rate, work, spec.max_tokens, spec.timeout, spec.stream, names

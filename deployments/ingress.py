@@ -184,19 +184,21 @@ class RouterIngress:
             for part in plan.parts:
                 part.payload["request_id"] = plan.id
             if plan.stream:
-                return await self._stream(self._handle(plan), plan, chat, lambda *a: self._record(t0, body, plan, *a))
+                return await self._stream(
+                    self._handle(plan), plan, chat, lambda *a: self._record(t0, chat, body, plan, *a)
+                )
             results = await asyncio.gather(*(self._generate(self._handle(p), p.payload) for p in plan.parts))
             failed = [r for r in results if isinstance(r, LoraplexError)]
             response = error_response(failed[0]) if failed else JSONResponse(respond(plan, results))
             ok = [r for r in results if isinstance(r, Result)]
             usage = {k: sum(r.usage[k] for r in ok) for k in ("prompt_tokens", "completion_tokens")} if ok else None
-            self._record(t0, body, plan, response.status_code, usage, ok[0].timing if ok else None)
+            self._record(t0, chat, body, plan, response.status_code, usage, ok[0].timing if ok else None)
         except Exception as e:
             response = error_response(e)
-            self._record(t0, body, plan, response.status_code, None, None, rid)
+            self._record(t0, chat, body, plan, response.status_code, None, None, rid)
         return response
 
-    def _record(self, t0, body, plan, status: int, usage, timing, rid: str | None = None) -> None:
+    def _record(self, t0, chat: bool, body, plan, status: int, usage, timing, rid: str | None = None) -> None:
         """Metrics, the access line, and (opt-in) the traffic example, once the request is answered."""
         latency = time.perf_counter() - t0
         routing = plan.routing if plan else None
@@ -205,7 +207,7 @@ class RouterIngress:
         access_log.info(
             access_line(
                 request_id=plan.id if plan else rid,
-                route="chat" if isinstance(body, ChatCompletionRequest) else "completions",
+                route="chat" if chat else "completions",
                 status=status,
                 latency_s=latency,
                 model=getattr(body, "model", None),
@@ -266,8 +268,9 @@ class RouterIngress:
             finished = False
             status, usage, timing = 499, None, None  # 499: the client went away before the end
             try:
-                yield responses.stream_chunk(plan, chat, "", first=True)
-                item = first
+                text = first if isinstance(first, str) else ""
+                yield responses.stream_chunk(plan, chat, text, first=True)
+                item = await gen.__anext__() if isinstance(first, str) else first
                 while True:
                     if isinstance(item, LoraplexError):
                         status = http_error(item).status
@@ -279,8 +282,7 @@ class RouterIngress:
                         if plan.include_usage:
                             yield responses.stream_chunk(plan, chat, None, usage=item.usage)
                         break
-                    if item:
-                        yield responses.stream_chunk(plan, chat, item)
+                    yield responses.stream_chunk(plan, chat, item)  # empty deltas too: a token without text
                     item = await gen.__anext__()
                 yield responses.DONE
                 finished = True

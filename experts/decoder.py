@@ -131,6 +131,8 @@ def _advance(st: _State, token: int, logprob: TokenLogprob | None, tokenizer, eo
         if safe > st.emitted:
             st.item.on_token(st.text[st.emitted : safe])
             st.emitted = safe
+        elif st.finish is None:  # a token with no new text (special, or a held-back stop prefix): still a chunk,
+            st.item.on_token("")  # as vLLM streams it; clients time tokens by chunks (vllm bench serve's TPOT)
 
 
 def _seed(p: SamplingParams, choice: int) -> int:

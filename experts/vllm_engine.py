@@ -460,8 +460,8 @@ class VllmReplica:
                             continue
                         o = outs[c.index]
                         o.add(c, params.logprobs)
-                        if c.index == 0 and c.text and on_token is not None:
-                            on_token(c.text)
+                        if c.index == 0 and c.token_ids and on_token is not None:
+                            on_token(c.text)  # empty text too: one chunk per step, as vLLM's server streams
             except VLLMClientError as e:  # vLLM's request checks (its 4xx class): a 400 here too, not a 500
                 raise SamplingError(f"vLLM refused the request: {e}") from None
             for o in outs:

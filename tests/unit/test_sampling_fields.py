@@ -202,6 +202,9 @@ def test_skip_special_tokens_false_keeps_them_in_the_text(engine):
     kept = engine.generate([_req("a", skip_special_tokens=False, **kw)])[0]
     assert skipped.token_ids == kept.token_ids == [pad] * 3
     assert skipped.text == "" and kept.text == engine.tokenizer.pad_token * 3
+    pieces: list[str] = []
+    engine.generate([Request.from_json(PROMPT, "a", on_token=pieces.append, **kw)])
+    assert pieces == ["", ""]  # a chunk per token without text (the last one ends the stream), as vLLM streams
 
 
 def test_min_p_drops_tokens_below_its_share_of_the_top_probability(engine):
