@@ -85,7 +85,8 @@ class ExpertDeployment:
 
     def _observe(self, payload: GenerationPayload, out: Outcome) -> None:
         if isinstance(out, Result):
-            self.metrics.observe_result(serve.get_multiplexed_model_id() or None, out.timing)
+            batch = self.engine.stats()["last_batch_size"]
+            self.metrics.observe_result(serve.get_multiplexed_model_id() or None, out.timing, batch)
 
     async def generate_stream(self, payload: GenerationPayload):
         """Yields text deltas (str), then the final `Result` or typed error."""

@@ -191,7 +191,7 @@ class RouterIngress:
             failed = [r for r in results if isinstance(r, LoraplexError)]
             response = error_response(failed[0]) if failed else JSONResponse(respond(plan, results))
             ok = [r for r in results if isinstance(r, Result)]
-            usage = {k: sum(r.usage[k] for r in ok) for k in ("prompt_tokens", "completion_tokens")} if ok else None
+            usage = responses.usage(ok) if ok else None
             self._record(t0, chat, body, plan, response.status_code, usage, ok[0].timing if ok else None)
         except Exception as e:
             response = error_response(e)

@@ -220,7 +220,6 @@ class Decoder:
             raw = torch.log_softmax(logits[want], dim=-1) if want else None  # [len(want), vocab], before processing
             process = [n for n, p in enumerate(params) if needs_processing(p)]
             if process:
-                logits = logits.clone() if logits.data_ptr() == self._logits.data_ptr() else logits
                 ctx = [
                     RowContext(params[n], states[n].item.prompt_ids, states[n].ids, states[n].grammar) for n in process
                 ]

@@ -85,10 +85,7 @@ class Engine:
         if isinstance(request.composition, Chain):
             if not isinstance(request.prompt, str):
                 raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
-            if params.n > 1 or params.prompt_logprobs is not None:
-                raise SamplingError(
-                    "n > 1 and echo are not supported with chain compositions (each stage feeds the next)"
-                )
+            params.check_chain()
             prompt: str | list[int] = request.composition.stages[0].render(request.prompt, "")
         else:
             prompt = request.prompt

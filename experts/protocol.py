@@ -8,7 +8,7 @@ second engine (e.g. one backed by vLLM) plugs in by implementing them; the nativ
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.errors import LoraplexError
@@ -21,6 +21,7 @@ class GenerationPayload(TypedDict):
     prompt: str | list[int]
     composition: Any  # the engine's composition spec (JSON), or None for the base model
     sampling: dict[str, Any]  # SamplingParams fields
+    request_id: NotRequired[str]  # the client's request id (logs, vLLM's request ids)
 
 
 Outcome = Result | LoraplexError  # what a replica answers: a typed value either way, never a dict with a class name

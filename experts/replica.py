@@ -77,6 +77,7 @@ class NativeReplica:
                 payload.get("composition"),
                 on_token=on_token,
                 cancel=cancel,
+                request_id=payload.get("request_id"),
                 **payload.get("sampling", {}),
             )
         except LoraplexError as e:

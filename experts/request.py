@@ -20,6 +20,7 @@ class Request:
     on_token: TokenCallback | None = None
     cancel: threading.Event | None = None  # set it (e.g. the client went away) to stop this request's decoding
     arrival: float = field(default_factory=time.perf_counter)  # when the engine got it (latency metrics start here)
+    request_id: str | None = None  # the client's id (x-request-id): the vLLM engine's request ids carry it
 
     @classmethod
     def from_json(
@@ -28,9 +29,11 @@ class Request:
         composition: object = None,
         on_token: TokenCallback | None = None,
         cancel: threading.Event | None = None,
+        request_id: str | None = None,
         **sampling: object,
     ) -> Request:
-        return cls(prompt, parse_composition(composition), SamplingParams(**sampling), on_token, cancel)  # type: ignore[arg-type]
+        comp = parse_composition(composition)
+        return cls(prompt, comp, SamplingParams(**sampling), on_token, cancel, request_id=request_id)  # type: ignore[arg-type]
 
 
 @dataclass

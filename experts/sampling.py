@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -145,6 +145,15 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def check_chain(self) -> None:
+        """A chain's stages feed each other: one answer, and no prompt to score."""
+        if self.n > 1 or self.prompt_logprobs is not None:
+            raise SamplingError("n > 1 and echo are not supported with chain compositions (stages feed each other)")
+
+    def feeding_stage(self) -> SamplingParams:
+        """A chain's earlier stages feed the next one: only the last is constrained to a format and scored."""
+        return replace(self, structured=None, logprobs=None)
 
     @property
     def copies(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from loraplex.experts.adapters.store import Lease
@@ -117,7 +117,7 @@ class Scheduler:
             prompt = st.render(req.prompt, w.texts[-1] if w.texts else "")
             if last:
                 return comp, prompt, req.params, req.on_token
-            return comp, prompt, replace(req.params, structured=None, logprobs=None), None
+            return comp, prompt, req.params.feeding_stage(), None
         return req.composition, req.prompt, req.params, req.on_token
 
     def _admit(self) -> list[GenItem]:

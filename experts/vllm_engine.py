@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import itertools
 import logging
 import os
@@ -160,6 +159,22 @@ def composed_weights(comp: Composition) -> dict[str, float] | None:
     return None
 
 
+def _entry(step: dict, token_id: int, k: int) -> TokenLogprob:
+    """One position of vLLM's logprobs ({token id: Logprob}, the chosen token among them) as ours, top `k`."""
+    chosen = step[token_id]
+    top = sorted(step.values(), key=lambda lp: lp.rank or 0)[:k]
+    return TokenLogprob(
+        chosen.decoded_token or "", chosen.logprob, [(lp.decoded_token or "", lp.logprob) for lp in top]
+    )
+
+
+def vllm_request_id(request_id: str | None) -> str:
+    """vLLM's id for one generate call: the client's request id (so vLLM's own log lines carry it), made unique
+    per call (a chain's stages and a list of prompts each make one)."""
+    suffix = uuid.uuid4().hex[:8] if request_id else uuid.uuid4().hex
+    return f"{request_id}-{suffix}" if request_id else suffix
+
+
 class _Output:
     """One choice being streamed out of vLLM (`RequestOutputKind.DELTA`: each update holds only new tokens)."""
 
@@ -182,15 +197,7 @@ class _Output:
             if step is None:
                 out.append(TokenLogprob(self.first_token, None, None))
                 continue
-            chosen = step[tid]
-            top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
-            out.append(
-                TokenLogprob(
-                    chosen.decoded_token or "",
-                    chosen.logprob,
-                    [(lp.decoded_token or "", lp.logprob) for _, lp in top[:k]],
-                )
-            )
+            out.append(_entry(step, tid, k))
         self.prompt_logprobs = out
 
     def add(self, c, logprobs: int | None) -> None:
@@ -199,11 +206,7 @@ class _Output:
         self.token_ids += c.token_ids
         if logprobs is not None and c.logprobs is not None:
             self.logprobs = self.logprobs or []
-            for token_id, step in zip(c.token_ids, c.logprobs):
-                chosen = step[token_id]
-                top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
-                alternatives = [(lp.decoded_token or "", lp.logprob) for _, lp in top[:logprobs]]
-                self.logprobs.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, alternatives))
+            self.logprobs += [_entry(step, t, logprobs) for t, step in zip(c.token_ids, c.logprobs)]
         if c.finish_reason is not None:
             self.finish_reason = c.finish_reason if c.finish_reason in ("stop", "length") else "cancelled"
 
@@ -317,7 +320,11 @@ class VllmReplica:
             self.inflight += 1
         try:
             req = Request.from_json(
-                payload["prompt"], payload.get("composition"), on_token=on_token, **payload.get("sampling", {})
+                payload["prompt"],
+                payload.get("composition"),
+                on_token=on_token,
+                request_id=payload.get("request_id"),
+                **payload.get("sampling", {}),
             )
         except LoraplexError as e:
             self._answer(fut, e)
@@ -367,7 +374,7 @@ class VllmReplica:
             self.store.resolve(name)
         if not isinstance(comp, Chain):
             ids = encode_prompt(self.tokenizer, req.prompt, req.params.max_tokens, self.max_positions)
-            choices = await self._generate(comp, ids, req.params, req.on_token)
+            choices = await self._generate(comp, ids, req.params, req.on_token, req.request_id)
             first = choices[0]
             more = [Choice(o.text, o.finish_reason, o.token_ids, o.logprobs) for o in choices[1:]]
             completion = sum(c.n_tokens for c in choices)
@@ -383,8 +390,7 @@ class VllmReplica:
                 first.prompt_logprobs,
                 first.timing(req.arrival),
             )
-        if req.params.n > 1 or req.params.prompt_logprobs is not None:
-            raise SamplingError("n > 1 and echo are not supported with chain compositions (stages feed each other)")
+        req.params.check_chain()
         if not isinstance(req.prompt, str):
             raise RequestError("chain compositions need a text prompt (stage templates are text), got token ids")
         texts: list[str] = []
@@ -398,9 +404,8 @@ class VllmReplica:
                 self.max_positions,
             )
             stage_comp = Single(stage.adapter) if stage.adapter else Base()
-            # earlier stages feed the next one: only the last is constrained to a format and scored
-            params = req.params if last else dataclasses.replace(req.params, structured=None, logprobs=None)
-            (out,) = await self._generate(stage_comp, ids, params, req.on_token if last else None)
+            params = req.params if last else req.params.feeding_stage()
+            (out,) = await self._generate(stage_comp, ids, params, req.on_token if last else None, req.request_id)
             texts.append(out.text)
             prompt_tokens += len(ids)
             completion_tokens += out.n_tokens
@@ -419,7 +424,12 @@ class VllmReplica:
         )
 
     async def _generate(
-        self, comp: Composition, ids: list[int], params: SamplingParams, on_token: TokenCallback | None
+        self,
+        comp: Composition,
+        ids: list[int],
+        params: SamplingParams,
+        on_token: TokenCallback | None,
+        request_id: str | None = None,
     ) -> list[_Output]:
         """The request's `n` outputs; `on_token` streams choice 0 (streaming with n > 1 is refused upstream)."""
         from vllm import SamplingParams as VllmSampling
@@ -451,7 +461,7 @@ class VllmReplica:
                 outs[0].first_token = token_texts(self.tokenizer, ids[:1])[0]
             try:
                 async for ro in self.llm.generate(
-                    TokensPrompt(prompt_token_ids=ids), sp, uuid.uuid4().hex, lora_request=lora
+                    TokensPrompt(prompt_token_ids=ids), sp, vllm_request_id(request_id), lora_request=lora
                 ):
                     if params.prompt_logprobs is not None:
                         outs[0].add_prompt(ro, params.prompt_logprobs)

@@ -45,7 +45,8 @@ def _chat_logprobs(c: Choice) -> dict | None:
     }
 
 
-def _usage(results: list[Result]) -> dict[str, int]:
+def usage(results: list[Result]) -> dict[str, int]:
+    """The usage of a request: its parts' (one per prompt) summed."""
     prompt = sum(r.prompt_tokens for r in results)
     completion = sum(r.completion_tokens for r in results)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -61,7 +62,7 @@ def _response(plan: Plan, results: list[Result], prefix: str, obj: str, choices:
         "created": plan.created,
         "model": plan.model,
         "choices": choices,
-        "usage": _usage(results),
+        "usage": usage(results),
         "routing": plan.routing,
     }
 

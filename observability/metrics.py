@@ -189,8 +189,9 @@ class ExpertMetrics(_Metrics):
         self._last: dict[str, float] = {}
         self._resident: set[tuple[str, str]] = set()
 
-    def observe_result(self, adapter: str | None, timing) -> None:
-        """One answered request's `experts.request.Timing`."""
+    def observe_result(self, adapter: str | None, timing, batch_size: int) -> None:
+        """One answered request's `experts.request.Timing`, and the running batch as it ends."""
+        self.batch_size.observe(batch_size)
         if timing is None:
             return
         a = adapter or "base"
@@ -207,7 +208,6 @@ class ExpertMetrics(_Metrics):
 
     def observe_stats(self, stats: dict) -> None:
         """The engine's counters (`ServingEngine.stats`): gauges set, counters advanced by what changed."""
-        self.batch_size.observe(stats["last_batch_size"])
         self.inflight.set(stats["inflight"])
         self.pending.set(stats.get("pending", 0))
         last = self._last

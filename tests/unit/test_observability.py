@@ -23,7 +23,7 @@ def promtool_check(text: str) -> None:
 
 def _expert(adapter: str, tokens: int) -> ExpertMetrics:
     m = ExpertMetrics()
-    m.observe_result(adapter, Timing(0.01, 0.2, 0.5, [0.02, 0.03]))
+    m.observe_result(adapter, Timing(0.01, 0.2, 0.5, [0.02, 0.03]), 3)
     m.observe_stats(
         {
             "last_batch_size": 3,

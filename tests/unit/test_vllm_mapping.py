@@ -135,3 +135,11 @@ def test_a_logits_blend_without_a_native_group_is_a_400_naming_the_groups(tiny):
     with pytest.raises(CompositionError, match=r"groups: g1 \(vllm\), g2 \(vllm\)\); use blend space 'delta'") as e:
         gw.group_for(parse_composition(LOGITS))
     assert e.value.status == 400
+
+
+def test_vllm_request_ids_carry_the_clients_id_and_stay_unique():
+    from loraplex.experts.vllm_engine import vllm_request_id
+
+    a, b = vllm_request_id("req-7"), vllm_request_id("req-7")
+    assert a.startswith("req-7-") and b.startswith("req-7-") and a != b
+    assert len(vllm_request_id(None)) == 32
