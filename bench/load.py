@@ -365,3 +365,61 @@ async def sweep(
             if spec.stop_after_fails and all(fails[s] >= spec.stop_after_fails for s in spec.systems):
                 break
     return steps, criteria
+
+
+CLOSED_KINDS = ("base", "distinct")
+
+
+def parse_closed_loop(text: str) -> list[tuple[str, int]]:
+    """`base:32,distinct:32` -> [("base", 32), ("distinct", 32)]: what runs with that many requests in flight."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, n = part.partition(":")
+        if kind not in CLOSED_KINDS or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"closed-loop shape {part!r}: expected KIND:CONCURRENCY with KIND in {list(CLOSED_KINDS)}")
+        out.append((kind, int(n)))
+    return out
+
+
+async def closed_loop(
+    spec: LadderSpec, urls: dict[str, str], names: list[str], shapes: list[tuple[str, int]], prompts_per_slot: int
+) -> list[dict]:
+    """vLLM's client with a fixed number of requests in flight (`--max-concurrency`, no arrival rate): `base`
+    sends every request to the base model, `distinct` a uniformly random adapter of `names` per request.
+    The throughput a system reaches when it is never idle; systems run back to back per shape."""
+    import httpx
+
+    out = []
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for k, (kind, n) in enumerate(shapes):
+            for system in step_order(k, spec.systems, spec.reference):
+                if system not in VLLM_BENCH_SYSTEMS:
+                    continue
+                before, load0 = await fetch_stats(client, urls[system]), os.getloadavg()
+                st = await asyncio.to_thread(
+                    run_vllm_bench,
+                    system,
+                    urls[system],
+                    float("inf"),
+                    timeout_s=spec.timeout * prompts_per_slot + 300,
+                    tokenizer=spec.tokenizer,
+                    names=names if kind == "distinct" else [],
+                    num_prompts=n * prompts_per_slot,
+                    prompt_tokens=spec.workload.prompt_tokens,
+                    max_tokens=spec.max_tokens,
+                    seed=spec.workload.seed + 1000 + k,
+                    stream=spec.stream,
+                    max_concurrency=n,
+                )
+                st.update(shape=kind, concurrency=n, offered_rps=None)
+                st["loadavg_start"] = [round(x, 2) for x in load0]
+                st["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+                st["server"] = server_delta(system, before, await fetch_stats(client, urls[system]))
+                out.append(st)
+                print(
+                    f"closed {kind}:{n} {system:17s} {st['achieved_rps']:6.2f} req/s, TPOT p50 "
+                    f"{st['tpot_p50_ms']} ms, e2e p99 {st['p99_ms']} ms, errors {st['errors']}",
+                    flush=True,
+                )
+                await asyncio.sleep(spec.cooldown)
+    return out

@@ -68,7 +68,12 @@ def plot_serving(report: dict, path: Path) -> None:
         "loraplex-vllm-mix": "#a5c",
     }
     summ = report["summary"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    closed = report.get("closed_loop") or []
+    if closed:
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.8))
+        _closed_bars(ax3, closed, colors)
+    else:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for s in report["setup"]["systems"]:
         xs = [x for x in report["steps"] if x["system"] == s]
         if not xs:
@@ -110,7 +115,7 @@ def plot_serving(report: dict, path: Path) -> None:
         if s in summ and summ[s].get("sustainable_ratio") is not None
     )
     fig.suptitle(
-        f"{st['adapters']} adapters r{st['rank']}, Zipf s={st['zipf_s']}, "
+        f"{st.get('dtype', 'float32')}, {st['adapters']} adapters r{st['rank']}, Zipf s={st['zipf_s']}, "
         f"hidden {st['model']['hidden']}x{st['model']['layers']}L, "
         f"{st['max_tokens']} new tokens, 1 replica x {st['replica_cpus']} CPU each; sustainable: {ratio}",
         fontsize=9,
@@ -119,6 +124,26 @@ def plot_serving(report: dict, path: Path) -> None:
     ax2.set_title("throughput: achieved vs offered (dotted: sustainable)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _closed_bars(ax, closed: list[dict], colors: dict) -> None:
+    """Closed-loop runs (N requests in flight): completed req/s per shape, one bar per system."""
+    shapes = sorted({f"{x['shape']}:{x['concurrency']}" for x in closed})
+    systems = sorted({x["system"] for x in closed})
+    width = 0.8 / max(1, len(systems))
+    for j, s in enumerate(systems):
+        vals = [
+            next((x["achieved_rps"] for x in closed if x["system"] == s and f"{x['shape']}:{x['concurrency']}" == k), 0)
+            for k in shapes
+        ]
+        xs = [i + j * width for i in range(len(shapes))]
+        ax.bar(xs, vals, width, color=colors.get(s, "#888"), label=LABELS.get(s, s))
+        for x, v in zip(xs, vals):
+            ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], [f"{k} in flight" for k in shapes])
+    ax.set_ylabel("completed req/s")
+    ax.set_title("closed loop (vllm bench serve --max-concurrency)")
+    ax.legend(fontsize=7)
 
 
 def plot_soak(report: dict, path: Path) -> None:

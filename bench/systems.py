@@ -78,6 +78,7 @@ class DeploySpec:
     max_queued: int  # max_queued_requests of each model deployment
     baseline_max_models: int | None  # baseline max_num_models_per_replica; None = every adapter (no eviction)
     max_tokens: int  # tokens per request: loraplex's max_tokens_limit must allow it
+    dtype: str = "float32"  # every system's weights and compute (loraplex engine dtype, vLLM --dtype)
     # engine: vllm systems and vLLM's own server (the same values for both)
     vllm_max_loras: int = 8
     vllm_max_cpu_loras: int = 128
@@ -112,7 +113,7 @@ def loraplex_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: lis
         "base_model": str(base_dir),
         "adapter_roots": [str(ad_dir)],
         "device": "cpu",
-        "dtype": "float32",
+        "dtype": spec.dtype,
         "max_rank": spec.rank,
         "target_modules": list(spec.targets),
         "ingress_num_cpus": spec.ingress_cpus,
@@ -165,6 +166,7 @@ def loraplex_vllm_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names
         "cpu_kvcache_space_gb": spec.vllm_kv_gb,
         "cpu_threads_bind": spec.vllm_threads_bind,
         "composed_cache_count": 4 * len(names),
+        "dtype": spec.dtype,
     }
     args["groups"] = [group]
     return args

@@ -104,3 +104,50 @@ def summarize(steps: list[dict], criteria: Criteria, systems: tuple[str, ...] = 
         out["sustainable_ratio"] = out["loraplex"]["sustainable_ratio"]  # the headline: loraplex as shipped
         out["target_3x_met"] = out["loraplex"]["target_3x_met"]
     return out
+
+
+# issue 16's targets for the native engine against vLLM's own server, in each dtype
+NATIVE_VS_VLLM_TARGETS = {"sustainable_ratio": 1.5, "tpot_ratio_max": 1.0, "distinct": 2.0, "base": 1.0}
+
+
+def native_vs_vllm(summary: dict, steps: list[dict], closed: list[dict]) -> dict | None:
+    """loraplex (native) against vllm-server: sustainable-rate ratio at the run's p99 SLO, TPOT p50 ratios at
+    the rates both ran (1-4 req/s are the target's), and the closed-loop throughput ratios per shape."""
+    if "loraplex" not in summary and not closed:
+        return None
+    out: dict = {"targets": NATIVE_VS_VLLM_TARGETS}
+    if "loraplex" in summary and "vllm-server" in summary:
+        a, b = summary["loraplex"]["sustainable_rps"], summary["vllm-server"]["sustainable_rps"]
+        out["sustainable_ratio"] = _ratio(a, b)
+        out["lower_bound_only"] = summary["loraplex"]["lower_bound_only"]
+        tpot = {}
+        for x in steps:
+            if x["system"] != "loraplex" or x.get("tpot_p50_ms") is None:
+                continue
+            ref = next(
+                (y for y in steps if y["system"] == "vllm-server" and y["offered_rps"] == x["offered_rps"]), None
+            )
+            if ref and ref.get("tpot_p50_ms"):
+                tpot[str(x["offered_rps"])] = {
+                    "loraplex_ms": x["tpot_p50_ms"],
+                    "vllm_server_ms": ref["tpot_p50_ms"],
+                    "ratio": round(x["tpot_p50_ms"] / ref["tpot_p50_ms"], 3),
+                }
+        out["tpot_p50"] = tpot
+        low = [v["ratio"] for k, v in tpot.items() if 1 <= float(k) <= 4]
+        out["tpot_target_met"] = bool(low) and max(low) <= NATIVE_VS_VLLM_TARGETS["tpot_ratio_max"]
+        out["sustainable_target_met"] = bool(
+            out["sustainable_ratio"] and out["sustainable_ratio"] >= NATIVE_VS_VLLM_TARGETS["sustainable_ratio"]
+        )
+    for shape in sorted({f"{x['shape']}:{x['concurrency']}" for x in closed}):
+        by = {x["system"]: x for x in closed if f"{x['shape']}:{x['concurrency']}" == shape}
+        row = {
+            s: {"rps": x["achieved_rps"], "tpot_p50_ms": x["tpot_p50_ms"], "p99_ms": x["p99_ms"]} for s, x in by.items()
+        }
+        if "loraplex" in by and "vllm-server" in by:
+            ratio = _ratio(by["loraplex"]["achieved_rps"], by["vllm-server"]["achieved_rps"])
+            row["ratio"] = ratio
+            row["target"] = NATIVE_VS_VLLM_TARGETS[shape.split(":")[0]]
+            row["target_met"] = bool(ratio and ratio >= row["target"])
+        out[shape] = row
+    return out

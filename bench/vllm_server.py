@@ -26,7 +26,7 @@ def server_command(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[s
         "--model",
         str(base_dir),
         "--dtype",
-        "float32",
+        spec.dtype,
         "--host",
         "127.0.0.1",
         "--port",

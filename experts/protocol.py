@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any, NotRequired, Protocol, TypedDict
 
-from loraplex.experts.decoder import TokenCallback
+from loraplex.experts.choices import TokenCallback
 from loraplex.experts.errors import LoraplexError
 from loraplex.experts.request import Result
 

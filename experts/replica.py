@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future
 
 from loraplex.config.engine import EngineConfig
-from loraplex.experts.decoder import TokenCallback
+from loraplex.experts.choices import TokenCallback
 from loraplex.experts.engine import Engine
 from loraplex.experts.errors import LoraplexError, RequestError, as_error
 from loraplex.experts.protocol import GenerationPayload, Outcome, count_outcome

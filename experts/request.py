@@ -6,8 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from loraplex.experts.choices import TokenCallback
 from loraplex.experts.composition import Base, Composition, parse_composition
-from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.logprobs import TokenLogprob
 from loraplex.experts.sampling import SamplingParams
 

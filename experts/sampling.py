@@ -175,25 +175,34 @@ def sampling_payload(params: SamplingParams) -> dict:
 def choose_tokens(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> torch.Tensor:
-    """One token per row of processed `logits: [rows, vocab]` (`experts.logits`); greedy rows are vectorised,
-    sampled rows use their own generator. Order as vLLM's sampler: temperature, min_p, top-k, top-p."""
+    """One token per row of processed `logits: [rows, vocab]` (`experts.logits`). Greedy rows take the argmax;
+    sampled rows are filtered together on the logits' device, in vLLM's order (temperature, top-k, min-p,
+    top-p), and drawn by the exponential race (argmax of p / E, E ~ Exp(1): a draw from p) with one noise
+    row per choice from its own generator, so seeded choices reproduce whatever shares their batch."""
     tokens = logits.argmax(dim=-1)  # [rows]
-    for i, p in enumerate(params):
-        if p.greedy:
-            continue
-        row = logits[i].float() / p.temperature  # [vocab]
-        if p.top_k > 0 and p.top_k < row.numel():
-            kth = torch.topk(row, p.top_k).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        if p.min_p > 0:
-            probs = torch.softmax(row, dim=-1)
-            row = row.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
-        probs = torch.softmax(row, dim=-1)
-        if p.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < p.top_p  # always keeps the most likely token
-            mask = torch.zeros_like(probs, dtype=torch.bool).scatter(0, order, keep)
-            probs = torch.where(mask, probs, torch.zeros_like(probs))
-            probs = probs / probs.sum()
-        tokens[i] = torch.multinomial(probs.cpu(), 1, generator=generators[i]).to(tokens.device)[0]
+    picked = [i for i, p in enumerate(params) if not p.greedy]
+    if not picked:
+        return tokens
+    ps = [params[i] for i in picked]
+    dev, vocab = logits.device, logits.shape[-1]
+    x = logits[picked].float()  # [sampled, vocab]
+    x = x / torch.tensor([p.temperature for p in ps], device=dev)[:, None]
+    ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in ps]
+    if min(ks) < vocab:
+        kth = x.topk(max(ks), dim=-1).values.gather(1, torch.tensor(ks, device=dev)[:, None] - 1)  # [sampled, 1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if any(p.min_p > 0 for p in ps):
+        probs = torch.softmax(x, dim=-1)
+        floor = torch.tensor([p.min_p for p in ps], device=dev)[:, None] * probs.max(dim=-1, keepdim=True).values
+        x = x.masked_fill(probs < floor, float("-inf"))
+    probs = torch.softmax(x, dim=-1)  # [sampled, vocab]
+    if any(p.top_p < 1.0 for p in ps):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        top_p = torch.tensor([p.top_p for p in ps], device=dev)[:, None]
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+        probs = probs * torch.zeros_like(keep).scatter(1, order, keep)
+    noise = torch.empty(len(picked), vocab)  # on the CPU, where the generators live
+    for j, i in enumerate(picked):
+        noise[j].exponential_(generator=generators[i])
+    tokens[picked] = (probs / noise.to(dev)).argmax(dim=-1)
     return tokens

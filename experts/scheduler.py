@@ -19,13 +19,27 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from loraplex.experts.adapters.store import Lease
+from loraplex.experts.choices import GenItem, GenOutput, TokenCallback
 from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
-from loraplex.experts.decoder import Decoder, GenItem, GenOutput, TokenCallback
 from loraplex.experts.errors import CapacityError, LoraplexError, as_error
 from loraplex.experts.request import Choice, Request, Result, Timing
 from loraplex.experts.sampling import SamplingParams
 
 Done = Callable[[Result | LoraplexError], None]
+
+
+class BatchDecoder(Protocol):
+    """A running batch (`experts.decoder.Decoder`, `experts.hf_decoder.HFDecoder`)."""
+
+    can_join: bool
+    last_size: int
+    num_rows: int
+
+    def step(self, joining: list[GenItem]) -> list[tuple[GenItem, list[GenOutput]]]: ...
+
+    def clear(self) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 class BatchEngine(Protocol):
@@ -41,7 +55,7 @@ class BatchEngine(Protocol):
 
     def release(self, lease: Lease) -> None: ...
 
-    def new_decoder(self) -> Decoder: ...
+    def new_decoder(self) -> BatchDecoder: ...
 
 
 @dataclass

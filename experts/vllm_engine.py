@@ -42,8 +42,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from loraplex.config.engine import EngineConfig, VllmOptions
 from loraplex.experts.adapters.composed import ComposedAdapter, ComposedAdapterCache, compose, write_peft
 from loraplex.experts.adapters.store import AdapterStore
+from loraplex.experts.choices import TokenCallback
 from loraplex.experts.composition import Base, Blend, Chain, Composition, Moe, Single, Stack, adapters_of
-from loraplex.experts.decoder import TokenCallback
 from loraplex.experts.engine import pick_device, pick_dtype
 from loraplex.experts.errors import (
     AdapterValidationError,

@@ -71,7 +71,7 @@ class Gateway:
         self.sampling_defaults = {**OPENAI_DEFAULTS, **(sampling_defaults or {})}  # see gateway.generation_defaults
         self.policy = args.routing  # a PolicyConfig: the app's routing knobs, one source of their defaults
         self._ttl = adapters_ttl_s
-        self._adapters: tuple[float, list[str]] = (0.0, [])
+        self._adapters: tuple[float, list[str]] = (-float("inf"), [])  # never scanned (monotonic() may be < ttl)
         routing = args.routing
         reservoir = Reservoir(routing.traffic_examples_per_adapter) if routing.learn_from_traffic else None
         # registered adapters' example prompts (and learned traffic): the prototype head beside the trained one
@@ -109,7 +109,7 @@ class Gateway:
 
     def invalidate(self) -> None:
         """Forget the cached adapter list (after a run-time registration or removal)."""
-        self._adapters = (0.0, [])
+        self._adapters = (-float("inf"), [])
 
     def model_ids(self) -> list[str]:
         return ["base"] + (["auto"] if self.router is not None else []) + self.adapters()

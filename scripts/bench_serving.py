@@ -47,7 +47,7 @@ from pathlib import Path
 
 from loraplex.bench.cluster import port_free, start_local_cluster, stop_local_app, wait_healthy
 from loraplex.bench.fixtures import FixtureSpec, adapter_names, build_fixture
-from loraplex.bench.load import LadderSpec, sweep
+from loraplex.bench.load import LadderSpec, closed_loop, parse_closed_loop, sweep
 from loraplex.bench.plots import plot_serving
 from loraplex.bench.systems import (
     LABELS,
@@ -58,7 +58,7 @@ from loraplex.bench.systems import (
     parse_systems,
     system_urls,
 )
-from loraplex.bench.verdict import Criteria, summarize
+from loraplex.bench.verdict import Criteria, native_vs_vllm, summarize
 from loraplex.bench.workloads import WorkloadSpec, parse_rates, rate_ladder, zipf_weights
 
 
@@ -219,6 +219,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=2,
         help="stop offering a system higher rates after this many consecutive failing steps (0 = never)",
     )
+    g = p.add_argument_group("closed loop and dtype (issue 16's side-by-side shapes)")
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and compute of every system (loraplex engine dtype, vLLM --dtype)",
+    )
+    g.add_argument(
+        "--closed-loop",
+        default="",
+        help="after the ladder, vLLM's client with N requests in flight: comma list of KIND:N, KIND base "
+        "(no adapter) or distinct (a random adapter of all per request), e.g. base:32,distinct:32 "
+        "(needs --client vllm-bench)",
+    )
+    g.add_argument(
+        "--closed-prompts", type=int, default=8, help="requests per closed-loop run = this x its concurrency"
+    )
+    g.add_argument("--no-ladder", action="store_true", help="skip the Poisson ladder (closed-loop shapes only)")
     g.add_argument("--keep-fixture", action="store_true", help="keep the temp dir with model and adapters")
     return p.parse_args(argv)
 
@@ -337,6 +355,7 @@ def main(argv=None) -> int:
         vllm_max_lora_rank=a.vllm_max_lora_rank,
         vllm_kv_gb=a.vllm_kv_gb,
         vllm_threads_bind=a.vllm_threads_bind,
+        dtype=a.dtype,
     )
     workload = WorkloadSpec(
         seed=a.seed,
@@ -367,6 +386,12 @@ def main(argv=None) -> int:
         tokenizer=str(base_dir),
     )
     setup["client"] = a.client
+    setup["dtype"] = a.dtype
+    shapes = parse_closed_loop(a.closed_loop)
+    if shapes and a.client != "vllm-bench":
+        print("--closed-loop needs --client vllm-bench", file=sys.stderr)
+        return 2
+    setup["closed_loop"] = {"shapes": [f"{k}:{n}" for k, n in shapes], "prompts_per_slot": a.closed_prompts}
     if any(s.startswith("vllm") or s.startswith("loraplex-vllm") for s in a.systems):
         setup["vllm"] = {
             "max_loras": a.vllm_max_loras,
@@ -377,7 +402,7 @@ def main(argv=None) -> int:
             "threads_bind": a.vllm_threads_bind,
             "version": _vllm_version(),
         }
-    steps, criteria, vllm_proc = [], None, None
+    steps, criteria, vllm_proc, closed = [], None, None, []
     try:
         base_url = start_local_cluster(
             a.port,
@@ -401,7 +426,10 @@ def main(argv=None) -> int:
             wait_healthy(vllm_url, ["/health"], timeout_s=600)
         setup["deploy_s"] = round(time.time() - t, 1)
         print(f"{len(urls)} systems up in {setup['deploy_s']} s; rates {setup['rates']}", flush=True)
-        steps, criteria = asyncio.run(sweep(ladder, urls, names, setup))
+        if not a.no_ladder:
+            steps, criteria = asyncio.run(sweep(ladder, urls, names, setup))
+        if shapes:
+            closed = asyncio.run(closed_loop(ladder, urls, names, shapes, a.closed_prompts))
     finally:
         if vllm_proc is not None:
             from loraplex.bench.vllm_server import stop_vllm_server
@@ -418,6 +446,11 @@ def main(argv=None) -> int:
     if criteria is None:  # no step ran and no --slo-ms: the summary says so with a NaN SLO
         criteria = Criteria(math.nan, a.max_error_rate, a.min_achieved)
     report = {"setup": setup, "steps": steps, "summary": summarize(steps, criteria, a.systems)}
+    if closed:
+        report["closed_loop"] = closed
+    versus = native_vs_vllm(report["summary"], steps, closed)
+    if versus is not None and ("vllm-server" in a.systems):
+        report["summary"]["native_vs_vllm_server"] = versus
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
     plot_serving(report, a.plot or a.json.with_suffix(".png"))

@@ -12,6 +12,11 @@ Per batch, every layer gathers the per-row adapter matrices once (`A_rows: [batc
 `B_rows: [batch, k*rank, out]`, the weights already folded into `B_rows`) and reuses them for all
 decoding steps of that batch, so a decode step costs two small `bmm`s per layer. When all rows
 share one weight vector the layer uses plain matmuls instead (the PEFT single-adapter cost).
+
+Our own forward (`experts.forward`) feeds the layers *packed* tokens instead (`[tokens, in]`: one token per
+decoding row, then each prefill chunk's tokens); a `PackedLora` says which rows they belong to. The
+decoding rows' gather is kept across steps as above; the chunks' rows (a few joiners) are gathered per
+step and applied segment by segment.
 """
 
 from __future__ import annotations
@@ -63,6 +68,17 @@ class LoraBatch:
         return LoraBatch(self.slot_idx[rows], self.coeff[rows], self.uniform, version, self.version, rows)
 
 
+@dataclass(frozen=True)
+class PackedLora:
+    """LoRA rows of a packed step: tokens `[0, decode_tokens)` are one per row of `decode`, then one segment of
+    `lengths[i]` tokens per row i of `chunks` (either may be None: no adapter in those rows)."""
+
+    decode: LoraBatch | None
+    chunks: LoraBatch | None
+    decode_tokens: int
+    lengths: tuple[int, ...] = ()
+
+
 def build_lora_batch(rows: Sequence[Mapping[int, float]], version: int, device: torch.device) -> LoraBatch | None:
     """Pack per-row `{slot: weight}` dicts into a `LoraBatch`; None when no row uses any adapter."""
     k = max((sum(1 for w in r.values() if w != 0.0) for r in rows), default=0)
@@ -84,7 +100,7 @@ class LoraContext:
     """The batch currently flowing through the model, shared by every `MultiLoraLinear`."""
 
     def __init__(self) -> None:
-        self.batch: LoraBatch | None = None
+        self.batch: LoraBatch | PackedLora | None = None
         self._version = 0
 
     def next_version(self) -> int:
@@ -114,8 +130,8 @@ class MultiLoraLinear(nn.Module):
         self.register_buffer("scale", torch.zeros(num_slots, dtype=torch.float32, device=w.device), persistent=False)
         self.max_rank = max_rank
         self.slot_ranks: list[int] = [0] * num_slots  # rank written in each slot (0 = empty)
-        self._cache_version = -1
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # per role ("rows", "decode", "chunks"): (batch version, gathered A and B or None)
+        self._gathers: dict[str, tuple[int, tuple[torch.Tensor, torch.Tensor] | None]] = {}
 
     @property
     def weight(self) -> torch.Tensor:  # some HF code paths read `.weight` of projections
@@ -138,22 +154,26 @@ class MultiLoraLinear(nn.Module):
             self.lora_B[slot, :r].copy_(B.t())
             self.scale[slot] = float(scale)
             self.slot_ranks[slot] = r
-        self._cache_version = -1
+        self._gathers.clear()
 
-    def _gathered(self, batch: LoraBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _gathered(self, batch: LoraBatch, role: str = "rows") -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-row `A: [batch, in, k*r]`, `B: [batch, k*r, out]` (weights and scales folded into B), once per batch."""
-        if self._cache_version == batch.version:
-            return self._cache
-        if batch.parent == self._cache_version >= 0:  # rows left the batch: keep theirs, no re-gather
-            self._cache_version = batch.version
-            if self._cache is not None and not batch.uniform:
-                A, B = self._cache
-                self._cache = (A.index_select(0, batch.kept), B.index_select(0, batch.kept))
-            return self._cache
-        self._cache_version = batch.version
+        version, cached = self._gathers.get(role, (-1, None))
+        if version == batch.version:
+            return cached
+        if batch.parent == version >= 0:  # rows left the batch: keep theirs, no re-gather
+            if cached is not None and not batch.uniform:
+                A, B = cached
+                cached = (A.index_select(0, batch.kept), B.index_select(0, batch.kept))
+            self._gathers[role] = (batch.version, cached)
+            return cached
+        gathered = self._gather(batch)
+        self._gathers[role] = (batch.version, gathered)
+        return gathered
+
+    def _gather(self, batch: LoraBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
         rank = max(self.slot_ranks[s] for s in batch.used)
         if rank == 0:  # none of the batch's adapters targets this layer
-            self._cache = None
             return None
         coeff = (batch.coeff * self.scale[batch.slot_idx]).to(self.lora_B.dtype)  # [batch, k]
         A_all = self.lora_A if rank == self.max_rank else self.lora_A[:, :, :rank]
@@ -176,14 +196,15 @@ class MultiLoraLinear(nn.Module):
                 * coeff[:, :, None, None]
             )  # [batch, k, r, out]
             B = B.reshape(b, k * rank, self.out_features)  # [batch, k*r, out]
-        self._cache = (A.contiguous(), B.contiguous())
-        return self._cache
+        return A.contiguous(), B.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         batch = self.context.batch
         if batch is None:
             return y
+        if isinstance(batch, PackedLora):
+            return self._packed(x, y, batch)
         gathered = self._gathered(batch)
         if gathered is None:
             return y
@@ -198,6 +219,27 @@ class MultiLoraLinear(nn.Module):
             x3 = xa.reshape(shape[0], -1, shape[-1])  # [batch, tokens, in]
             delta = torch.bmm(torch.bmm(x3, A), B).reshape(*shape[:-1], self.out_features)  # [batch, tokens, out]
         return y + delta.to(y.dtype)
+
+    def _packed(self, x: torch.Tensor, y: torch.Tensor, batch: PackedLora) -> torch.Tensor:
+        """`x: [tokens, in]` laid out as `batch` says; adds each token's row delta to `y: [tokens, out]` in place."""
+        xa = x.to(self.lora_A.dtype)
+        d = batch.decode_tokens
+        if batch.decode is not None and d and (g := self._gathered(batch.decode, "decode")) is not None:
+            A, B = g
+            if batch.decode.uniform:
+                y[:d] += ((xa[:d] @ A) @ B).to(y.dtype)  # [d, out]
+            else:
+                y[:d] += torch.bmm(torch.bmm(xa[:d, None], A), B)[:, 0].to(y.dtype)  # [d, 1, out] -> [d, out]
+        if batch.chunks is not None and (g := self._gathered(batch.chunks, "chunks")) is not None:
+            A, B = g
+            if batch.chunks.uniform:
+                y[d:] += ((xa[d:] @ A) @ B).to(y.dtype)  # every chunk token, one matmul
+            else:
+                start = d
+                for i, n in enumerate(batch.lengths):
+                    y[start : start + n] += ((xa[start : start + n] @ A[i]) @ B[i]).to(y.dtype)  # [n, out]
+                    start += n
+        return y
 
 
 @dataclass
@@ -238,7 +280,7 @@ class WrappedModel:
         return None if rows is None else build_lora_batch(rows, self.context.next_version(), device)
 
     @contextlib.contextmanager
-    def active(self, batch: LoraBatch | None) -> Iterator[LoraBatch | None]:
+    def active(self, batch: LoraBatch | PackedLora | None) -> Iterator[LoraBatch | PackedLora | None]:
         """Route the forwards inside through `batch`; restores the previous batch on exit."""
         previous = self.context.batch
         self.context.batch = batch

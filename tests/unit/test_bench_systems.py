@@ -61,3 +61,20 @@ def test_vllm_server_and_the_vllm_group_get_the_same_engine_sizes():
         str(opts.cpu_kvcache_space_gb),
         opts.cpu_threads_bind,
     )
+
+
+def test_one_dtype_for_every_system():
+    from dataclasses import replace
+
+    from loraplex.bench.systems import loraplex_vllm_app_args
+    from loraplex.bench.vllm_server import server_command
+
+    spec = replace(SPEC, dtype="bfloat16")
+    names = adapter_names(2)
+    cmd = server_command(spec, Path("/b"), Path("/a"), names, 9)
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    assert AppArgs(**loraplex_app_args(spec, Path("/b"), Path("/a"), names)).dtype == "bfloat16"
+    assert (
+        AppArgs(**loraplex_vllm_app_args(spec, Path("/b"), Path("/a"), names)).groups[0].vllm_options.dtype
+        == "bfloat16"
+    )

@@ -89,3 +89,65 @@ def test_committed_runs_reproduce_their_summary(name):
     criteria = Criteria(report["summary"]["slo_p99_ms"])  # the runs used the default error and achieved bounds
     assert all(criteria.passes(s) == s["sustainable"] for s in report["steps"])
     assert summarize(report["steps"], criteria) == report["summary"]
+
+
+def test_native_vs_vllm_server_ratios_and_targets():
+    from loraplex.bench.verdict import native_vs_vllm
+
+    def tp(system, rate, p99, tpot):
+        st = step(system, rate, p99)
+        return {**st, "tpot_p50_ms": tpot, "ttft_p50_ms": 10, "sustainable": C.passes(st)}
+
+    steps = [tp("vllm-server", 1, 500, 30), tp("vllm-server", 4, 2000, 45)]
+    steps += [tp("loraplex", 1, 300, 20), tp("loraplex", 4, 900, 50)]
+    closed = [
+        {
+            "system": "vllm-server",
+            "shape": "base",
+            "concurrency": 32,
+            "achieved_rps": 19.0,
+            "tpot_p50_ms": 40,
+            "p99_ms": 2,
+        },
+        {
+            "system": "loraplex",
+            "shape": "base",
+            "concurrency": 32,
+            "achieved_rps": 20.9,
+            "tpot_p50_ms": 30,
+            "p99_ms": 2,
+        },
+        {
+            "system": "vllm-server",
+            "shape": "distinct",
+            "concurrency": 32,
+            "achieved_rps": 6.0,
+            "tpot_p50_ms": 1,
+            "p99_ms": 1,
+        },
+        {
+            "system": "loraplex",
+            "shape": "distinct",
+            "concurrency": 32,
+            "achieved_rps": 11.0,
+            "tpot_p50_ms": 1,
+            "p99_ms": 1,
+        },
+    ]
+    summary = summarize(steps, C, ("vllm-server", "loraplex"))
+    out = native_vs_vllm(summary, steps, closed)
+    assert out["sustainable_ratio"] == 4.0 and out["sustainable_target_met"]  # 4 req/s against 1 (2000 ms > SLO)
+    assert out["tpot_p50"]["4"] == {"loraplex_ms": 50, "vllm_server_ms": 45, "ratio": 1.111}
+    assert not out["tpot_target_met"]  # 1.11x at 4 req/s
+    assert out["base:32"]["ratio"] == 1.1 and out["base:32"]["target_met"]
+    assert out["distinct:32"]["ratio"] == 1.83 and not out["distinct:32"]["target_met"]  # the target is 2x
+
+
+def test_closed_loop_shapes_parse_and_bad_ones_name_the_kinds():
+    from loraplex.bench.load import parse_closed_loop
+
+    assert parse_closed_loop("base:32, distinct:8") == [("base", 32), ("distinct", 8)]
+    assert parse_closed_loop("") == []
+    for bad in ("base", "mix:4", "base:0", "distinct:x"):
+        with pytest.raises(ValueError, match="KIND:CONCURRENCY with KIND in"):
+            parse_closed_loop(bad)

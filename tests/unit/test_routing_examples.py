@@ -100,6 +100,18 @@ def routed(gw: Gateway, prompt: str) -> dict:
     return gw.explain(RouteRequest(prompt=prompt))["routing"]
 
 
+def test_the_first_listing_scans_even_on_a_machine_up_for_less_than_the_ttl(roots, monkeypatch):
+    """time.monotonic() counts from boot: on a fresh machine it is below an hour-long TTL, which once made the
+    never-scanned listing look fresh (empty) and every router look like it named missing adapters."""
+    from loraplex.gateway import planner
+
+    monkeypatch.setattr(planner.time, "monotonic", lambda: 5.0)
+    gw = gateway(roots)
+    assert gw.adapters() == ["a", "b", "c"]
+    gw.invalidate()
+    assert gw.adapters() == ["a", "b", "c"]
+
+
 def test_register_with_examples_routes_on_every_replica_at_once_and_removal_takes_it_out(roots):
     one, two = gateway(roots), gateway(roots)  # two ingress replicas on the same roots
     assert routed(two, "delta things")["weights"] != {"delta": 1.0}
