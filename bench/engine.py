@@ -35,6 +35,7 @@ class EngineBenchSpec:
     sweep_repeats: int
     sweep_configs: tuple[str, ...]  # configs measured in the sweep; base_only required (the ratios' denominator)
     skip_loop: bool  # skip the slow per-example loop
+    dtype: str = "float32"  # every system's weights and compute
 
 
 def _timed(fn) -> float:
@@ -64,9 +65,10 @@ def run_engine_bench(spec: EngineBenchSpec) -> dict:
     base_dir, ad_dir = build_fixture(fx, tmp, n_adapters)
     names = adapter_names(n_adapters)
 
-    plain = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    dtype = getattr(torch, spec.dtype)
+    plain = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).eval()
     peft = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(base_dir), ad_dir / names[0], adapter_name=names[0]
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), ad_dir / names[0], adapter_name=names[0]
     )
     for n in tqdm(names[1:], desc="PEFT load_adapter"):
         peft.load_adapter(ad_dir / n, adapter_name=n)
@@ -81,7 +83,7 @@ def run_engine_bench(spec: EngineBenchSpec) -> dict:
             target_modules=list(fx.targets),
             max_batch_rows=4 * max(spec.batch, *spec.sweep, 1),
             device="cpu",
-            dtype="float32",
+            dtype=spec.dtype,
         )
     )
     engine.store.acquire(names)  # all adapters resident: measure compute, not loading
@@ -176,6 +178,7 @@ def run_engine_bench(spec: EngineBenchSpec) -> dict:
             "greedy": True,
             "torch": torch.__version__,
             "device": "cpu",
+            "dtype": spec.dtype,
         },
         "results": d,
         "ratios": {

@@ -25,7 +25,11 @@ def plot_engine(report: dict, path: Path) -> None:
     """Engine benchmark: tokens/s per config (with the ratio to base_only) and the adapters-in-batch sweep."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    res = report["results"]
+    res = dict(report["results"])
+    first = report["setup"].get("dtype", "float32")
+    for dt, other in (report.get("by_dtype") or {}).items():
+        if dt != first:  # the other dtypes' main configs, labelled with their dtype
+            res.update({f"{k} [{dt}]": v for k, v in other["results"].items()})
     names = list(res)
     ax1.barh(
         names,

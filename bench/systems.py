@@ -79,6 +79,7 @@ class DeploySpec:
     baseline_max_models: int | None  # baseline max_num_models_per_replica; None = every adapter (no eviction)
     max_tokens: int  # tokens per request: loraplex's max_tokens_limit must allow it
     dtype: str = "float32"  # every system's weights and compute (loraplex engine dtype, vLLM --dtype)
+    native_threads: int | None = None  # torch threads of the native replica (None: Ray's floor(num_cpus))
     # engine: vllm systems and vLLM's own server (the same values for both)
     vllm_max_loras: int = 8
     vllm_max_cpu_loras: int = 128
@@ -133,6 +134,7 @@ def loraplex_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: lis
                 "max_queued_requests": spec.max_queued,
                 "max_slots": len(names),
                 "max_host_adapters": len(names),
+                **({"threads": spec.native_threads} if spec.native_threads else {}),
             }
         ],
     }
@@ -156,7 +158,7 @@ def baseline_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: lis
 def loraplex_vllm_app_args(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[str]) -> dict:
     """build_app args: the loraplex app with its one group on `engine: vllm`, sized as vLLM's own server."""
     args = loraplex_app_args(spec, base_dir, ad_dir, names)
-    group = {k: v for k, v in args["groups"][0].items() if k not in ("max_slots", "max_host_adapters")}
+    group = {k: v for k, v in args["groups"][0].items() if k not in ("max_slots", "max_host_adapters", "threads")}
     group.pop("batch_wait_timeout_s")
     group["engine"] = "vllm"
     group["vllm"] = {

@@ -25,6 +25,8 @@ def server_command(spec: DeploySpec, base_dir: Path, ad_dir: Path, names: list[s
         "vllm.entrypoints.openai.api_server",
         "--model",
         str(base_dir),
+        "--served-model-name",
+        "base",  # as loraplex names the base model: one request body for both
         "--dtype",
         spec.dtype,
         "--host",

@@ -101,7 +101,16 @@ class GroupAutoscaling(_Strict):
         }
 
 
-NATIVE_ONLY = ("max_slots", "max_host_adapters", "max_batch_rows", "batch_wait_timeout_s", "forward", "prefill_tokens")
+NATIVE_ONLY = (
+    "max_slots",
+    "max_host_adapters",
+    "max_batch_rows",
+    "batch_wait_timeout_s",
+    "forward",
+    "prefill_tokens",
+    "compile",
+    "threads",
+)
 _ENGINE_FIELDS = EngineConfig.model_fields
 
 
@@ -154,6 +163,10 @@ class GroupConfig(_Strict):
     forward: Literal["native", "hf"] = Field(
         default=_ENGINE_FIELDS["forward"].default, description=_ENGINE_FIELDS["forward"].description
     )
+    compile: bool = Field(default=_ENGINE_FIELDS["compile"].default, description=_ENGINE_FIELDS["compile"].description)
+    threads: int | None = Field(
+        default=_ENGINE_FIELDS["threads"].default, ge=1, description=_ENGINE_FIELDS["threads"].description
+    )
     prefill_tokens: int = Field(
         default=_ENGINE_FIELDS["prefill_tokens"].default, ge=1, description=_ENGINE_FIELDS["prefill_tokens"].description
     )
@@ -192,6 +205,8 @@ class GroupConfig(_Strict):
             max_batch_rows=self.batch_rows,
             forward=self.forward,
             prefill_tokens=self.prefill_tokens,
+            compile=self.compile,
+            threads=self.threads,
         )
 
     def serve_options(self) -> dict:

@@ -50,6 +50,22 @@ class EngineConfig(BaseModel):
             "hf: always HF's forward with its DynamicCache (joining prompts get a forward of their own)."
         ),
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "torch intra-op threads of the replica process (CPU); none = torch's default, which under Ray is "
+            "OMP_NUM_THREADS = floor(num_cpus), so a fractional num_cpus runs on one thread."
+        ),
+    )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "native forward: run each layer's norm + MLP through torch.compile (one graph for all layers; "
+            "attention and LoRA stay eager). Falls back to eager with a logged reason when it cannot compile. "
+            "Off by default: on CPU it gained little in docs/benchmarks.md and costs a compile at start."
+        ),
+    )
     prefill_tokens: int = Field(
         default=512,
         ge=1,

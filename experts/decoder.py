@@ -76,12 +76,13 @@ class Decoder:
         rows: int,
         prefill_tokens: int,
         grammars: GrammarBook | None = None,
+        compile: bool = False,
     ):
         self.wrapped, self.tokenizer, self.eos_ids = wrapped, tokenizer, eos_ids
         self.grammars = grammars
         self.prefill_tokens = prefill_tokens
         self._stop_ids = sorted(eos_ids)
-        self.forward = PackedForward(wrapped.model, rows)
+        self.forward = PackedForward(wrapped.model, rows, compile)
         self.device = self.forward.device
         self.can_join = True  # our cache always takes rows mid-batch (kept for the scheduler's protocol)
         self.last_size = 0  # choices that got a token in the last step

@@ -87,6 +87,13 @@ class Engine:
         model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=dtype).to(device)
         return cls(model, tokenizer, config)
 
+    def bind_threads(self) -> None:
+        """Apply `config.threads` to the calling thread. torch's intra-op count is OpenMP's, which is per thread:
+        set in the replica's main thread it would not reach the worker thread that runs the model, which under
+        Ray then computes on OMP_NUM_THREADS = floor(num_cpus) threads (1 for a fractional num_cpus)."""
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+
     # ---- checks ----------------------------------------------------------------------------
     def check(self, request: Request) -> list[int]:
         """Raise the request's first problem (unknown adapter, prompt too long, a composition that can never
@@ -158,6 +165,7 @@ class Engine:
                 self.config.max_batch_rows,
                 self.config.prefill_tokens,
                 self.grammars,
+                self.config.compile,
             )
         return HFDecoder(self.wrapped, self.tokenizer, self.eos_ids, self.pad_id, self.grammars)
 
@@ -172,6 +180,7 @@ class Engine:
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result | LoraplexError]:
         """Run `requests` to completion through the continuous-batching scheduler; one result or error each."""
+        self.bind_threads()
         results: list[Result | LoraplexError | None] = [None] * len(requests)
         scheduler = Scheduler(self, max_requests=max(1, len(requests)))
         for i, req in enumerate(requests):

@@ -18,6 +18,7 @@ cache as stored.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from torch import nn
 from loraplex.experts.kv_cache import KVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+log = logging.getLogger(__name__)
 
 
 def unsupported_reason(model: nn.Module, wrapped: list[str]) -> str | None:
@@ -73,10 +76,36 @@ class StepBatch:
     logits_at: torch.Tensor  # [outputs] long: packed tokens whose next-token logits are wanted
 
 
-class PackedForward:
-    """The model's forward over a `StepBatch`, reading and writing a `KVCache` sized for `rows` rows."""
+def mlp_block(x: torch.Tensor, norm_w: torch.Tensor, eps: float, gate_w, up_w, down_w) -> torch.Tensor:
+    """`x + MLP(RMSNorm(x))` of a Llama layer from its tensors (`[tokens, hidden]`), as HF computes it: the norm
+    in float32, SiLU-gated MLP. Taking tensors, not modules, lets one compiled graph serve every layer."""
+    h = x.float()
+    h = norm_w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return x + F.linear(F.silu(F.linear(h, gate_w)) * F.linear(h, up_w), down_w)
 
-    def __init__(self, model: nn.Module, rows: int):
+
+def _compile_blocker(layers, cfg) -> str | None:
+    """Why the MLP blocks cannot use the compiled `mlp_block` (LoRA on the MLP, biases, another activation)."""
+    if getattr(cfg, "hidden_act", None) != "silu":
+        return f"hidden_act {getattr(cfg, 'hidden_act', None)!r} (the compiled block is SiLU-gated)"
+    for layer in layers:
+        mlp, norm = layer.mlp, layer.post_attention_layernorm
+        projs = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if not all(type(p) is nn.Linear and p.bias is None for p in projs):
+            return "MLP projections carry LoRA or biases (the compiled block runs plain bias-free linears)"
+        if not hasattr(norm, "variance_epsilon") or getattr(norm, "weight", None) is None:
+            return f"post-attention norm {type(norm).__name__} is not an RMSNorm"
+    return None
+
+
+class PackedForward:
+    """The model's forward over a `StepBatch`, reading and writing a `KVCache` sized for `rows` rows.
+
+    `compile=True` runs each layer's norm + MLP through `torch.compile` (one graph for every layer, dynamic
+    in the token count); attention and the LoRA projections stay eager. If compilation is not possible or
+    fails at run time, the forward runs eager and `compile_error` says why (also logged)."""
+
+    def __init__(self, model: nn.Module, rows: int, compile: bool = False):
         cfg = model.config
         inner = model.model
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -91,6 +120,14 @@ class PackedForward:
         weight = self.embed.weight
         self.device = weight.device
         self.cache = KVCache(len(self.layers), rows, self.kv_heads, self.head_dim, weight.dtype, weight.device)
+        self.compile_error: str | None = None
+        self._block = None
+        if compile:
+            self.compile_error = _compile_blocker(self.layers, cfg)
+            if self.compile_error is None:
+                self._block = torch.compile(mlp_block, dynamic=True)
+            else:
+                log.warning("compile: running eager: %s", self.compile_error)
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         """Next-token logits `[outputs, vocab]` at `batch.logits_at`; the batch's keys and values stay cached."""
@@ -101,8 +138,25 @@ class PackedForward:
         masks = self._masks(batch)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, batch, masks)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = self._mlp(layer, x)
         return self.lm_head(self.norm(x[batch.logits_at]))  # [outputs, vocab]
+
+    def _mlp(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self._block is not None:
+            mlp, norm = layer.mlp, layer.post_attention_layernorm
+            try:
+                return self._block(
+                    x,
+                    norm.weight,
+                    norm.variance_epsilon,
+                    mlp.gate_proj.weight,
+                    mlp.up_proj.weight,
+                    mlp.down_proj.weight,
+                )
+            except Exception as e:  # e.g. no C++ compiler for inductor on this host
+                self._block, self.compile_error = None, f"{type(e).__name__}: {e}"[:500]
+                log.warning("compile failed, running eager: %s", self.compile_error)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
 
     def _masks(self, b: StepBatch) -> _Masks:
         """Key masks shared by every layer: decoding rows see positions up to their own, chunks are causal."""

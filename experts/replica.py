@@ -106,6 +106,7 @@ class NativeReplica:
 
     # ---- the worker ------------------------------------------------------------------------------
     def _loop(self) -> None:
+        self.engine.bind_threads()  # OpenMP's thread count is per calling thread: set it in the one that computes
         while True:
             try:
                 self._turn()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from loraplex.bench.engine import EngineBenchSpec, run_engine_bench
@@ -48,11 +49,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--skip-loop", action="store_true", help="skip the slow per-example loop baseline")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the adapters and the prompts")
+    p.add_argument(
+        "--dtypes",
+        default="float32,bfloat16",
+        help="comma list; the first gets the sweep and the top-level results, each one a by_dtype entry",
+    )
+    g = p.add_argument_group("in device memory (the GPU check: bench.device_bench; nothing written to disk)")
+    g.add_argument("--in-memory", action="store_true", help="build the model and adapters on --device, no fixture")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (with --in-memory)")
+    g.add_argument("--dtype", default=None, help="with --in-memory: the one dtype (default bfloat16)")
+    g.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64; --in-memory)")
+    g.add_argument("--kv-heads", type=int, default=None, help="KV heads, GQA (default = heads; --in-memory)")
+    g.add_argument("--intermediate", type=int, default=None, help="MLP width (default 2.75 x hidden; --in-memory)")
+    g.add_argument("--no-compile", action="store_true", help="with --in-memory: skip the compiled configs")
     return p.parse_args(argv)
+
+
+def main_in_memory(a: argparse.Namespace) -> int:
+    from loraplex.bench.device_bench import DeviceBenchSpec, run_device_bench
+
+    heads = a.heads or max(1, a.hidden // 64)
+    spec = DeviceBenchSpec(
+        hidden=a.hidden,
+        layers=a.layers,
+        heads=heads,
+        kv_heads=a.kv_heads or heads,
+        intermediate=a.intermediate or int(a.hidden * 2.75),
+        vocab=a.vocab,
+        adapters=a.adapters,
+        rank=a.rank,
+        targets=tuple(a.targets.split(",")),
+        batch=a.batch,
+        prompt_tokens=a.prompt_tokens,
+        new_tokens=a.new_tokens,
+        device=a.device,
+        dtype=a.dtype or "bfloat16",
+        repeats=a.repeats,
+        compile=not a.no_compile,
+        seed=a.seed,
+    )
+    report = run_device_bench(spec, progress=lambda m: print(m, flush=True))
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(report, indent=2))
+    print(json.dumps({"tok_per_s": {k: v["tok_per_s"] for k, v in report["results"].items()}, **report["ratios"]}))
+    return 0
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.in_memory:
+        return main_in_memory(a)
     spec = EngineBenchSpec(
         fixture=FixtureSpec(
             hidden=a.hidden,
@@ -73,13 +119,22 @@ def main(argv=None) -> int:
         sweep_configs=tuple(a.sweep_configs.split(",")),
         skip_loop=a.skip_loop,
     )
-    report = run_engine_bench(spec)
+    dtypes = a.dtypes.split(",")
+    report = run_engine_bench(replace(spec, dtype=dtypes[0]))
+    report["by_dtype"] = {dtypes[0]: {"results": report["results"], "ratios": report["ratios"]}}
+    for dt in dtypes[1:]:  # the main configs only: the sweep's shape does not depend on the dtype
+        other = run_engine_bench(replace(spec, dtype=dt, sweep=(), skip_loop=True))
+        report["by_dtype"][dt] = {"results": other["results"], "ratios": other["ratios"]}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
     plot_engine(report, a.plot or a.json.with_suffix(".png"))
     print(
         json.dumps(
-            {"results": {k: v["vs_base"] for k, v in report["results"].items()}, "ratios": report["ratios"]}, indent=2
+            {
+                dt: {"tok_per_s": {k: v["tok_per_s"] for k, v in r["results"].items()}, "ratios": r["ratios"]}
+                for dt, r in report["by_dtype"].items()
+            },
+            indent=2,
         )
     )
     return 0

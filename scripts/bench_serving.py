@@ -236,6 +236,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--closed-prompts", type=int, default=8, help="requests per closed-loop run = this x its concurrency"
     )
+    g.add_argument(
+        "--native-threads",
+        type=int,
+        default=None,
+        help="torch threads of the native replica (default: Ray's floor(--replica-cpus), at least 1); vLLM's "
+        "server uses --vllm-threads-bind (2 cores by default), so 2 here is the equal-cores comparison",
+    )
     g.add_argument("--no-ladder", action="store_true", help="skip the Poisson ladder (closed-loop shapes only)")
     g.add_argument("--keep-fixture", action="store_true", help="keep the temp dir with model and adapters")
     return p.parse_args(argv)
@@ -356,6 +363,7 @@ def main(argv=None) -> int:
         vllm_kv_gb=a.vllm_kv_gb,
         vllm_threads_bind=a.vllm_threads_bind,
         dtype=a.dtype,
+        native_threads=a.native_threads,
     )
     workload = WorkloadSpec(
         seed=a.seed,
@@ -387,6 +395,7 @@ def main(argv=None) -> int:
     )
     setup["client"] = a.client
     setup["dtype"] = a.dtype
+    setup["native_threads"] = a.native_threads
     shapes = parse_closed_loop(a.closed_loop)
     if shapes and a.client != "vllm-bench":
         print("--closed-loop needs --client vllm-bench", file=sys.stderr)

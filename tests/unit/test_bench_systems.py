@@ -69,12 +69,20 @@ def test_one_dtype_for_every_system():
     from loraplex.bench.systems import loraplex_vllm_app_args
     from loraplex.bench.vllm_server import server_command
 
-    spec = replace(SPEC, dtype="bfloat16")
+    spec = replace(SPEC, dtype="bfloat16", native_threads=2)
     names = adapter_names(2)
     cmd = server_command(spec, Path("/b"), Path("/a"), names, 9)
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    assert cmd[cmd.index("--served-model-name") + 1] == "base"  # the base model's name in loraplex too
     assert AppArgs(**loraplex_app_args(spec, Path("/b"), Path("/a"), names)).dtype == "bfloat16"
     assert (
         AppArgs(**loraplex_vllm_app_args(spec, Path("/b"), Path("/a"), names)).groups[0].vllm_options.dtype
         == "bfloat16"
     )
+    assert (
+        AppArgs(**loraplex_app_args(spec, Path("/b"), Path("/a"), names))
+        .groups[0]
+        .engine_config(AppArgs(**loraplex_app_args(spec, Path("/b"), Path("/a"), names)))
+        .threads
+        == 2
+    )  # the native replica on as many threads as vLLM's two bound cores

@@ -215,3 +215,21 @@ def test_vectorised_sampler_follows_the_filtered_distribution():
     first = [choose_tokens(logits.clone(), params, again).tolist() for _ in range(5)]
     again = [torch.Generator().manual_seed(i) for i in range(3)]
     assert first == [choose_tokens(logits.clone(), params, again).tolist() for _ in range(5)]  # seeded
+
+
+def test_compiled_mlp_blocks_give_the_eager_tokens_and_lora_on_the_mlp_says_why_not(tiny):
+    """One compiled graph for every layer's norm + MLP (LoRA only on attention); with LoRA on the MLP the
+    forward stays eager and names the reason."""
+    reqs = [Request.from_json(p, "a", max_tokens=6, temperature=0) for p in PROMPTS]  # a: q_proj, v_proj
+    attn_only = dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    eager = _engine(tiny, **attn_only).generate(reqs)
+    s = Scheduler(_engine(tiny, compile=True, **attn_only), max_requests=8)
+    compiled = {}
+    for i, r in enumerate(reqs):
+        s.add(r, lambda res, i=i: compiled.__setitem__(i, res))
+    while s.busy:
+        s.step()
+    assert s.decoder.forward.compile_error is None  # it ran compiled, not through the fallback
+    assert [compiled[i].token_ids for i in range(len(reqs))] == [r.token_ids for r in eager]
+    blocked = _engine(tiny, compile=True).new_decoder().forward  # default targets include the MLP
+    assert "MLP projections carry LoRA" in blocked.compile_error

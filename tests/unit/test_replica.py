@@ -178,3 +178,14 @@ def test_a_lone_surrogate_reaching_the_engine_is_a_400_not_a_dead_worker(tiny, e
     assert isinstance(out, RequestError) and out.status == 400 and "not valid Unicode" in str(out)
     assert server.submit(_payload(1, max_tokens=2)).result(timeout=30).completion_tokens == 2
     assert server.stats()["inflight"] == 0
+
+
+def test_the_thread_count_is_set_in_the_worker_thread_that_runs_the_model(tiny, engine, monkeypatch):
+    """OpenMP's thread count is per thread: set where the replica is built, it never reached the worker."""
+    import threading
+
+    seen = []
+    monkeypatch.setattr(engine, "bind_threads", lambda: seen.append(threading.current_thread().name))
+    server = _server(tiny, engine)
+    assert server.submit(_payload(0, max_tokens=2)).result(timeout=60).completion_tokens == 2
+    assert seen == ["loraplex-engine"]
