@@ -49,8 +49,9 @@ def run_device_bench(spec: DeviceBenchSpec, progress=print) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+    from loraplex.bench.fixtures import llama_config
     from loraplex.experts.choices import GenItem
     from loraplex.experts.decoder import Decoder
     from loraplex.experts.lora.layers import wrap_model
@@ -59,18 +60,8 @@ def run_device_bench(spec: DeviceBenchSpec, progress=print) -> dict:
     device, dtype = torch.device(spec.device), getattr(torch, spec.dtype)
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
-    cfg = LlamaConfig(
-        vocab_size=spec.vocab,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=max(1024, 2 * (spec.prompt_tokens + spec.new_tokens)),
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    positions = max(1024, 2 * (spec.prompt_tokens + spec.new_tokens))
+    cfg = llama_config(spec.vocab, spec.hidden, spec.intermediate, spec.layers, spec.heads, spec.kv_heads, positions)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype).eval()
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, spec.vocab)}}

@@ -37,13 +37,31 @@ def adapter_names(n: int) -> list[str]:
     return [f"a{i}" for i in range(n)]
 
 
+def llama_config(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, positions: int):
+    """The bench models' Llama config (ids 0/1/2 = pad/bos/eos, as the word-level tokenizers below)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
 def build_fixture(spec: FixtureSpec, root: Path, n_adapters: int) -> tuple[Path, Path]:
     """Write base model + tokenizer to root/base, `n_adapters` adapters to root/adapters/aN; (base, adapter root)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from tokenizers import Tokenizer, models
     from tqdm import tqdm
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(spec.seed)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, spec.vocab)}}
@@ -54,18 +72,7 @@ def build_fixture(spec: FixtureSpec, root: Path, n_adapters: int) -> tuple[Path,
         pad_token="<pad>",
         padding_side="left",
     )
-    cfg = LlamaConfig(
-        vocab_size=spec.vocab,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    cfg = llama_config(spec.vocab, spec.hidden, spec.intermediate, spec.layers, spec.heads, spec.heads, 1024)
     base_dir, ad_dir = root / "base", root / "adapters"
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(base_dir)

@@ -118,6 +118,9 @@ def plot_serving(report: dict, path: Path) -> None:
         for s in st["systems"]
         if s in summ and summ[s].get("sustainable_ratio") is not None
     )
+    versus = summ.get("native_vs_vllm_server") or {}
+    if versus.get("sustainable_ratio") is not None:
+        ratio = f"loraplex {versus['sustainable_ratio']}x vllm-server" + (f" / {ratio}" if ratio else "")
     fig.suptitle(
         f"{st.get('dtype', 'float32')}, {st['adapters']} adapters r{st['rank']}, Zipf s={st['zipf_s']}, "
         f"hidden {st['model']['hidden']}x{st['model']['layers']}L, "

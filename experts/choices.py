@@ -211,6 +211,23 @@ def sample_step(
     return tokens
 
 
+def row_layout(states: list[ChoiceState], device: torch.device) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+    """How the batch's virtual rows map to its choices: the owner of each row, the same as a tensor (a
+    choice's token goes to all its rows), and `mix: [choices, vrows]` for choices that blend several rows
+    in logits space (None when every choice is one row of weight 1)."""
+    owner = [n for n, st in enumerate(states) for _ in st.item.rows]
+    spread = torch.tensor(owner, dtype=torch.long, device=device)
+    if all(len(st.item.rows) == 1 and st.item.mix == [1.0] for st in states):
+        return owner, spread, None
+    mix = torch.zeros(len(states), len(owner), device=device)  # [choices, vrows]
+    v = 0
+    for n, st in enumerate(states):
+        for m in st.item.mix:
+            mix[n, v] = m
+            v += 1
+    return owner, spread, mix
+
+
 class Finished:
     """Files finished choices under their items; an item is finished when all its choices are."""
 

@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from loraplex.experts.choices import ChoiceState, Finished, GenItem, GenOutput, new_choices, sample_step
+from loraplex.experts.choices import (
+    ChoiceState,
+    Finished,
+    GenItem,
+    GenOutput,
+    new_choices,
+    row_layout,
+    sample_step,
+)
 from loraplex.experts.logprobs import prompt_logprobs
 from loraplex.experts.lora.layers import LoraBatch, WrappedModel
 from loraplex.experts.structured import GrammarBook
@@ -208,17 +216,7 @@ class HFDecoder:
         self._reindex()
 
     def _reindex(self) -> None:
-        self._owner = [n for n, st in enumerate(self._states) for _ in st.item.rows]
-        self._spread = torch.tensor(self._owner, dtype=torch.long, device=self.device)
-        if all(len(st.item.rows) == 1 and st.item.mix == [1.0] for st in self._states):
-            self._mix = None
-            return
-        self._mix = torch.zeros(len(self._states), len(self._rows), device=self.device)  # [items, vrows]
-        v = 0
-        for n, st in enumerate(self._states):
-            for m in st.item.mix:
-                self._mix[n, v] = m
-                v += 1
+        self._owner, self._spread, self._mix = row_layout(self._states, self.device)
 
     def _decode(self, tokens: torch.Tensor) -> None:
         """One decode forward: every row gets its item's sampled token; logits kept for the next step."""

@@ -108,6 +108,13 @@ class LoraContext:
         return self._version
 
 
+def lora_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The slots' dtype: the base weight's, except bf16 on CPU, where the LoRA matmuls (tiny `bmm`s) run in
+    float32: CPU bf16 `bmm` at rank 16 took 0.26 ms against 0.08 ms in float32 here, as long as the base
+    linear itself, while the slots are a few MB. The delta is cast back to the layer's dtype."""
+    return torch.float32 if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 else weight.dtype
+
+
 class MultiLoraLinear(nn.Module):
     """`nn.Linear` plus a stack of LoRA slots applied per row of the current `LoraBatch`."""
 
@@ -117,14 +124,15 @@ class MultiLoraLinear(nn.Module):
         self.context = context
         w = base.weight
         self.in_features, self.out_features = base.in_features, base.out_features
+        dtype = lora_dtype(w)
         self.register_buffer(
             "lora_A",
-            torch.zeros(num_slots, self.in_features, max_rank, dtype=w.dtype, device=w.device),
+            torch.zeros(num_slots, self.in_features, max_rank, dtype=dtype, device=w.device),
             persistent=False,
         )  # A^T per slot
         self.register_buffer(
             "lora_B",
-            torch.zeros(num_slots, max_rank, self.out_features, dtype=w.dtype, device=w.device),
+            torch.zeros(num_slots, max_rank, self.out_features, dtype=dtype, device=w.device),
             persistent=False,
         )  # B^T per slot
         self.register_buffer("scale", torch.zeros(num_slots, dtype=torch.float32, device=w.device), persistent=False)

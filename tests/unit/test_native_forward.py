@@ -233,3 +233,13 @@ def test_compiled_mlp_blocks_give_the_eager_tokens_and_lora_on_the_mlp_says_why_
     assert [compiled[i].token_ids for i in range(len(reqs))] == [r.token_ids for r in eager]
     blocked = _engine(tiny, compile=True).new_decoder().forward  # default targets include the MLP
     assert "MLP projections carry LoRA" in blocked.compile_error
+
+
+def test_bf16_on_cpu_keeps_lora_slots_in_float32(tiny):
+    """bf16 weights, float32 adapter slots (CPU bf16 bmm is slow), and the engine decodes with them."""
+    bf16 = _engine(tiny, dtype="bfloat16")
+    layer = next(iter(bf16.wrapped.layers.values()))
+    assert layer.base.weight.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
+    reqs = [Request.from_json(p, "b", max_tokens=4, temperature=0) for p in PROMPTS]
+    got = bf16.generate(reqs)
+    assert all(r.completion_tokens == 4 for r in got)
