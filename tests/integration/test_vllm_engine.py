@@ -293,7 +293,11 @@ def test_logit_bias_min_tokens_and_penalties_reach_vllm(demo):
     assert _vllm(demo, PROMPTS[0], "intent", min_tokens=12).completion_tokens >= 12
     plain = _vllm(demo, PROMPTS[1], None, max_tokens=40)
     assert _vllm(demo, PROMPTS[1], None, max_tokens=40, repetition_penalty=2.0).token_ids != plain.token_ids
-    assert _vllm(demo, PROMPTS[1], None, max_tokens=40, presence_penalty=2.0).token_ids != plain.token_ids
+    # a penalty of +2 moves no token where the demo model's margins exceed 2 (it does on some rebuilds of the
+    # demo); one of the two signs changes the answer on every build seen (their meaning against the native
+    # engine is checked token for token in test_sampling_fields_mean_the_same_on_both_engines)
+    penalized = [_vllm(demo, PROMPTS[1], None, max_tokens=40, presence_penalty=p).token_ids for p in (2.0, -2.0)]
+    assert any(t != plain.token_ids for t in penalized)
 
 
 SCHEMA = {
