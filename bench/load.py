@@ -294,6 +294,27 @@ def _progress_line(i: int, system: str, rate: float, st: dict) -> str:
     )
 
 
+async def vllm_bench_step(client, spec: LadderSpec, system: str, url: str, rate: float, **kw) -> dict:
+    """One `vllm bench serve` run against `system` as a step record, with the machine load around it and the
+    server's counters over it (the ladder's steps and the closed-loop runs alike)."""
+    before, load0 = await fetch_stats(client, url), os.getloadavg()
+    st = await asyncio.to_thread(
+        run_vllm_bench,
+        system,
+        url,
+        rate,
+        tokenizer=spec.tokenizer,
+        prompt_tokens=spec.workload.prompt_tokens,
+        max_tokens=spec.max_tokens,
+        stream=spec.stream,
+        **kw,
+    )
+    st["loadavg_start"] = [round(x, 2) for x in load0]
+    st["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    st["server"] = server_delta(system, before, await fetch_stats(client, url))
+    return st
+
+
 async def sweep(
     spec: LadderSpec, urls: dict[str, str], names: list[str], setup: dict
 ) -> tuple[list[dict], Criteria | None]:
@@ -324,24 +345,17 @@ async def sweep(
                 if spec.stop_after_fails and fails[system] >= spec.stop_after_fails:
                     continue
                 if spec.client == "vllm-bench" and system in VLLM_BENCH_SYSTEMS:
-                    before, load0 = await fetch_stats(client, urls[system]), os.getloadavg()
-                    st = await asyncio.to_thread(
-                        run_vllm_bench,
+                    st = await vllm_bench_step(
+                        client,
+                        spec,
                         system,
                         urls[system],
                         rate,
                         timeout_s=spec.timeout + 3 * len(work) / rate + 120,
-                        tokenizer=spec.tokenizer,
                         names=names,
                         num_prompts=len(work),
-                        prompt_tokens=spec.workload.prompt_tokens,
-                        max_tokens=spec.max_tokens,
                         seed=spec.workload.seed + i,
-                        stream=spec.stream,
                     )
-                    st["loadavg_start"] = [round(x, 2) for x in load0]
-                    st["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-                    st["server"] = server_delta(system, before, await fetch_stats(client, urls[system]))
                 else:
                     st = await run_step(
                         client, system, urls[system], rate, work, spec.max_tokens, spec.timeout, spec.stream, names
@@ -395,26 +409,19 @@ async def closed_loop(
             for system in step_order(k, spec.systems, spec.reference):
                 if system not in VLLM_BENCH_SYSTEMS:
                     continue
-                before, load0 = await fetch_stats(client, urls[system]), os.getloadavg()
-                st = await asyncio.to_thread(
-                    run_vllm_bench,
+                st = await vllm_bench_step(
+                    client,
+                    spec,
                     system,
                     urls[system],
                     float("inf"),
                     timeout_s=spec.timeout * prompts_per_slot + 300,
-                    tokenizer=spec.tokenizer,
                     names=names if kind == "distinct" else [],
                     num_prompts=n * prompts_per_slot,
-                    prompt_tokens=spec.workload.prompt_tokens,
-                    max_tokens=spec.max_tokens,
                     seed=spec.workload.seed + 1000 + k,
-                    stream=spec.stream,
                     max_concurrency=n,
                 )
                 st.update(shape=kind, concurrency=n, offered_rps=None)
-                st["loadavg_start"] = [round(x, 2) for x in load0]
-                st["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-                st["server"] = server_delta(system, before, await fetch_stats(client, urls[system]))
                 out.append(st)
                 print(
                     f"closed {kind}:{n} {system:17s} {st['achieved_rps']:6.2f} req/s, TPOT p50 "

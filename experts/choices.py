@@ -60,6 +60,7 @@ class IncrementalText:
     def __init__(self, tokenizer, skip_special_tokens: bool):
         self.tokenizer, self.skip = tokenizer, skip_special_tokens
         self.text = ""
+        self.pending = ""  # text of ids[read:], not final yet
         self.prefix = self.read = 0
 
     def extend(self, ids: list[int]) -> None:
@@ -67,18 +68,10 @@ class IncrementalText:
         decode = self.tokenizer.decode
         before = decode(ids[self.prefix : self.read], skip_special_tokens=self.skip)
         now = decode(ids[self.prefix :], skip_special_tokens=self.skip)
+        self.pending = now[len(before) :]  # what a full decode shows for the tokens not yet final (U+FFFD)
         if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.text += now[len(before) :]
-            self.prefix, self.read = self.read, len(ids)
-
-    def pending(self, ids: list[int]) -> str:
-        """Text of the tokens not yet final (what a full decode shows for them: replacement characters)."""
-        if self.read == len(ids):
-            return ""
-        decode = self.tokenizer.decode
-        before = decode(ids[self.prefix : self.read], skip_special_tokens=self.skip)
-        now = decode(ids[self.prefix :], skip_special_tokens=self.skip)
-        return now[len(before) :]
+            self.text += self.pending
+            self.prefix, self.read, self.pending = self.read, len(ids), ""
 
 
 @dataclass
@@ -155,7 +148,7 @@ def advance(st: ChoiceState, token: int, logprob: TokenLogprob | None, tokenizer
         before = len(st.detok.text)  # final text so far; what follows it may still change
         st.ids.append(token)
         st.detok.extend(st.ids)
-        st.text = st.detok.text + st.detok.pending(st.ids)
+        st.text = st.detok.text + st.detok.pending
         cut, hit = -1, ""
         if st.steps >= p.min_tokens:  # stop strings count only from min_tokens on (vLLM's rule)
             # a stop string the previous text did not hold can only end in the new text

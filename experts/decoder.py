@@ -57,8 +57,12 @@ class _Joining:
     rows: list[_Row]  # the prompt's virtual rows (choice 0)
     copies: list[list[int]]  # per further choice: a cache row for each virtual row
     joined_at: float
-    logits: list[torch.Tensor | None] = field(default_factory=list)  # per virtual row: last-token logits [vocab]
-    scored: list[list[torch.Tensor]] = field(default_factory=list)  # per virtual row: every position's logits
+    logits: list[torch.Tensor | None] = field(init=False)  # per virtual row: last-token logits [vocab]
+    scored: list[list[torch.Tensor]] = field(init=False)  # per virtual row: every position's logits
+
+    def __post_init__(self) -> None:
+        self.logits = [None] * len(self.rows)
+        self.scored = [[] for _ in self.rows]
 
     @property
     def done(self) -> bool:
@@ -149,10 +153,7 @@ class Decoder:
         cache = self.forward.cache
         rows = [_Row(cache.allocate(), slots) for slots in item.rows]
         copies = [[cache.allocate() for _ in item.rows] for _ in range(item.params.copies - 1)]
-        j = _Joining(item, rows, copies, time.perf_counter())
-        j.logits = [None] * len(rows)
-        j.scored = [[] for _ in rows]
-        self._joining.append(j)
+        self._joining.append(_Joining(item, rows, copies, time.perf_counter()))
 
     def _drop_cancelled_joiners(self) -> list[tuple[GenItem, list[GenOutput]]]:
         gone = [j for j in self._joining if j.item.cancelled is not None and j.item.cancelled()]
@@ -246,10 +247,14 @@ class Decoder:
         if ready:
             self._joining = [j for j in self._joining if not j.done]
             logits = torch.cat([logits] + [self._activate(j) for j in ready])
+            # one LoRA gather and row layout for all of this step's joiners, not one per joiner
+            self._lora = self.wrapped.lora_batch([r.slots for r in self._rows])
+            self._reindex()
         return logits
 
     def _activate(self, j: _Joining) -> torch.Tensor:
-        """A fully prefilled request joins the sampling set: its choices' rows (copies get the prompt's cache)."""
+        """A fully prefilled request joins the sampling set: its choices' rows (copies get the prompt's cache).
+        The caller rebuilds the LoRA gather and the row layout once for every request joining this step."""
         it = j.item
         length = len(it.prompt_ids)
         if it.params.prompt_logprobs is not None:
@@ -259,16 +264,13 @@ class Decoder:
             self._finished.prompt_lp[id(it)] = prompt_logprobs(
                 mixed, it.prompt_ids, it.params.prompt_logprobs, self.tokenizer
             )
-        rows = list(j.rows)
-        for copy in j.copies:
-            for src, dst in zip(j.rows, copy):
-                self.forward.cache.copy_prefix(src.cache_row, [dst], length)
-                rows.append(_Row(dst, src.slots, length))
+        for v, src in enumerate(j.rows):  # each virtual row's prompt cache to all its copies at once
+            if j.copies:
+                self.forward.cache.copy_prefix(src.cache_row, [copy[v] for copy in j.copies], length)
+        rows = list(j.rows) + [_Row(copy[v], src.slots, length) for copy in j.copies for v, src in enumerate(j.rows)]
         logits = torch.stack(j.logits * it.params.copies)  # [vrows * copies, vocab]
         self._states += new_choices(it, self.grammars, j.joined_at)
         self._rows += rows
-        self._lora = self.wrapped.lora_batch([r.slots for r in self._rows])
-        self._reindex()
         return logits
 
     # ---- leaving ------------------------------------------------------------------------------
