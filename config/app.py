@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraplex.config.engine import DEFAULT_TARGET_MODULES, EngineConfig, VllmOptions
+from loraplex.config.engine import DEFAULT_TARGET_MODULES, EngineConfig, HubConfig, VllmOptions
 
 
 class _Strict(BaseModel):
@@ -101,6 +101,46 @@ class GroupAutoscaling(_Strict):
         }
 
 
+RESIDENCY_ROUTER = "loraplex.deployments.request_router:ResidencyRouter"
+
+
+class PlacementConfig(_Strict):
+    """Which replica of a group takes a request: one that holds its adapter, unless the adapter is hot."""
+
+    residency: bool = Field(
+        default=True,
+        description=(
+            "Prefer replicas holding the request's adapter in device slots, then in host memory, then any "
+            "(loraplex's residency-aware request router). false: Serve's default power-of-two-choices router."
+        ),
+    )
+    hot_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description=(
+            "An adapter taking more than this share of the group's recent requests is hot: it is routed to the "
+            "least-loaded replicas regardless of residency, so it gets loaded on more replicas instead of queueing "
+            "on one."
+        ),
+    )
+    window_s: float = Field(default=30.0, gt=0, description="How far back the hot-adapter shares look.")
+    min_requests: int = Field(
+        default=20, ge=1, description="Requests in the window before any adapter can count as hot."
+    )
+    max_imbalance: int = Field(
+        default=8,
+        ge=0,
+        description=(
+            "Residency yields when a resident replica has this many more requests in flight than the least-loaded "
+            "replica (a warm adapter is not worth a long queue)."
+        ),
+    )
+    stats_period_s: float = Field(
+        default=1.0, gt=0, description="How often each replica reports what it holds to the request router."
+    )
+
+
 NATIVE_ONLY = (
     "max_slots",
     "max_host_adapters",
@@ -110,6 +150,7 @@ NATIVE_ONLY = (
     "prefill_tokens",
     "compile",
     "threads",
+    "loader_threads",
 )
 _ENGINE_FIELDS = EngineConfig.model_fields
 
@@ -170,6 +211,12 @@ class GroupConfig(_Strict):
     prefill_tokens: int = Field(
         default=_ENGINE_FIELDS["prefill_tokens"].default, ge=1, description=_ENGINE_FIELDS["prefill_tokens"].description
     )
+    loader_threads: int = Field(
+        default=_ENGINE_FIELDS["loader_threads"].default, ge=1, description=_ENGINE_FIELDS["loader_threads"].description
+    )
+    placement: PlacementConfig = Field(
+        default_factory=PlacementConfig, description="Residency-aware routing across this group's replicas."
+    )
     engine: Literal["native", "vllm"] = Field(
         default="native",
         description="What runs this group's replicas: our engine (every composition in one batch) or vLLM "
@@ -207,6 +254,8 @@ class GroupConfig(_Strict):
             prefill_tokens=self.prefill_tokens,
             compile=self.compile,
             threads=self.threads,
+            hub=app.hub,
+            loader_threads=self.loader_threads,
         )
 
     def serve_options(self) -> dict:
@@ -218,12 +267,18 @@ class GroupConfig(_Strict):
         scaling = (
             {"autoscaling_config": autoscaling} if autoscaling is not None else {"num_replicas": self.num_replicas}
         )
+        p = self.placement
+        router = {"request_routing_stats_period_s": p.stats_period_s}
+        if p.residency:
+            kwargs = p.model_dump(exclude={"residency", "stats_period_s"})
+            router |= {"request_router_class": RESIDENCY_ROUTER, "request_router_kwargs": kwargs}
         return {
             "name": expert_deployment_name(self.name),
             "ray_actor_options": actor,
             **scaling,
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "request_router_config": router,
         }
 
     @model_validator(mode="after")
@@ -397,6 +452,17 @@ class AppArgs(_Strict):
     import_roots: list[str] = Field(
         default_factory=list,
         description="Folders POST /v1/adapters may copy adapters from (empty = run-time registration off).",
+    )
+    adapter_scan_interval_s: float | None = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How often the ingress rescans the adapter roots in the background for folders dropped in by hand "
+            "(null: only at start). Registrations through the API show at once regardless."
+        ),
+    )
+    hub: HubConfig = Field(
+        default_factory=HubConfig, description="Adapters from the Hugging Face Hub (off by default)."
     )
     ingress_num_cpus: float = Field(
         default=0.5, ge=0, description="CPUs of the router ingress (it never loads the base model)."

@@ -9,6 +9,35 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+class HubConfig(BaseModel):
+    """Adapters from the Hugging Face Hub: `model` may name `hf://org/name@revision` (or `org/name` when no
+    local adapter has that name). Files go through huggingface_hub's cache, so a pre-populated cache serves
+    offline (HF_HUB_OFFLINE=1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repos: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Repo id patterns (fnmatch, e.g. 'my-org/*') that requests may load adapters from; empty = hub "
+            "sources off. Only listed repos are ever fetched."
+        ),
+    )
+    revision: str = Field(default="main", description="Revision of references that name none (`@rev` omitted).")
+    cache_dir: str | None = Field(
+        default=None, description="huggingface_hub cache folder (default: HF_HUB_CACHE / ~/.cache/huggingface/hub)."
+    )
+    max_adapter_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description="Largest hub adapter (its files, summed) fetched; checked from the Hub's metadata before download.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.repos)
+
+
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,6 +102,15 @@ class EngineConfig(BaseModel):
             "Prompt tokens prefilled per engine step (native forward): joining prompts are prefilled in chunks of "
             "this budget inside the running rows' decode step, so a long prompt never stalls them for long."
         ),
+    )
+    hub: HubConfig = Field(
+        default_factory=HubConfig, description="Adapters from the Hugging Face Hub (off by default)."
+    )
+    loader_threads: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Threads loading adapters disk -> host (validation included); the engine thread never reads files.",
     )
 
     @model_validator(mode="after")

@@ -11,13 +11,10 @@ from ray import serve
 
 from loraplex.config.engine import EngineConfig, VllmOptions
 from loraplex.deployments.metrics_board import Pusher
-from loraplex.experts.errors import LoraplexError, as_error
 from loraplex.experts.protocol import GenerationPayload, Outcome, ServingEngine
 from loraplex.experts.replica import NativeReplica
 from loraplex.experts.request import Result
 from loraplex.observability.metrics import ExpertMetrics
-
-MAX_MULTIPLEXED = 64  # adapters a replica advertises to the router for affinity (host-tier loads)
 
 
 @serve.deployment
@@ -55,26 +52,12 @@ class ExpertDeployment:
         if hasattr(self, "engine"):  # vLLM: stop its EngineCore process, remove its composed adapters
             self.engine.close()
 
-    @serve.multiplexed(max_num_models_per_replica=MAX_MULTIPLEXED)
-    async def _affinity(self, adapter: str):
-        # Multiplexing here is only the affinity signal: Serve prefers replicas whose loaded ids include the
-        # request's adapter. Weights live in the engine's own two-tier store.
-        await asyncio.to_thread(self.engine.warm, adapter)
-        return adapter
-
-    async def _warm_for_request(self) -> LoraplexError | None:
-        adapter = serve.get_multiplexed_model_id()
-        if adapter:
-            try:
-                await self._affinity(adapter)
-            except Exception as e:  # unknown/invalid adapter: answer it as a typed value
-                return as_error(e)
-        return None
+    def record_routing_stats(self) -> dict:
+        """What this replica holds (device slots, host memory, loading), for the group's residency-aware request
+        router (`deployments/request_router.py`); Serve calls it every `placement.stats_period_s`."""
+        return self.engine.routing_stats()
 
     async def generate(self, payload: GenerationPayload) -> Outcome:
-        err = await self._warm_for_request()
-        if err:
-            return err
         fut = self.engine.submit(payload)
         try:
             out = await asyncio.wrap_future(fut)
@@ -90,10 +73,6 @@ class ExpertDeployment:
 
     async def generate_stream(self, payload: GenerationPayload):
         """Yields text deltas (str), then the final `Result` or typed error."""
-        err = await self._warm_for_request()
-        if err:
-            yield err
-            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         fut = self.engine.submit(payload, on_token=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))

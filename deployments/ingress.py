@@ -320,7 +320,7 @@ class RouterIngress:
             if needs_registry and self.registry is None:
                 raise RequestError("run-time adapter registration is off; set import_roots in the app config")
             out, status = await action()
-            self.gateway.invalidate()
+            await asyncio.to_thread(self.gateway.invalidate)  # re-reads the journal: off the event loop
             if isinstance(out, str):  # the vLLM-compatible endpoints answer a plain-text line
                 return PlainTextResponse(out, status_code=status)
             return JSONResponse(out, status_code=status)

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraplex.config.engine import EngineConfig
+from loraplex.experts.adapters.sources import HubSource
 from loraplex.experts.adapters.store import AdapterStore, Lease
 from loraplex.experts.composition import Chain, adapters_of, weight_rows
 from loraplex.experts.decoder import Decoder
@@ -61,6 +62,8 @@ class Engine:
             config.max_rank,
             config.max_host_adapters,
             config.allow_pickle,
+            HubSource(config.hub) if config.hub.enabled else None,
+            config.loader_threads,
         )
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
@@ -99,7 +102,7 @@ class Engine:
         """Raise the request's first problem (unknown adapter, prompt too long, a composition that can never
         fit this replica) without touching the model; returns the token ids of its (first) prompt."""
         for name in adapters_of(request.composition):
-            self.store.resolve(name)
+            self.store.check(name)
         params = request.params
         self.check_sampling(params)
         if isinstance(request.composition, Chain):
@@ -186,8 +189,13 @@ class Engine:
         for i, req in enumerate(requests):
             scheduler.add(req, lambda res, i=i: results.__setitem__(i, res))
         while scheduler.busy:
+            if not scheduler.runnable:
+                scheduler.wait_for_loads()  # only requests whose adapters are loading: nothing to decode yet
             scheduler.step()
         return results  # type: ignore[return-value]
 
     def stats(self) -> dict:
         return {**self.store.stats.as_dict(), "resident": list(self.store.resident()), "cached": self.store.cached()}
+
+    def close(self) -> None:
+        self.store.close()

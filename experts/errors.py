@@ -9,6 +9,7 @@ class-name strings on the wire, and a `CompositionError` is a 400 wherever it wa
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -54,10 +55,29 @@ class UnknownAdapterError(RequestError):
     status = 404
     error_type = "not_found_error"
 
+    SHOWN: ClassVar[int] = 20  # with thousands of adapters, the message names the closest few and the count
+
     def __init__(self, name: str, available: Iterable[str]):
         self.name = name
-        self.available = sorted(available)
-        super().__init__(f"unknown adapter {name!r}; available adapters: {self.available}")
+        names = sorted(available)
+        if len(names) <= self.SHOWN:
+            self.available = names
+            super().__init__(f"unknown adapter {name!r}; available adapters: {names}")
+            return
+        close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
+        self.available = close + [n for n in names[: self.SHOWN] if n not in close][: self.SHOWN - len(close)]
+        super().__init__(
+            f"unknown adapter {name!r}; closest: {close}; {len(names)} adapters in all, e.g. {self.available[:10]} "
+            "(GET /v1/models lists them)"
+        )
+
+
+class HubAdapterError(RequestError):
+    """A hub adapter reference that cannot be fetched: no such repo or revision, or (offline) not in the
+    local Hugging Face cache (HTTP 404)."""
+
+    status = 404
+    error_type = "not_found_error"
 
 
 class CompositionError(RequestError):

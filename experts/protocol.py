@@ -50,6 +50,10 @@ class ServingEngine(Protocol):
         """Load and validate an adapter ahead of its requests (replica affinity); raises its typed error."""
         ...
 
+    def routing_stats(self) -> dict[str, list[str]]:
+        """`{"device": [...], "host": [...], "loading": [...]}`: the adapters this replica holds, for placement."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and autoscaling: requests, errors, inflight, last_batch_size, tokens, store_*."""
         ...

@@ -15,10 +15,13 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter, deque
 from concurrent.futures import Future
 
 from loraplex.config.engine import EngineConfig
+from loraplex.experts.adapters.store import quantiles
 from loraplex.experts.choices import TokenCallback
+from loraplex.experts.composition import adapters_of
 from loraplex.experts.engine import Engine
 from loraplex.experts.errors import LoraplexError, RequestError, as_error
 from loraplex.experts.protocol import GenerationPayload, Outcome, count_outcome
@@ -26,6 +29,15 @@ from loraplex.experts.request import Request
 from loraplex.experts.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+WAKE = None  # put into the inbox when an adapter load ends: parked requests can join now
+STEP_SAMPLES = 256  # recent step times kept per (loads in flight?, batch size)
+TOP_ADAPTERS = 64  # adapters whose request counts stats() reports
+
+
+def _median(xs) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
 class NativeReplica:
@@ -46,6 +58,7 @@ class NativeReplica:
                 self.pinned
             )  # validate + load at start: a broken adapter fails the deploy, loudly
         self.scheduler = Scheduler(self.engine, max_batch_size)
+        self.scheduler.on_ready = lambda: self._inbox.put(WAKE)
         self.wait_s = wait_s  # after an idle period, how long the first request waits for company before its prefill
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -62,6 +75,9 @@ class NativeReplica:
         }
         self.inflight = 0  # accepted, not answered yet (queued or decoding)
         self.last_batch_size = 0  # requests in the last decode step
+        # decode-step seconds by (an adapter load ran during the step, batch size): do loads slow decoding?
+        self._steps: dict[tuple[bool, int], deque[float]] = {}
+        self._by_adapter: Counter[str] = Counter()  # requests per adapter (placement: how a hot one splits)
 
     # ---- requests ----------------------------------------------------------------------------
     def submit(self, payload: GenerationPayload, on_token: TokenCallback | None = None) -> Future[Outcome]:
@@ -86,6 +102,11 @@ class NativeReplica:
         except (TypeError, KeyError) as e:  # an unknown sampling key or a missing field from a client of this class
             self._answer(fut, RequestError(f"invalid generation payload: {e}"))
             return fut
+        with self._lock:
+            for name in adapters_of(req.composition):
+                self._by_adapter[name] += 1
+            if len(self._by_adapter) > 16 * TOP_ADAPTERS:  # bounded: keep the busiest
+                self._by_adapter = Counter(dict(self._by_adapter.most_common(4 * TOP_ADAPTERS)))
         with self._lock:
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._loop, name="loraplex-engine", daemon=True)
@@ -118,9 +139,10 @@ class NativeReplica:
                 self.scheduler.fail_all(as_error(RuntimeError("engine worker failed; see the replica log")))
 
     def _turn(self) -> None:
-        if not self.scheduler.busy:
-            first = self._inbox.get()  # idle: sleep until a request comes
-            if self.wait_s > 0:
+        if not self.scheduler.runnable:
+            idle = not self.scheduler.busy
+            first = self._inbox.get()  # nothing to decode: sleep until a request comes or a load ends
+            if idle and first is not WAKE and self.wait_s > 0:
                 time.sleep(self.wait_s)
             self._accept(first)
         while True:
@@ -128,8 +150,10 @@ class NativeReplica:
                 self._accept(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        if not self.scheduler.busy:
+        if not self.scheduler.runnable:
             return
+        store = self.engine.store
+        loading, epoch = store.loads_in_flight > 0, store.load_epoch
         t0 = time.perf_counter()
         try:
             n = self.scheduler.step()
@@ -137,13 +161,19 @@ class NativeReplica:
             log.exception("engine step failed; failing %d requests", self.scheduler.running + self.scheduler.waiting)
             n = 0
             self.scheduler.fail_all(as_error(e))
+        dt = time.perf_counter() - t0
+        loading = loading or store.load_epoch != epoch
         with self._lock:
             self.counters["batches"] += 1 if n else 0
             self.counters["rows"] += n
-            self.counters["busy_s"] += time.perf_counter() - t0
+            self.counters["busy_s"] += dt
             self.last_batch_size = n
+            if n:
+                self._steps.setdefault((loading, n), deque(maxlen=STEP_SAMPLES)).append(dt)
 
-    def _accept(self, item: tuple[Request, Future]) -> None:
+    def _accept(self, item: tuple[Request, Future] | None) -> None:
+        if item is WAKE:
+            return
         req, fut = item
         if not fut.set_running_or_notify_cancel():  # the caller gave up while it was queued
             with self._lock:
@@ -170,17 +200,29 @@ class NativeReplica:
     def stats(self) -> dict:
         store = self.engine.store
         with self._lock:
+            steps = {f"{'loading' if k[0] else 'idle'}:{k[1]}": (_median(v), len(v)) for k, v in self._steps.items()}
             return {
                 **self.counters,
                 "inflight": self.inflight,
                 "pending": self.pending,
+                "parked": self.scheduler.parked,
                 "last_batch_size": self.last_batch_size,
                 **{f"store_{k}": v for k, v in store.stats.as_dict().items()},
                 "resident": list(store.resident()),
+                "cached": store.cached(),
+                "loading": store.loading(),
+                "load_times_s": {**store.timings(), "request_wait": quantiles(self.scheduler.load_waits)},
+                "step_s": {k: {"p50": m, "n": c} for k, (m, c) in sorted(steps.items())},
+                "requests_by_adapter": dict(self._by_adapter.most_common(TOP_ADAPTERS)),
             }
 
+    def routing_stats(self) -> dict:
+        """What this replica holds, for the residency-aware request router (`gateway.placement`)."""
+        store = self.engine.store
+        return {"device": list(store.resident()), "host": store.cached(), "loading": store.loading()}
+
     def warm(self, adapter: str) -> None:
-        """Load and validate an adapter into host memory (the multiplexing loader calls this)."""
+        """Load and validate an adapter into host memory (blocks; never call it from the engine thread)."""
         self.engine.store.get(adapter)
 
     def check_health(self) -> None:
@@ -188,4 +230,5 @@ class NativeReplica:
             raise RuntimeError("the engine worker thread is not running")
 
     def close(self) -> None:
-        """Nothing outside this process to release: the worker thread is a daemon."""
+        """Stops the adapter loader; the worker thread is a daemon."""
+        self.engine.close()

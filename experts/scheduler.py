@@ -6,6 +6,10 @@ which never rewrites a leased slot). Nobody overtakes a waiting head, so a wide 
 starve behind a stream of small ones; `check` already refused anything that could never fit. A chain's
 next stage goes back to the head of the queue when its previous stage ends.
 
+The one exception is a cold adapter: a request whose adapter is still loading from disk (on the store's
+loader thread) is parked, holding no batch row and no slot, while the requests behind it go on; when
+its loads finish it goes back to the head of the queue, or answers the load's error.
+
 The scheduler knows the engine only through `BatchEngine` (the engine imports the scheduler, not the
 other way round).
 """
@@ -15,10 +19,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loraplex.experts.adapters.store import Lease
+from loraplex.experts.adapters.store import AdapterLoading, Lease
 from loraplex.experts.choices import GenItem, GenOutput, TokenCallback
 from loraplex.experts.composition import Base, Chain, Composition, Single, adapters_of, weight_rows
 from loraplex.experts.errors import CapacityError, LoraplexError, as_error
@@ -68,6 +74,7 @@ class _Work:
     prompt_tokens: int = 0  # summed over finished stages
     completion_tokens: int = 0
     joined_at: float | None = None  # when its first stage got batch rows
+    parked_at: float | None = None  # when it started waiting for an adapter load
 
 
 class Scheduler:
@@ -77,6 +84,9 @@ class Scheduler:
         self.decoder = engine.new_decoder()
         self._waiting: deque[_Work] = deque()
         self._running: dict[int, tuple[_Work, Lease]] = {}  # id(GenItem) -> (work, slots its rows read)
+        self._parked: list[tuple[_Work, list[Future]]] = []  # waiting for adapter loads, in arrival order
+        self.on_ready: Callable[[], None] | None = None  # called (from the loader thread) when a load ends
+        self.load_waits: deque[float] = deque(maxlen=2048)  # seconds parked requests waited for their loads
 
     @property
     def waiting(self) -> int:
@@ -87,8 +97,23 @@ class Scheduler:
         return len(self._running)
 
     @property
+    def parked(self) -> int:
+        return len(self._parked)
+
+    @property
     def busy(self) -> bool:
-        return bool(self._waiting or self._running)
+        return bool(self._waiting or self._running or self._parked)
+
+    @property
+    def runnable(self) -> bool:
+        """Work for `step` now: requests waiting for rows, running rows, or parked ones whose loads ended."""
+        return bool(self._waiting or self._running or any(all(f.done() for f in fs) for _, fs in self._parked))
+
+    def wait_for_loads(self, timeout: float | None = None) -> None:
+        """Block until some parked request's loads end (callers with nothing else to do)."""
+        futures = [f for _, fs in self._parked for f in fs]
+        if futures:
+            wait_futures(futures, timeout, return_when=FIRST_COMPLETED)
 
     def add(self, request: Request, done: Done) -> None:
         """Queue a request; `done` gets its `Result` or `LoraplexError` (at once, if the request is invalid).
@@ -102,16 +127,21 @@ class Scheduler:
 
     def step(self) -> int:
         """Admit what fits, then one decode step of the running batch; returns how many choices it decoded."""
-        for item, outs in self.decoder.step(self._admit()):
+        self._unpark()
+        joining = self._admit()
+        if not joining and not self._running:
+            return 0
+        for item, outs in self.decoder.step(joining):
             self._finish(item, outs)
         return self.decoder.last_size
 
     def fail_all(self, error: LoraplexError) -> None:
         """The model call itself failed: every queued and running request gets `error`, the batch starts empty."""
         running = list(self._running.values())
-        works = [w for w, _ in running] + list(self._waiting)
+        works = [w for w, _ in running] + list(self._waiting) + [w for w, _ in self._parked]
         self._running.clear()
         self._waiting.clear()
+        self._parked.clear()
         self.decoder.clear()
         for _, lease in running:
             self.engine.release(lease)
@@ -119,6 +149,34 @@ class Scheduler:
             w.done(error)
 
     # ---- internals ---------------------------------------------------------------------------
+    def _park(self, w: _Work, futures: list[Future]) -> None:
+        w.parked_at = time.perf_counter()
+        self._parked.append((w, futures))
+        for f in futures:
+            if self.on_ready is not None:
+                f.add_done_callback(lambda _f: self.on_ready())
+
+    def _unpark(self) -> None:
+        """Parked requests whose loads ended go back to the head of the queue in arrival order (or answer
+        the load's error); cancelled ones answer at once."""
+        back: list[_Work] = []
+        still: list[tuple[_Work, list[Future]]] = []
+        for w, futures in self._parked:
+            cancel = w.request.cancel
+            if cancel is not None and cancel.is_set():
+                w.done(Result("", "cancelled", w.prompt_tokens, w.completion_tokens, w.texts))
+            elif not all(f.done() for f in futures):
+                still.append((w, futures))
+            else:
+                self.load_waits.append(time.perf_counter() - (w.parked_at or time.perf_counter()))
+                failed = next((f.exception() for f in futures if f.exception() is not None), None)
+                if failed is not None:
+                    w.done(as_error(failed))  # every request waiting on a failed load gets its error
+                else:
+                    back.append(w)
+        self._parked = still
+        self._waiting.extendleft(reversed(back))
+
     def _stage(self, w: _Work) -> tuple[Composition, str | list[int], SamplingParams, TokenCallback | None]:
         """The current stage's composition, prompt, sampling and stream callback. A chain's earlier stages feed
         the next one: only the last is streamed, constrained to a response format and scored."""
@@ -155,6 +213,10 @@ class Scheduler:
                 if w.ids is None:  # e.g. a chain stage: it may have grown past the context
                     w.ids = self.engine.encode(prompt, w.request.params.max_tokens)
                 lease = self.engine.lease(adapters_of(comp))
+            except AdapterLoading as e:  # cold adapter: wait off the batch, let the requests behind it go on
+                self._waiting.popleft()
+                self._park(w, e.futures)
+                continue
             except CapacityError as e:
                 if self._running or items:
                     break  # its adapters fit once running rows release their slots

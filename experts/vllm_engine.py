@@ -41,6 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from loraplex.config.engine import EngineConfig, VllmOptions
 from loraplex.experts.adapters.composed import ComposedAdapter, ComposedAdapterCache, compose, write_peft
+from loraplex.experts.adapters.sources import HubSource
 from loraplex.experts.adapters.store import AdapterStore
 from loraplex.experts.choices import TokenCallback
 from loraplex.experts.composition import Base, Blend, Chain, Composition, Moe, Single, Stack, adapters_of
@@ -257,6 +258,8 @@ class VllmReplica:
             min(config.max_rank, options.max_lora_rank),
             options.max_cpu_loras,
             config.allow_pickle,
+            HubSource(config.hub) if config.hub.enabled else None,
+            config.loader_threads,
         )
         base_dir = Path(options.composed_cache_dir or tempfile.gettempdir())
         self.composed = ComposedAdapterCache(
@@ -371,7 +374,7 @@ class VllmReplica:
     async def _serve(self, req: Request) -> Result:
         comp = req.composition
         for name in adapters_of(comp):  # unknown or unsafe names fail before any work
-            self.store.resolve(name)
+            self.store.check(name)
         if not isinstance(comp, Chain):
             ids = encode_prompt(self.tokenizer, req.prompt, req.params.max_tokens, self.max_positions)
             choices = await self._generate(comp, ids, req.params, req.on_token, req.request_id)
@@ -573,6 +576,10 @@ class VllmReplica:
     def warm(self, adapter: str) -> None:
         self.store.get(adapter)
 
+    def routing_stats(self) -> dict[str, list[str]]:
+        """vLLM owns its device slots; the store's host tier is what this replica can serve without a disk read."""
+        return {"device": [], "host": self.store.cached(), "loading": self.store.loading()}
+
     def check_health(self) -> None:
         if not self._thread.is_alive():
             raise RuntimeError("the vLLM event-loop thread is not running")
@@ -585,3 +592,4 @@ class VllmReplica:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             shutil.rmtree(self.composed.root, ignore_errors=True)
+            self.store.close()

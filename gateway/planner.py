@@ -14,10 +14,11 @@ from typing import Any
 
 from loraplex.config.app import AppArgs
 from loraplex.experts.adapters import routing_examples
-from loraplex.experts.adapters.registry import MARKER
-from loraplex.experts.adapters.store import adapter_folder, check_name, find_adapters
+from loraplex.experts.adapters.index import MARKER, AdapterIndex
+from loraplex.experts.adapters.sources import HubSource, is_hub_ref
+from loraplex.experts.adapters.store import adapter_folder, check_name
 from loraplex.experts.composition import Base, Blend, Chain, Moe, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import CompositionError, ConfigError, RequestError, UnknownAdapterError
+from loraplex.experts.errors import AdapterNameError, CompositionError, ConfigError, RequestError, UnknownAdapterError
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams, sampling_payload
 from loraplex.gateway.generation_defaults import OPENAI_DEFAULTS
@@ -62,26 +63,23 @@ class Gateway:
         args: AppArgs,
         router=None,
         tokenizer=None,
-        adapters_ttl_s: float = 2.0,
         sampling_defaults: dict[str, float] | None = None,
+        index: AdapterIndex | None = None,
     ):
         self.args = args
         self.router = router
         self.tokenizer = tokenizer
         self.sampling_defaults = {**OPENAI_DEFAULTS, **(sampling_defaults or {})}  # see gateway.generation_defaults
         self.policy = args.routing  # a PolicyConfig: the app's routing knobs, one source of their defaults
-        self._ttl = adapters_ttl_s
-        self._adapters: tuple[float, list[str]] = (-float("inf"), [])  # never scanned (monotonic() may be < ttl)
+        # adapter names in memory: registrations show at once (journal), hand-dropped folders by a background scan
+        self.index = index or AdapterIndex(
+            args.adapter_roots, args.adapter_roots[0] if args.import_roots else None, args.adapter_scan_interval_s
+        )
+        self.hub = HubSource(args.hub) if args.hub.enabled else None
         routing = args.routing
         reservoir = Reservoir(routing.traffic_examples_per_adapter) if routing.learn_from_traffic else None
         # registered adapters' example prompts (and learned traffic): the prototype head beside the trained one
-        self.examples = RoutingExamples(
-            args.adapter_roots,
-            args.adapter_roots[0] if args.import_roots else None,
-            reservoir,
-            routing.traffic_min_examples,
-            adapters_ttl_s,
-        )
+        self.examples = RoutingExamples(self.index, reservoir, routing.traffic_min_examples)
         if router is not None:
             self.check_router_experts()
 
@@ -100,16 +98,12 @@ class Gateway:
 
     # ---- names -----------------------------------------------------------------------------
     def adapters(self) -> list[str]:
-        """Adapters on disk under the roots (rescanned at most every few seconds)."""
-        t, names = self._adapters
-        if time.monotonic() - t > self._ttl:
-            names = find_adapters(self.args.adapter_roots)
-            self._adapters = (time.monotonic(), names)
-        return names
+        """Adapters on disk under the roots, from the index (no walk per call)."""
+        return self.index.names()
 
     def invalidate(self) -> None:
-        """Forget the cached adapter list (after a run-time registration or removal)."""
-        self._adapters = (-float("inf"), [])
+        """Re-read the registry's journal now (after a run-time registration or removal)."""
+        self.index.sync()
 
     def model_ids(self) -> list[str]:
         return ["base"] + (["auto"] if self.router is not None else []) + self.adapters()
@@ -129,9 +123,19 @@ class Gateway:
         return {"object": "list", "data": data}
 
     def _check_adapter(self, name: str) -> None:
+        """Local adapters by the index; hub references by syntax and the allowed repos (the replica fetches)."""
+        if is_hub_ref(name):
+            if self.hub is None:
+                raise AdapterNameError(
+                    f"{name!r} is a Hugging Face Hub reference but hub sources are off; allow repos with hub.repos "
+                    "in the app config"
+                )
+            self.hub.check(name)
+            return
         check_name(name)
-        if name not in self.adapters():
-            raise UnknownAdapterError(name, self.model_ids())
+        if name in self.index or (self.hub is not None and self.hub.matches(name)):
+            return
+        raise UnknownAdapterError(name, self.model_ids())
 
     # ---- resolution --------------------------------------------------------------------------
     @staticmethod
@@ -164,8 +168,10 @@ class Gateway:
             if self.router_weighted(composition):
                 composition = self._router_weights(composition, text)
             comp = parse_composition(composition)
-            if not isinstance(model, str) or (model not in RESERVED_MODELS and model not in self.adapters()):
+            if not isinstance(model, str):
                 raise UnknownAdapterError(model, self.model_ids())
+            if model not in RESERVED_MODELS:
+                self._check_adapter(model)
             for name in adapters_of(comp):
                 self._check_adapter(name)
             return composition, self._routing(comp, None)
@@ -182,10 +188,8 @@ class Gateway:
         return model, self._routing(parse_composition(model), None)
 
     def prototype_head(self, router, force: bool = False):
-        """The prototype head for the adapters served now; a registration on any replica shows at once."""
-        if self.examples.stamp_changed():
-            self.invalidate()
-            force = True
+        """The prototype head for the adapters served now; a registration on any replica shows at once (the
+        index re-reads the registry's journal when its stamp moves)."""
         return self.examples.head(router, self.adapters(), force)
 
     def refresh_routing(self) -> None:
@@ -193,13 +197,12 @@ class Gateway:
         router = self.router
         self.invalidate()
         if router is not None:
-            self.examples.stamp_changed()
             self.examples.head(router, self.adapters(), force=True)
 
     def learn(self, adapter: str, text: str) -> bool:
         """A request that named `adapter`: offer its routing text to the traffic reservoir (opt-in)."""
         router = self.router
-        if router is None or adapter not in self.adapters():
+        if router is None or adapter not in self.index:
             return False
         return self.examples.learn(router, adapter, text)
 

@@ -2,10 +2,11 @@
 
 Every replica reads the same adapter roots, so a registration made through any replica is on disk for
 all of them: an adapter folder's `routing_examples.jsonl` is the source of truth, and it survives
-restarts. A replica notices a change by statting the registry's change stamp on every `auto` request
-(one `stat`: a registration on another replica is routable on the next request here) and by
-rescanning the example files at most every `scan_ttl_s` (files dropped in by hand). Only changed files
-are re-embedded; the head (`router.prototypes.PrototypeHead`) is rebuilt only when the examples, the
+restarts. The adapter index (`experts.adapters.index`) knows each adapter's examples file and its
+version: it re-reads the registry's journal when its stamp moves (one `stat` per lookup, so a
+registration on another replica is routable on the next request here) and rescans the roots in the
+background (files dropped in by hand). Only changed files are re-embedded; the head
+(`router.prototypes.PrototypeHead`) is rebuilt only when the examples, the
 router, the learned traffic or the set of removed trained adapters change, never per request.
 """
 
@@ -13,14 +14,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from loraplex.experts.adapters import routing_examples
-from loraplex.experts.adapters.registry import changes_stamp
+from loraplex.experts.adapters.index import AdapterIndex
 from loraplex.experts.adapters.store import adapter_folder
 from loraplex.experts.errors import LoraplexError
 from loraplex.router.policy import BASE
@@ -34,39 +33,23 @@ FileVersion = tuple[int, int] | None
 
 
 class RoutingExamples:
-    def __init__(
-        self,
-        roots: Sequence[str | Path],
-        managed_root: str | Path | None = None,
-        reservoir: Reservoir | None = None,
-        traffic_min_examples: int = 8,
-        scan_ttl_s: float = 2.0,
-    ):
-        self.roots = list(roots)
-        self.managed_root = managed_root
+    def __init__(self, index: AdapterIndex, reservoir: Reservoir | None = None, traffic_min_examples: int = 8):
+        self.index = index
+        self.roots = list(index.roots)
         self.reservoir = reservoir
         self.traffic_min_examples = traffic_min_examples
-        self._ttl = scan_ttl_s
         self._lock = threading.Lock()  # the routing thread and admin calls both refresh
-        self._stamp: object = ()
-        self._scanned_at = -float("inf")
+        self._index_version = -1
         self._files: dict[str, FileVersion] = {}  # adapter -> version of its examples file
         self._files_version = 0  # bumped whenever a scan finds `_files` changed
         self._embedded: dict[str, tuple[FileVersion, object, torch.Tensor]] = {}  # -> (version, featurizer, feats)
         self._head_key: tuple | None = None
         self._head: PrototypeHead | None = None
 
-    def stamp_changed(self) -> bool:
-        """Whether the registry's change stamp moved since the last call (a registration or removal anywhere)."""
-        stamp = changes_stamp(self.managed_root) if self.managed_root else None
-        changed = stamp != self._stamp
-        self._stamp = stamp
-        return changed
-
     def head(self, router: Router, adapters: Sequence[str], force: bool = False) -> PrototypeHead | None:
         """The prototype head for `router` over the adapters now served (None: route on the trained head alone)."""
         with self._lock:
-            if force or time.monotonic() - self._scanned_at > self._ttl:
+            if force or self.index.version != self._index_version:
                 self._scan(adapters)
             # per request only this comparison: `adapters` is the gateway's cached list (same object until a
             # rescan), files and traffic carry version counters
@@ -86,16 +69,12 @@ class RoutingExamples:
             return self._head
 
     def _scan(self, adapters: Sequence[str]) -> None:
-        files: dict[str, FileVersion] = {}
-        for name in adapters:
-            try:
-                st = (adapter_folder(self.roots, name) / routing_examples.FILE).stat()
-            except (FileNotFoundError, LoraplexError):
-                continue
-            files[name] = (st.st_mtime_ns, st.st_size)
+        version = self.index.version  # read first: a change while we copy shows on the next call
+        served = set(adapters)
+        files = {n: v for n, v in self.index.example_versions().items() if n in served}
         if files != self._files:
             self._files_version += 1
-        self._files, self._scanned_at = files, time.monotonic()
+        self._files, self._index_version = files, version
 
     def _bank(self, router: Router) -> ExampleBank:
         featurizer = router.featurizer

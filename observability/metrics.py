@@ -160,6 +160,12 @@ class ExpertMetrics(_Metrics):
             "loraplex_inflight", "Requests accepted and not answered (queued or decoding).", registry=r
         )
         self.pending = Gauge("loraplex_pending", "Requests accepted and not decoding yet.", registry=r)
+        self.parked = Gauge(
+            "loraplex_parked", "Requests waiting for their adapter to load (holding no batch row).", registry=r
+        )
+        self.loads_in_flight = Gauge(
+            "loraplex_adapter_loads_in_flight", "Adapter loads (disk -> host) running on the loader thread.", registry=r
+        )
         self.cache = Counter(
             "loraplex_adapter_cache",
             "Adapter lookups by tier (host, device; composed on vLLM groups) and result.",
@@ -210,6 +216,8 @@ class ExpertMetrics(_Metrics):
         """The engine's counters (`ServingEngine.stats`): gauges set, counters advanced by what changed."""
         self.inflight.set(stats["inflight"])
         self.pending.set(stats.get("pending", 0))
+        self.parked.set(stats.get("parked", 0))
+        self.loads_in_flight.set(len(stats.get("loading", ())))
         last = self._last
 
         def delta(key: str) -> float:

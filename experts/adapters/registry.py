@@ -8,19 +8,21 @@ shapes come from the model config on the meta device, so the ingress never loads
 
 from __future__ import annotations
 
+import fcntl
 import json
-import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from loraplex.experts.adapters import routing_examples
+from loraplex.experts.adapters.index import MARKER, read_journal, scan_roots, write_journal
 from loraplex.experts.adapters.loader import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
-from loraplex.experts.adapters.store import check_name, find_adapters
+from loraplex.experts.adapters.store import adapter_exists, check_name, find_adapters
 from loraplex.experts.errors import (
     AdapterNameError,
     ConflictError,
@@ -30,18 +32,7 @@ from loraplex.experts.errors import (
 )
 from loraplex.experts.lora.targets import target_linears
 
-MARKER = ".loraplex-registered.json"  # written into folders this registry created; only those can be removed
-CHANGES_FILE = ".loraplex-changes"  # rewritten in the managed root on every registration and removal
-
-
-def changes_stamp(managed_root: Path | str) -> tuple[int, int] | None:
-    """Changes whenever the registry registers or removes an adapter (the file is atomically replaced, so its
-    inode changes): every ingress replica stats it to see a registration made on another replica at once."""
-    try:
-        st = (Path(managed_root) / CHANGES_FILE).stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
+LOCK_FILE = ".loraplex-index.lock"  # flock'd around every journal update: ingress replicas are processes
 
 
 def linear_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -74,6 +65,21 @@ class AdapterRegistry:
         self.max_bytes = int(max_adapter_mb * 2**20)
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _journal(self):
+        """The registered names, under a lock every ingress process honours; the block edits the set in place."""
+        with self._lock, open(self.managed_root / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                names = read_journal(self.managed_root)
+                if names is None:  # first registration since this version: registered folders start the journal
+                    names = [n for n, e in scan_roots([self.managed_root]).items() if (e.path / MARKER).is_file()]
+                names_set = set(names)
+                yield names_set
+                write_journal(self.managed_root, names_set)  # the change every index sees on its next lookup
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _source(self, source: str) -> Path:
         path = Path(source).resolve()
         if not any(path.is_relative_to(root) for root in self.import_roots):
@@ -99,8 +105,8 @@ class AdapterRegistry:
         adapter = load_adapter(
             name, src, self.module_shapes, self.max_rank, allow_pickle=False
         )  # raises AdapterValidationError
-        with self._lock:
-            if name in find_adapters(self.roots):
+        with self._journal() as registered:
+            if adapter_exists(self.roots, name):
                 raise ConflictError(
                     f"adapter {name!r} already exists; DELETE /v1/adapters/{name} first or pick another name"
                 )
@@ -113,7 +119,7 @@ class AdapterRegistry:
                 routing_examples.write_examples(tmp, prompts)
             (tmp / MARKER).write_text(json.dumps({"source": str(src)}))
             tmp.rename(dest)  # atomic: replicas never see a half-copied adapter
-            self._changed()
+            registered.add(name)
         return {
             "name": name,
             "rank": adapter.rank,
@@ -122,23 +128,18 @@ class AdapterRegistry:
             "routing_examples": len(prompts),
         }
 
-    def _changed(self) -> None:
-        tmp = self.managed_root / f"{CHANGES_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(f"{os.getpid()} {os.urandom(8).hex()}")
-        os.replace(tmp, self.managed_root / CHANGES_FILE)
-
     def remove(self, name: str) -> dict:
         segments = check_name(name)
-        with self._lock:
+        with self._journal() as registered:
             dest = self.managed_root.joinpath(*segments)
             if name in self.pinned:
                 raise ConflictError(f"adapter {name!r} is pinned to an expert group in the config; remove it there")
             if not (dest / MARKER).is_file():
-                if name in find_adapters(self.roots):
+                if adapter_exists(self.roots, name):
                     raise ConflictError(
                         f"adapter {name!r} was not registered at run time; only registered adapters can be removed"
                     )
                 raise UnknownAdapterError(name, find_adapters(self.roots))
             shutil.rmtree(dest)
-            self._changed()
+            registered.discard(name)
         return {"name": name, "deleted": True}

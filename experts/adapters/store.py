@@ -11,15 +11,19 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from loraplex.experts.adapters.index import scan_roots
 from loraplex.experts.adapters.loader import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_FILE, LoraAdapter, load_adapter
+from loraplex.experts.adapters.sources import HubSource, is_hub_ref
 from loraplex.experts.errors import AdapterNameError, CapacityError, ConfigError, UnknownAdapterError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -34,14 +38,14 @@ def _inside(root: Path, path: Path) -> bool:
 
 
 def find_adapters(roots: Sequence[Path | str]) -> list[str]:
-    """Adapter names under `roots`: folders holding an adapter_config.json that stay inside their root."""
-    names = set()
-    for root in (Path(r).resolve() for r in roots):
-        for cfg in root.rglob(CONFIG_FILE):
-            rel = cfg.parent.relative_to(root).as_posix()
-            if rel != "." and _inside(root, cfg.parent):
-                names.add(rel)
-    return sorted(names)
+    """Adapter names under `roots` by a full walk (`index.AdapterIndex` keeps them without walking per call)."""
+    return sorted(scan_roots(roots))
+
+
+def adapter_exists(roots: Sequence[Path | str], name: str) -> bool:
+    """Whether some root holds adapter `name` (one stat per root, no walk)."""
+    segments = check_name(name)
+    return any((Path(r).resolve().joinpath(*segments) / CONFIG_FILE).is_file() for r in roots)
 
 
 def check_name(name: object) -> list[str]:
@@ -103,23 +107,50 @@ class Lease:
     keys: tuple[SlotKey, ...]
 
 
+class AdapterLoading(Exception):
+    """Not an error: some adapters of a lease are still loading on the loader thread. The scheduler parks
+    the request (it holds no batch row meanwhile) and retries once every future is done."""
+
+    def __init__(self, futures: list[Future]):
+        super().__init__(f"{len(futures)} adapter(s) loading")
+        self.futures = futures
+
+
+LOAD_SAMPLES = 2048  # recent load times kept for quantiles (the Prometheus counters keep the totals)
+
+
 @dataclass
 class StoreStats:
     host_hits: int = 0
     host_misses: int = 0
+    host_joins: int = 0  # lookups that joined a load already in flight (single-flight)
     device_hits: int = 0
     device_misses: int = 0
     evictions_host: int = 0
     evictions_device: int = 0
     load_seconds: float = 0.0
     load_failures: int = 0
+    slot_write_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
 
 
+def quantiles(samples: Iterable[float]) -> dict[str, float | None]:
+    xs = sorted(samples)
+    if not xs:
+        return {"p50": None, "p99": None, "n": 0}
+    return {"p50": xs[len(xs) // 2], "p99": xs[min(len(xs) - 1, int(0.99 * len(xs)))], "n": len(xs)}
+
+
 class AdapterStore:
     """Finds, validates and caches adapters; leases device slots to running rows.
+
+    Three tiers: device slots (what the batched layers read), host memory (validated tensors, LRU) and
+    disk (local roots, or the Hub's cache for hub references). Disk -> host loading and validation run on a
+    loader thread, single-flight per adapter: concurrent requests for one cold adapter share one load, and
+    the engine thread never reads a file. `lease` only copies host tensors into free slots; when an adapter
+    is not in host memory yet it raises `AdapterLoading` with the futures to wait on instead of blocking.
 
     Both tiers key on the adapter's *version* on disk, not only its name: an adapter removed and
     registered again under the same name with new weights is reloaded, never served from a stale
@@ -135,6 +166,8 @@ class AdapterStore:
         max_rank: int,
         host_capacity: int,
         allow_pickle: bool = False,
+        hub: HubSource | None = None,
+        loader_threads: int = 1,
     ):
         problems = []
         self.roots = [Path(r).resolve() for r in roots]
@@ -152,77 +185,145 @@ class AdapterStore:
         self.max_rank = max_rank
         self.host_capacity = host_capacity
         self.allow_pickle = allow_pickle
+        self.hub = hub
         self.stats = StoreStats()
         self._host: OrderedDict[str, tuple[Version, LoraAdapter]] = OrderedDict()
         self._slots: OrderedDict[SlotKey, int] = OrderedDict()  # LRU order
         self._leases: Counter[SlotKey] = Counter()
         self._current: dict[str, Version] = {}  # the version on disk when last looked up (absent: removed)
+        self._hub_paths: dict[str, Path] = {}  # hub reference -> its snapshot folder in the Hub cache, once fetched
+        self._loading: dict[str, Future] = {}  # adapter -> its load in flight
+        self._pool = ThreadPoolExecutor(max(1, loader_threads), thread_name_prefix="loraplex-adapter-loader")
+        self.load_epoch = 0  # bumped when a load starts or ends: "did a load run during this step?"
+        self._load_s: deque[float] = deque(maxlen=LOAD_SAMPLES)  # disk -> host, per load
+        self._write_s: deque[float] = deque(maxlen=LOAD_SAMPLES)  # host -> slot, per slot write
         self._lock = threading.RLock()
 
     @property
     def num_slots(self) -> int:
         return self.backend.num_slots
 
+    @property
+    def loads_in_flight(self) -> int:
+        return len(self._loading)
+
     # ---- names and paths -------------------------------------------------------------------
     def available(self) -> list[str]:
         return find_adapters(self.roots)
 
     def resolve(self, name: str) -> Path:
-        """The folder of adapter `name`; rejects names that could leave the roots."""
+        """The folder of local adapter `name`; rejects names that could leave the roots."""
         return adapter_folder(self.roots, name)
 
+    def check(self, name: str) -> None:
+        """Raise unless `name` can be served: a local adapter, or a hub reference the config allows (not
+        fetched here: that happens on the loader thread)."""
+        self._locate(name)
+
+    def _locate(self, name: str) -> Path | None:
+        """The adapter's folder (stats only), or None for a hub reference not fetched yet."""
+        if is_hub_ref(name):
+            if self.hub is None:
+                raise AdapterNameError(
+                    f"{name!r} is a Hugging Face Hub reference but hub sources are off; allow repos with hub.repos "
+                    "in the app config"
+                )
+            self.hub.check(name)
+            return self._hub_paths.get(name)
+        try:
+            return self.resolve(name)
+        except UnknownAdapterError:
+            if self.hub is not None and self.hub.matches(name):  # `org/name`: not local, so the Hub
+                return self._hub_paths.get(name)
+            self._host.pop(name, None)  # removed at run time: forget it (leased slots stay until released)
+            self._current.pop(name, None)
+            self._drop_unleased(lambda key: key[0] == name)
+            raise
+
     # ---- host tier ---------------------------------------------------------------------------
+    def load(self, name: str) -> Future:
+        """A future of `(version, adapter)`: done at once on a host hit, else the load in flight (one per
+        adapter, shared by every caller). Raises at once for names that can never load (unknown, unsafe)."""
+        with self._lock:
+            path = self._locate(name)
+            if path is not None:
+                version = file_version(path)
+                self._current[name] = version
+                cached = self._host.get(name)
+                if cached is not None and cached[0] == version:
+                    self.stats.host_hits += 1
+                    self._host.move_to_end(name)
+                    done: Future = Future()
+                    done.set_result(cached)
+                    return done
+            inflight = self._loading.get(name)
+            if inflight is not None:
+                self.stats.host_joins += 1
+                return inflight
+            self.stats.host_misses += 1
+            self.load_epoch += 1
+            fut = self._pool.submit(self._load, name, path)
+            self._loading[name] = fut  # _load pops it under this lock, so never before it is set
+            return fut
+
     def get(self, name: str) -> LoraAdapter:
-        """The validated adapter, from host memory or disk (LRU over `host_capacity` adapters)."""
-        return self._get(name)[1]
+        """The validated adapter, from host memory or disk (blocks until loaded; not for the engine thread)."""
+        return self.load(name).result()[1]
 
     def get_versioned(self, name: str) -> tuple[Version, LoraAdapter]:
         """`get`, with the version of the files it was loaded from (engines that key their own caches on it)."""
-        return self._get(name)
+        return self.load(name).result()
 
-    def _get(self, name: str) -> tuple[Version, LoraAdapter]:
-        with self._lock:
-            try:
-                path = self.resolve(name)
-            except UnknownAdapterError:  # removed at run time: forget it (leased slots stay until released)
-                self._host.pop(name, None)
-                self._current.pop(name, None)
-                self._drop_unleased(lambda key: key[0] == name)
-                raise
+    def _load(self, name: str, path: Path | None) -> tuple[Version, LoraAdapter]:
+        """On the loader thread: fetch (hub), read and validate, then publish into the host tier."""
+        t0 = time.perf_counter()
+        fetched = path is None  # _locate returns None only for hub references not fetched yet
+        try:
+            if path is None:
+                if self.hub is None:
+                    raise AdapterNameError(f"{name!r}: hub sources are off")
+                path = self.hub.fetch(name)
             version = file_version(path)
-            self._current[name] = version
-            cached = self._host.get(name)
-            if cached is not None and cached[0] == version:
-                self.stats.host_hits += 1
-                self._host.move_to_end(name)
-                return cached
-            self.stats.host_misses += 1
-            t0 = time.perf_counter()
-            try:
-                adapter = load_adapter(name, path, self.module_shapes, self.max_rank, self.allow_pickle)
-            except Exception:
+            adapter = load_adapter(name, path, self.module_shapes, self.max_rank, self.allow_pickle)
+        except BaseException:
+            with self._lock:
                 self.stats.load_failures += 1
-                raise
-            self.stats.load_seconds += time.perf_counter() - t0
+                self._loading.pop(name, None)
+                self.load_epoch += 1
+            raise
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self._loading.pop(name, None)
+            self.load_epoch += 1
+            if fetched:
+                self._hub_paths[name] = path  # the snapshot folder: later lookups stat it like a local folder
+            self._current[name] = version
+            self.stats.load_seconds += dt
+            self._load_s.append(dt)
             self._host.pop(name, None)
             while len(self._host) >= self.host_capacity:  # slot copies live on the device, plain LRU is safe
                 self._host.popitem(last=False)
                 self.stats.evictions_host += 1
             self._host[name] = (version, adapter)
             self._drop_unleased(lambda key: key[0] == name and key[1] != version)  # older versions' slots
-            return version, adapter
+        return version, adapter
 
     # ---- device tier -------------------------------------------------------------------------
     def lease(self, names: Iterable[str]) -> Lease:
         """Slots for all `names` at once, held until `release`. Evicts only unleased slots, least recently
-        used first; raises `CapacityError` when the unleased slots cannot hold the missing adapters."""
+        used first; raises `CapacityError` when the unleased slots cannot hold the missing adapters, and
+        `AdapterLoading` when some adapter is not in host memory yet (its load is then in flight)."""
         wanted = list(dict.fromkeys(names))
         with self._lock:
             if len(wanted) > self.num_slots:
                 raise CapacityError(
                     f"a batch needs {len(wanted)} distinct adapters but the replica has {self.num_slots} slots"
                 )
-            versions = {n: self._get(n) for n in wanted}  # validate before evicting
+            loads = {n: self.load(n) for n in wanted}  # validate before evicting
+            pending = [f for f in loads.values() if not f.done()]
+            if pending:
+                raise AdapterLoading(pending)
+            versions = {n: f.result() for n, f in loads.items()}  # a failed load raises its error here
             keys = {n: (n, versions[n][0]) for n in wanted}
             missing = [n for n in wanted if keys[n] not in self._slots]
             wanted_keys = set(keys.values())
@@ -244,7 +345,11 @@ class AdapterStore:
                 else:
                     slot = self._slots.pop(evictable.pop(0))
                     self.stats.evictions_device += 1
+                t0 = time.perf_counter()
                 self.backend.write_slot(slot, versions[n][1].modules)
+                dt = time.perf_counter() - t0
+                self.stats.slot_write_seconds += dt
+                self._write_s.append(dt)
                 self._slots[keys[n]] = slot
             for k in wanted_keys:
                 self._leases[k] += 1
@@ -259,8 +364,17 @@ class AdapterStore:
             self._drop_unleased(lambda key: self._is_stale(key))
 
     def acquire(self, names: Iterable[str]) -> dict[str, int]:
-        """Load `names` into slots without holding them (warm-up, tests): a later lease may evict them."""
-        lease = self.lease(names)
+        """Load `names` into slots without holding them (start-up, warm-up, tests): waits for their loads; a
+        later lease may evict them."""
+        names = list(names)
+        while True:
+            try:
+                lease = self.lease(names)
+                break
+            except AdapterLoading as e:
+                wait_futures(e.futures)
+                for f in e.futures:
+                    f.result()  # a failed load raises its error here instead of loading again
         self.release(lease)
         return lease.slots
 
@@ -277,6 +391,18 @@ class AdapterStore:
     def cached(self) -> list[str]:
         with self._lock:
             return list(self._host)
+
+    def loading(self) -> list[str]:
+        with self._lock:
+            return list(self._loading)
+
+    def timings(self) -> dict[str, dict[str, float | None]]:
+        """Recent disk -> host load and host -> slot write times (seconds), p50/p99."""
+        with self._lock:
+            return {"disk_to_host": quantiles(self._load_s), "host_to_slot": quantiles(self._write_s)}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _is_stale(self, key: SlotKey) -> bool:
         """A slot holding a version that is no longer the one on disk (removed, or replaced)."""

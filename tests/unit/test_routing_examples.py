@@ -11,7 +11,8 @@ import torch
 
 from loraplex.config.app import AppArgs
 from loraplex.experts.adapters import routing_examples
-from loraplex.experts.adapters.registry import AdapterRegistry, changes_stamp, linear_shapes
+from loraplex.experts.adapters.index import AdapterIndex, journal_stamp
+from loraplex.experts.adapters.registry import AdapterRegistry, linear_shapes
 from loraplex.experts.errors import RequestError
 from loraplex.gateway.planner import Gateway
 from loraplex.gateway.protocol import CompletionRequest, RouteRequest
@@ -93,7 +94,8 @@ def gateway(roots, **routing) -> Gateway:
         groups=[{"name": "g", "adapters": ["a", "b", "c"]}],
         routing=routing,
     )
-    return Gateway(args, keyword_router(), adapters_ttl_s=3600)  # a long TTL: only the change stamp can refresh
+    index = AdapterIndex(args.adapter_roots, roots["managed"], scan_interval_s=None)  # no background scans
+    return Gateway(args, keyword_router(), index=index)  # only the registry's journal can refresh it
 
 
 def routed(gw: Gateway, prompt: str) -> dict:
@@ -115,9 +117,9 @@ def test_the_first_listing_scans_even_on_a_machine_up_for_less_than_the_ttl(root
 def test_register_with_examples_routes_on_every_replica_at_once_and_removal_takes_it_out(roots):
     one, two = gateway(roots), gateway(roots)  # two ingress replicas on the same roots
     assert routed(two, "delta things")["weights"] != {"delta": 1.0}
-    stamp = changes_stamp(roots["managed"])
+    stamp = journal_stamp(roots["managed"])
     out = roots["registry"].register("team/delta", str(roots["imports"] / "new"), ["delta one", "delta two"])
-    assert out["routing_examples"] == 2 and changes_stamp(roots["managed"]) != stamp
+    assert out["routing_examples"] == 2 and journal_stamp(roots["managed"]) != stamp
     assert json.loads((roots["managed"] / "team/delta" / routing_examples.FILE).read_text().splitlines()[0]) == {
         "prompt": "delta one"
     }
@@ -154,7 +156,7 @@ def test_a_removed_trained_adapter_leaves_routing(roots):
     gw = gateway(roots)
     assert routed(gw, "gamma")["weights"] == {"c": 1.0}
     shutil.rmtree(roots["managed"] / "c")  # gone from the roots (pinned or not, it cannot be served)
-    gw.invalidate()
+    gw.index.refresh()  # what the index's background scan does every adapter_scan_interval_s
     info = routed(gw, "gamma")
     assert "c" not in info["probs"] and set(info["weights"]) <= {"a", "b"}
 
