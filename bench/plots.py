@@ -168,3 +168,39 @@ def plot_soak(report: dict, path: Path) -> None:
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_adapters(report: dict, path: Path) -> None:
+    """Adapters at scale: latency of the cold run against the all-resident run, load and step times, the hottest
+    adapter's split across replicas."""
+    plt = _pyplot()
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    phases = report["phases"]
+    names = list(phases)
+    for i, q in enumerate(("p50_ms", "p99_ms")):
+        vals = [phases[n]["client"].get(q) or 0 for n in names]
+        ax1.bar([j + 0.38 * i for j in range(len(names))], vals, width=0.38, label=q.replace("_ms", ""))
+    ax1.set_xticks([j + 0.19 for j in range(len(names))], names)
+    ax1.set_ylabel("end-to-end latency, ms")
+    ax1.set_title(f"{report['config']['rate']} req/s Poisson, Zipf({report['config']['zipf']})")
+    ax1.legend()
+    cold = phases.get("cold", {}).get("replicas")
+    if cold:
+        bars = {
+            "disk->host p50": cold["disk_to_host_ms"]["p50"],
+            "disk->host p99": cold["disk_to_host_ms"]["p99"],
+            "host->slot p50": cold["host_to_slot_ms"]["p50"],
+            "host->slot p99": cold["host_to_slot_ms"]["p99"],
+            "wait p50": cold["request_wait_for_load_ms"]["p50"],
+            "wait p99": cold["request_wait_for_load_ms"]["p99"],
+            "step, loads": cold["decode_step"]["loading_ms"],
+            "step, none": cold["decode_step"]["idle_ms"],
+        }
+        ax2.barh(list(bars), [v or 0 for v in bars.values()], color="#2a7")
+        ax2.set_xlabel("ms")
+        ax2.set_title("cold run: load times and decode-step time")
+        split = cold["hottest"]["requests_per_replica"]
+        ax3.bar([r[:8] for r in split], list(split.values()), color="#27a")
+        ax3.set_title(f"hottest adapter {cold['hottest']['adapter']}: requests per replica")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -115,7 +115,7 @@ class PlacementConfig(_Strict):
         ),
     )
     hot_share: float = Field(
-        default=0.25,
+        default=0.1,
         gt=0,
         le=1,
         description=(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from loraplex.config.app import PlacementConfig
 from loraplex.gateway.placement import Placement, ReplicaView
 
 
 class ResidencyRouter(RequestRouter):
     def initialize_state(self, **kwargs) -> None:
-        self.placement = Placement(**kwargs)
+        """`kwargs`: `PlacementConfig` fields (GroupConfig.serve_options passes them)."""
+        self.placement = Placement.from_config(PlacementConfig(residency=True, **kwargs))
 
     @staticmethod
     def _adapter(pending_request: PendingRequest | None) -> str | None:
@@ -39,5 +41,5 @@ class ResidencyRouter(RequestRouter):
     @property
     def _placement(self) -> Placement:
         if not hasattr(self, "placement"):  # initialize_state not called (no kwargs): the defaults
-            self.placement = Placement()
+            self.placement = Placement.from_config()
         return self.placement

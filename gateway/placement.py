@@ -27,6 +27,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from loraplex.config.app import PlacementConfig
+
 EXPECTED_S = 5.0  # how long a routed request counts as residency before the replica's report shows it
 
 
@@ -46,12 +48,19 @@ class ReplicaView:
 
 @dataclass
 class Placement:
-    hot_share: float = 0.1
-    window_s: float = 30.0
-    min_requests: int = 20
-    max_imbalance: int = 8
+    """Knobs as `config.app.PlacementConfig` (its defaults: `Placement.from_config()`)."""
+
+    hot_share: float
+    window_s: float
+    min_requests: int
+    max_imbalance: int
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def from_config(cls, config: PlacementConfig | None = None, **kw) -> Placement:
+        c = config or PlacementConfig()
+        return cls(c.hot_share, c.window_s, c.min_requests, c.max_imbalance, **kw)
 
     def __post_init__(self) -> None:
         self._recent: deque[tuple[float, str | None]] = deque()

@@ -144,3 +144,26 @@ def peft_model(tiny, names=("a", "b", "c")):
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
+
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def make_hub_cache(cache: Path, repo: str, adapter: Path, revision_ref: str = "main") -> Path:
+    """`adapter`'s files in the huggingface_hub cache layout (refs/<ref>, blobs/, snapshots/<sha>/ symlinks), as
+    `huggingface-cli download` leaves them: hub references then resolve offline. Returns the snapshot folder."""
+    import os
+    import shutil
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / revision_ref).write_text(HUB_SHA)
+    snap, blobs = folder / "snapshots" / HUB_SHA, folder / "blobs"
+    snap.mkdir(parents=True, exist_ok=True)
+    blobs.mkdir(exist_ok=True)
+    for f in adapter.iterdir():
+        if f.is_file():
+            blob = blobs / f"blob-{f.name}"
+            shutil.copy(f, blob)
+            os.symlink(os.path.relpath(blob, snap), snap / f.name)
+    return snap

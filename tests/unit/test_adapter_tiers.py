@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from loraplex.config.app import AppArgs
+from loraplex.config.app import AppArgs, PlacementConfig
 from loraplex.config.engine import EngineConfig, HubConfig
 from loraplex.experts.adapters import store as store_module
 from loraplex.experts.adapters.index import AdapterIndex
@@ -28,16 +28,15 @@ from loraplex.experts.errors import (
 from loraplex.experts.scheduler import Scheduler
 from loraplex.gateway.placement import Placement, ReplicaView
 from loraplex.gateway.planner import Gateway
-from tests.unit.conftest import write_json
+from tests.unit.conftest import HUB_SHA as SHA
+from tests.unit.conftest import make_hub_cache, write_json
 
 PROMPT = "my order ORD-12345 never arrived"
 
 
 def _engine(tiny, roots, **kw) -> Engine:
     cfg = {"max_slots": 2, "max_host_adapters": 4, "max_rank": 16, **kw}
-    return Engine.from_config(
-        EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(r) for r in roots], **cfg)
-    )
+    return Engine.from_config(EngineConfig(base_model=str(tiny["base"]), adapter_roots=[str(r) for r in roots], **cfg))
 
 
 class GatedLoads:
@@ -59,7 +58,7 @@ class GatedLoads:
 
 def _collect():
     got: dict[str, object] = {}
-    return got, (lambda name: (lambda res: got.__setitem__(name, res)))
+    return got, (lambda name: lambda res: got.__setitem__(name, res))
 
 
 def _drain(s: Scheduler) -> None:
@@ -190,30 +189,11 @@ def test_engine_generate_waits_for_cold_loads(tiny):
 
 
 # ---- hub references from a pre-populated cache, offline ----------------------------------------------
-SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _hub_cache(cache: Path, repo: str, adapter: Path, revision_ref: str = "main") -> Path:
-    """The huggingface_hub cache layout (refs, blobs, snapshot symlinks) holding `adapter`'s files."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / revision_ref).write_text(SHA)
-    snap, blobs = folder / "snapshots" / SHA, folder / "blobs"
-    snap.mkdir(parents=True, exist_ok=True)
-    blobs.mkdir(exist_ok=True)
-    for f in adapter.iterdir():
-        if f.is_file():
-            blob = blobs / f"blob-{f.name}"
-            shutil.copy(f, blob)
-            os.symlink(os.path.relpath(blob, snap), snap / f.name)
-    return snap
-
-
 @pytest.fixture
 def hub(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "hub"
-    _hub_cache(cache, "acme/support-lora", tiny["roots"] / "a")
+    make_hub_cache(cache, "acme/support-lora", tiny["roots"] / "a")
     return HubConfig(repos=["acme/*"], cache_dir=str(cache))
 
 
@@ -223,9 +203,9 @@ def test_hub_references_load_offline_from_the_cache_and_decode_like_the_local_ad
     engine = _engine(tiny, [empty], hub=hub)
     for ref in ("hf://acme/support-lora", "hf://acme/support-lora@main", f"hf://acme/support-lora@{SHA}"):
         got = engine.generate([Request.from_json(PROMPT, ref, max_tokens=6)])[0]
-        assert got.text == _engine(tiny, [tiny["roots"]]).generate([Request.from_json(PROMPT, "a", max_tokens=6)])[
-            0
-        ].text, ref
+        assert (
+            got.text == _engine(tiny, [tiny["roots"]]).generate([Request.from_json(PROMPT, "a", max_tokens=6)])[0].text
+        ), ref
     assert engine.store.get("acme/support-lora").name == "acme/support-lora"  # plain org/name: not local, so hub
 
 
@@ -319,21 +299,21 @@ def _replicas(**holdings) -> list[ReplicaView]:
 
 
 def test_placement_prefers_device_then_host_residency():
-    p = Placement(min_requests=1000)
+    p = Placement.from_config(PlacementConfig(min_requests=1000))
     views = _replicas(r1=((), (), 0), r2=(("x",), (), 3), r3=((), ("x",), 1), r4=((), (), 0))
     tiers = p.rank("x", views)
     assert tiers[0] == ["r2"] and tiers[1] == ["r3"] and sorted(tiers[2]) == ["r1", "r4"]
 
 
 def test_placement_residency_yields_to_a_long_queue():
-    p = Placement(max_imbalance=4, min_requests=1000)
+    p = Placement.from_config(PlacementConfig(max_imbalance=4, min_requests=1000))
     tiers = p.rank("x", _replicas(r1=(("x",), (), 9), r2=((), (), 2)))
     assert tiers == [["r2"], ["r1"]]
 
 
 def test_a_request_routed_counts_as_residency_until_the_replica_reports_it():
     now = [0.0]
-    p = Placement(min_requests=1000, clock=lambda: now[0])
+    p = Placement.from_config(PlacementConfig(min_requests=1000), clock=lambda: now[0])
     views = _replicas(r1=((), (), 0), r2=((), (), 0))
     p.routed("cold", "r2")
     assert p.rank("cold", views)[0] == ["r2"]  # the burst sticks to the replica loading it
@@ -343,7 +323,7 @@ def test_a_request_routed_counts_as_residency_until_the_replica_reports_it():
 
 def test_a_hot_adapter_spreads_to_the_least_loaded_replicas_whatever_they_hold():
     now = [0.0]
-    p = Placement(hot_share=0.3, min_requests=10, window_s=10, clock=lambda: now[0])
+    p = Placement.from_config(PlacementConfig(hot_share=0.3, min_requests=10, window_s=10), clock=lambda: now[0])
     for i in range(20):
         p.routed("hot" if i % 2 else f"cold{i}", "r1")
     assert p.is_hot("hot") and not p.is_hot("cold2") and p.hot() == ["hot"]
