@@ -98,6 +98,7 @@ class Decoder:
         self.device = self.forward.device
         self.can_join = True  # our cache always takes rows mid-batch (kept for the scheduler's protocol)
         self.last_size = 0  # choices that got a token in the last step
+        self.last_prefill = 0  # prompt tokens prefilled in the last step (0: a pure decode step)
         self.clear()
 
     def clear(self) -> None:
@@ -125,7 +126,7 @@ class Decoder:
             for it in joining:
                 self._queue(it)
             finished = self._drop_cancelled_joiners()
-            self.last_size = 0
+            self.last_size = self.last_prefill = 0
             if not self._rows and not self._joining:
                 return finished
             logits = self._run()  # [active vrows, vocab], newly prefilled rows included
@@ -225,6 +226,7 @@ class Decoder:
     def _run(self) -> torch.Tensor:
         """One forward; rows whose prompt it finished join the active set. Returns the active rows' logits."""
         batch, lora, taken = self._plan()
+        self.last_prefill = sum(t for _, _, t, _ in taken)
         with self.wrapped.active(lora):
             out = self.forward(batch)  # [outputs, vocab]
         n = len(self._rows)

@@ -70,6 +70,7 @@ class HFDecoder:
         self._cache_kwarg = cache_kwarg(wrapped.model)
         self.can_join = True  # False once a cache layer type is seen that cannot be left-padded (then: static batches)
         self.last_size = 0  # choices that got a token in the last step
+        self.last_prefill = 0  # prompt tokens prefilled in the last step
         self.clear()
 
     def clear(self) -> None:
@@ -95,6 +96,7 @@ class HFDecoder:
 
     def step(self, joining: list[GenItem] | tuple = ()) -> list[tuple[GenItem, list[GenOutput]]]:
         with torch.inference_mode():
+            self.last_prefill = sum(len(it.prompt_ids) for it in joining)
             if joining:
                 self._join(list(joining))
             finished: list[tuple[GenItem, list[GenOutput]]] = []

@@ -75,7 +75,7 @@ class NativeReplica:
         }
         self.inflight = 0  # accepted, not answered yet (queued or decoding)
         self.last_batch_size = 0  # requests in the last decode step
-        # decode-step seconds by (an adapter load ran during the step, batch size): do loads slow decoding?
+        # pure decode-step seconds by (an adapter load ran during the step, batch size): do loads slow decoding?
         self._steps: dict[tuple[bool, int], deque[float]] = {}
         self._by_adapter: Counter[str] = Counter()  # requests per adapter (placement: how a hot one splits)
 
@@ -168,7 +168,7 @@ class NativeReplica:
             self.counters["rows"] += n
             self.counters["busy_s"] += dt
             self.last_batch_size = n
-            if n:
+            if n and not self.scheduler.decoder.last_prefill:  # pure decode steps: do loads slow them?
                 self._steps.setdefault((loading, n), deque(maxlen=STEP_SAMPLES)).append(dt)
 
     def _accept(self, item: tuple[Request, Future] | None) -> None:

@@ -39,6 +39,7 @@ class BatchDecoder(Protocol):
 
     can_join: bool
     last_size: int
+    last_prefill: int
     num_rows: int
 
     def step(self, joining: list[GenItem]) -> list[tuple[GenItem, list[GenOutput]]]: ...

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -61,8 +61,9 @@ def check_name(name: object) -> list[str]:
     return segments
 
 
-def adapter_folder(roots: Sequence[Path | str], name: str) -> Path:
-    """The folder of adapter `name` in the first root holding it; rejects names (and symlinks) that leave a root."""
+def adapter_folder(roots: Sequence[Path | str], name: str, known: Callable[[], Iterable[str]] | None = None) -> Path:
+    """The folder of adapter `name` in the first root holding it; rejects names (and symlinks) that leave a root.
+    `known` lists the adapters for the unknown-adapter error (default: a walk of the roots)."""
     segments = check_name(name)
     for root in (Path(r).resolve() for r in roots):
         candidate = root.joinpath(*segments)
@@ -72,7 +73,7 @@ def adapter_folder(roots: Sequence[Path | str], name: str) -> Path:
                     f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it"
                 )
             return candidate
-    raise UnknownAdapterError(name, find_adapters(roots))
+    raise UnknownAdapterError(name, known() if known is not None else find_adapters(roots))
 
 
 class SlotBackend(Protocol):
@@ -116,6 +117,7 @@ class AdapterLoading(Exception):
         self.futures = futures
 
 
+KNOWN_TTL_S = 30.0
 LOAD_SAMPLES = 2048  # recent load times kept for quantiles (the Prometheus counters keep the totals)
 
 
@@ -197,6 +199,7 @@ class AdapterStore:
         self.load_epoch = 0  # bumped when a load starts or ends: "did a load run during this step?"
         self._load_s: deque[float] = deque(maxlen=LOAD_SAMPLES)  # disk -> host, per load
         self._write_s: deque[float] = deque(maxlen=LOAD_SAMPLES)  # host -> slot, per slot write
+        self._known_names: tuple[float, list[str]] = (-float("inf"), [])
         self._lock = threading.RLock()
 
     @property
@@ -213,7 +216,16 @@ class AdapterStore:
 
     def resolve(self, name: str) -> Path:
         """The folder of local adapter `name`; rejects names that could leave the roots."""
-        return adapter_folder(self.roots, name)
+        return adapter_folder(self.roots, name, self._known)
+
+    def _known(self) -> list[str]:
+        """The names an unknown-adapter error lists: a walk at most every `KNOWN_TTL_S`, because this runs on
+        the engine thread and a walk of thousands of folders would stall decoding."""
+        t, names = self._known_names
+        if time.monotonic() - t > KNOWN_TTL_S:
+            names = find_adapters(self.roots)
+            self._known_names = (time.monotonic(), names)
+        return names
 
     def check(self, name: str) -> None:
         """Raise unless `name` can be served: a local adapter, or a hub reference the config allows (not
