@@ -204,3 +204,31 @@ def plot_adapters(report: dict, path: Path) -> None:
         ax3.set_title(f"hottest adapter {cold['hottest']['adapter']}: requests per replica")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_fit(report: dict, path: Path) -> None:
+    """A composition fit: held-out loss per epoch (and the weights), and every candidate on the held-out data."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    h = report["history"]
+    xs = [r["epoch"] for r in h]
+    ax1.plot(xs, [r["train_loss"] for r in h], label="train loss")
+    ax1.plot(xs, [r["heldout_loss"] for r in h], label="held-out loss")
+    ax1.axvline(report["best_epoch"], color="#888", ls="--", label="best epoch")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy per completion token")
+    axw = ax1.twinx()
+    for a in report["adapters"]:
+        axw.plot(xs, [r["weights"][a] for r in h], ls=":", label=f"w[{a}]")
+    axw.set_ylabel("weight")
+    ax1.legend(loc="upper left")
+    axw.legend(loc="upper right")
+    ax1.set_title(f"{report['space']} blend of {', '.join(report['adapters'])}")
+    names = [r["candidate"] for r in report["table"]]
+    ax2.barh(names, [r["heldout_exact_match"] for r in report["table"]], color="#2a7")
+    for i, r in enumerate(report["table"]):
+        ax2.text(r["heldout_exact_match"], i, f" {r['heldout_exact_match']:.2f} (loss {r['heldout_loss']:.3f})")
+    ax2.set_xlabel("held-out exact match (greedy, through the engine)")
+    ax2.set_xlim(0, 1.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,6 +99,57 @@ class GroupAutoscaling(_Strict):
                 "policy_kwargs": kwargs,
             },
         }
+
+
+class SingleSpec(_Strict):
+    mode: Literal["single"] = Field(description="One adapter.")
+    adapter: str = Field(description="Adapter name.")
+
+
+class StackSpec(_Strict):
+    mode: Literal["stack"] = Field(description="Sum of the adapters' deltas.")
+    adapters: list[str] = Field(min_length=1, description="Adapter names, each once.")
+
+
+class BlendSpec(_Strict):
+    mode: Literal["blend"] = Field(description="Weighted blend of adapters.")
+    weights: dict[str, float] = Field(min_length=1, description="Adapter name -> weight (>= 0).")
+    space: Literal["delta", "logits"] = Field(
+        default="delta", description="delta: weighted sum of deltas; logits: base + sum w_i (logits_i - base)."
+    )
+
+
+class MoeSpec(_Strict):
+    mode: Literal["moe"] = Field(description="Top-k of fixed scores, renormalised.")
+    weights: dict[str, float] = Field(min_length=1, description="Adapter name -> score.")
+    top_k: int = Field(default=1, ge=1, description="How many of the highest scores to keep.")
+
+
+class ChainStageSpec(_Strict):
+    adapter: str | None = Field(default=None, description="Adapter of this stage (none: the base model).")
+    prompt: str = Field(description="Template with {input} (and {previous} after the first stage).")
+
+
+class ChainSpec(_Strict):
+    mode: Literal["chain"] = Field(description="Stages run one after another, each feeding the next.")
+    stages: list[ChainStageSpec] = Field(min_length=1, description="The stages, in order.")
+
+
+CompositionSpec = Annotated[SingleSpec | StackSpec | BlendSpec | MoeSpec | ChainSpec, Field(discriminator="mode")]
+
+
+class NamedComposition(_Strict):
+    """A composition callable by name as `model` (config `compositions:` or `POST /v1/compositions`)."""
+
+    composition: CompositionSpec = Field(description="The composition object, as a request's `composition`.")
+    description: str | None = Field(default=None, description="Shown in /v1/models.")
+    fit: dict[str, float | int | str] | None = Field(
+        default=None, description="What scripts/fit_composition.py measured (held-out loss and accuracy)."
+    )
+
+    def spec(self) -> dict:
+        """The composition as a request's `composition` JSON."""
+        return self.composition.model_dump(exclude_none=True)
 
 
 RESIDENCY_ROUTER = "loraplex.deployments.request_router:ResidencyRouter"
@@ -461,6 +512,10 @@ class AppArgs(_Strict):
             "(null: only at start). Registrations through the API show at once regardless."
         ),
     )
+    compositions: dict[str, NamedComposition] = Field(
+        default_factory=dict,
+        description="Named compositions: each name is usable as `model` and listed by /v1/models.",
+    )
     hub: HubConfig = Field(
         default_factory=HubConfig, description="Adapters from the Hugging Face Hub (off by default)."
     )
@@ -489,6 +544,11 @@ class AppArgs(_Strict):
                 seen[a] = g.name
         if self.default_group is not None and self.default_group not in names:
             problems.append(f"default_group {self.default_group!r} is not a group; groups: {names}")
+        for name in self.compositions:
+            if name in ("base", "auto"):
+                problems.append(f"composition name {name!r} is reserved (base, auto)")
+            if name in seen:
+                problems.append(f"composition {name!r} shadows an adapter pinned to group {seen[name]!r}")
         if self.limits.default_max_tokens > self.limits.max_tokens_limit:
             problems.append(
                 f"limits.default_max_tokens ({self.limits.default_max_tokens}) exceeds limits.max_tokens_limit "

@@ -39,6 +39,7 @@ from loraplex.gateway.protocol import (
     AdapterRegistration,
     ChatCompletionRequest,
     CompletionRequest,
+    CompositionRegistration,
     LoadLoraAdapter,
     RouteRequest,
     UnloadLoraAdapter,
@@ -152,6 +153,7 @@ class RouterIngress:
                 a.max_rank,
                 list(a.group_of),
                 a.max_adapter_mb,
+                in_use=self.gateway.compositions.using,
             )
 
     def _collect(self) -> tuple[str, dict]:
@@ -368,6 +370,29 @@ class RouterIngress:
             return out, 200
 
         return await self._admin(request, action)
+
+    @app.post("/v1/compositions", openapi_extra=openapi_body(CompositionRegistration))
+    async def register_composition(self, request: Request):
+        async def action():
+            body = await self._body(request, CompositionRegistration)
+            return await asyncio.to_thread(self.gateway.register_composition, body), 201
+
+        return await self._admin(request, action)
+
+    @app.delete("/v1/compositions/{name:path}")
+    async def remove_composition(self, name: str, request: Request):
+        async def action():
+            return await asyncio.to_thread(self.gateway.remove_composition, name), 200
+
+        return await self._admin(request, action)
+
+    @app.get("/v1/compositions")
+    async def list_compositions(self, request: Request):
+        try:
+            self.access.check(request.headers.get("authorization"))
+            return JSONResponse(self.gateway.list_compositions())
+        except Exception as e:
+            return error_response(e)
 
     async def _refresh_routing(self) -> None:
         """Embed a new adapter's routing examples (or drop a removed one's) before the admin call returns."""

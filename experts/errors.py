@@ -72,6 +72,17 @@ class UnknownAdapterError(RequestError):
         )
 
 
+class UnknownCompositionError(RequestError):
+    """A named composition that neither the app config nor a run-time registration defines (HTTP 404)."""
+
+    status = 404
+    error_type = "not_found_error"
+
+    def __init__(self, name: str, available: Iterable[str]):
+        self.name = name
+        super().__init__(f"unknown composition {name!r}; compositions: {sorted(available)}")
+
+
 class HubAdapterError(RequestError):
     """A hub adapter reference that cannot be fetched: no such repo or revision, or (offline) not in the
     local Hugging Face cache (HTTP 404)."""

@@ -12,15 +12,24 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplex.config.app import AppArgs
+from loraplex.config.app import AppArgs, NamedComposition
 from loraplex.experts.adapters import routing_examples
 from loraplex.experts.adapters.index import MARKER, AdapterIndex
 from loraplex.experts.adapters.sources import HubSource, is_hub_ref
 from loraplex.experts.adapters.store import adapter_folder, check_name
-from loraplex.experts.composition import Base, Blend, Chain, Moe, adapters_of, parse_composition, weight_rows
-from loraplex.experts.errors import AdapterNameError, CompositionError, ConfigError, RequestError, UnknownAdapterError
+from loraplex.experts.composition import Base, Blend, Chain, Moe, Stack, adapters_of, parse_composition, weight_rows
+from loraplex.experts.errors import (
+    AdapterNameError,
+    CompositionError,
+    ConfigError,
+    ConflictError,
+    LoraplexError,
+    RequestError,
+    UnknownAdapterError,
+)
 from loraplex.experts.protocol import GenerationPayload
 from loraplex.experts.sampling import SamplingParams, sampling_payload
+from loraplex.gateway.compositions import CompositionBook
 from loraplex.gateway.generation_defaults import OPENAI_DEFAULTS
 from loraplex.gateway.protocol import ChatCompletionRequest, CompletionRequest, RouteRequest
 from loraplex.gateway.routing_examples import RoutingExamples
@@ -76,12 +85,21 @@ class Gateway:
             args.adapter_roots, args.adapter_roots[0] if args.import_roots else None, args.adapter_scan_interval_s
         )
         self.hub = HubSource(args.hub) if args.hub.enabled else None
+        self.compositions = CompositionBook(args.compositions, args.adapter_roots[0] if args.import_roots else None)
         routing = args.routing
         reservoir = Reservoir(routing.traffic_examples_per_adapter) if routing.learn_from_traffic else None
         # registered adapters' example prompts (and learned traffic): the prototype head beside the trained one
         self.examples = RoutingExamples(self.index, reservoir, routing.traffic_min_examples)
         if router is not None:
             self.check_router_experts()
+        problems = []
+        for name, named in args.compositions.items():
+            try:
+                self.check_composition(name, named, configured=True)
+            except LoraplexError as e:
+                problems.append(f"compositions.{name}: {e}")
+        if problems:
+            raise ConfigError(problems)
 
     def check_router_experts(self, router=None) -> None:
         """At start-up (and before a reload swaps a router in): a router naming adapters the roots do not hold
@@ -106,7 +124,9 @@ class Gateway:
         self.index.sync()
 
     def model_ids(self) -> list[str]:
-        return ["base"] + (["auto"] if self.router is not None else []) + self.adapters()
+        return (
+            ["base"] + (["auto"] if self.router is not None else []) + list(self.compositions.all()) + self.adapters()
+        )
 
     def models(self) -> dict:
         group_of = self.args.group_of
@@ -119,8 +139,92 @@ class Gateway:
                 "group": group_of.get(m, self.args.fallback_group) if m != "auto" else None,
             }
             for m in self.model_ids()
+            if self.compositions.get(m) is None
+        ]
+        for name, (named, source) in self.compositions.all().items():
+            spec = named.spec()
+            entry = {"id": name, "object": "model", "created": 0, "owned_by": "loraplex"}
+            entry["group"] = self.group_for(parse_composition(spec))
+            entry["composition"] = {"definition": spec, "source": source}  # loraplex extension field
+            if named.description:
+                entry["composition"]["description"] = named.description
+            if named.fit:
+                entry["composition"]["fit"] = dict(named.fit)
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    def check_composition(self, name: str, named: NamedComposition, configured: bool = False) -> None:
+        """Raise the first problem of a named composition: its name (syntax, reserved, shadowing an adapter),
+        its definition, the adapters it uses (they exist; none is itself a composition: no nesting, so no
+        cycles) and the limits of the group that would run it."""
+        check_name(name)
+        if name in RESERVED_MODELS:
+            raise CompositionError(f"composition name {name!r} is reserved ({', '.join(RESERVED_MODELS)})")
+        if name in self.index or (self.hub is not None and self.hub.matches(name)):
+            raise ConflictError(f"composition name {name!r} shadows an adapter of that name; pick another name")
+        comp = parse_composition(named.spec())
+        for a in adapters_of(comp):
+            if a == name or (self.compositions.get(a) is not None and not is_hub_ref(a)):
+                raise CompositionError(
+                    f"composition {name!r} uses {a!r}, which is a composition; compositions cannot nest (that "
+                    "would allow cycles): list the adapters themselves"
+                )
+            self._check_adapter(a)
+        self._check_limits(name, comp)
+
+    def register_composition(self, body) -> dict:
+        """`POST /v1/compositions` (a `gateway.protocol.CompositionRegistration`)."""
+        named = NamedComposition(composition=body.composition, description=body.description, fit=body.fit)
+        self.check_composition(body.name, named)
+        self.compositions.register(body.name, named)
+        return {"name": body.name, "object": "composition", "definition": named.spec(), "created": True}
+
+    def remove_composition(self, name: str) -> dict:
+        self.compositions.remove(name)
+        return {"name": name, "object": "composition", "deleted": True}
+
+    def list_compositions(self) -> dict:
+        data = [
+            {"name": n, "object": "composition", "definition": c.spec(), "source": src, "description": c.description}
+            for n, (c, src) in self.compositions.all().items()
         ]
         return {"object": "list", "data": data}
+
+    def _check_limits(self, name: str, comp) -> None:
+        group = next(g for g in self.args.groups if g.name == self.group_for(comp))
+        used = [a for a in adapters_of(comp)]
+        rows, _ = weight_rows(comp) if not isinstance(comp, Chain) else ([{}], [1.0])
+        if group.engine == "native":
+            if len(used) > group.max_slots:
+                raise CompositionError(
+                    f"composition {name!r} uses {len(used)} adapters; group {group.name!r} has max_slots="
+                    f"{group.max_slots}"
+                )
+            if len(rows) > group.batch_rows:
+                raise CompositionError(
+                    f"composition {name!r} needs {len(rows)} rows; group {group.name!r} has max_batch_rows="
+                    f"{group.batch_rows}"
+                )
+            return
+        opts = group.vllm_options
+        if isinstance(comp, (Stack, Blend, Moe)) and len(rows) == 1 and len(used) > 1:
+            rank = sum(self._rank(a) for a in used)  # merged into one adapter of the summed rank
+            if rank > opts.max_lora_rank:
+                raise CompositionError(
+                    f"composition {name!r} merges {len(used)} adapters into rank {rank} on vLLM group "
+                    f"{group.name!r}, over its vllm.max_lora_rank={opts.max_lora_rank}; use fewer adapters or raise it"
+                )
+
+    def _rank(self, adapter: str) -> int:
+        """The adapter's largest rank, from its config (no weights read); 0 for hub adapters (checked at load)."""
+        entry = self.index.entry(adapter)
+        if entry is None:
+            return 0
+        try:
+            cfg = json.loads((entry.path / "adapter_config.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
 
     def _check_adapter(self, name: str) -> None:
         """Local adapters by the index; hub references by syntax and the allowed repos (the replica fetches)."""
@@ -164,6 +268,17 @@ class Gateway:
 
     def resolve(self, model: str, composition: Any, text: str) -> tuple[Any, dict]:
         """(composition spec for the expert, routing info) for a model name and/or composition object."""
+        named = self.compositions.get(model)
+        if named is not None:
+            if composition is not None:
+                raise RequestError(
+                    f"model {model!r} is a named composition; send it without 'composition' (or name an adapter)"
+                )
+            spec = named.spec()
+            comp = parse_composition(spec)
+            for name in adapters_of(comp):
+                self._check_adapter(name)  # an adapter removed by hand since the composition was made
+            return spec, {**self._routing(comp, None), "composition": model}
         if composition is not None:
             if self.router_weighted(composition):
                 composition = self._router_weights(composition, text)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loraplex.config.app import CompositionSpec
 from loraplex.experts.errors import RequestError
 
 
@@ -198,6 +199,17 @@ class AdapterRegistration(_Body):
         default=None,
         description="Example prompts this adapter should answer (a handful is enough): model 'auto' routes to it "
         "as soon as registration returns. Without them, a routing_examples.jsonl in the source folder is used.",
+    )
+
+
+class CompositionRegistration(_Body):
+    """`POST /v1/compositions`: a composition callable by name as `model`, persisted in the managed root."""
+
+    name: str = Field(description="The model name clients will send (may not shadow an adapter).")
+    composition: CompositionSpec = Field(description="The composition object, as a request's `composition`.")
+    description: str | None = Field(default=None, description="Shown in /v1/models.")
+    fit: dict[str, float | int | str] | None = Field(
+        default=None, description="Fit report fields (scripts/fit_composition.py writes them)."
     )
 
 

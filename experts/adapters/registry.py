@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,6 +55,7 @@ class AdapterRegistry:
         max_rank: int,
         pinned: Sequence[str] = (),
         max_adapter_mb: float = 512.0,
+        in_use: Callable[[str], list[str]] | None = None,
     ):
         self.managed_root = Path(managed_root).resolve()
         self.import_roots = [Path(r).resolve() for r in import_roots]
@@ -63,6 +64,7 @@ class AdapterRegistry:
         self.max_rank = max_rank
         self.pinned = set(pinned)
         self.max_bytes = int(max_adapter_mb * 2**20)
+        self.in_use = in_use  # names of the compositions using an adapter: removal is refused while any does
         self._lock = threading.Lock()
 
     @contextmanager
@@ -134,6 +136,12 @@ class AdapterRegistry:
             dest = self.managed_root.joinpath(*segments)
             if name in self.pinned:
                 raise ConflictError(f"adapter {name!r} is pinned to an expert group in the config; remove it there")
+            users = self.in_use(name) if self.in_use is not None else []
+            if users:
+                raise ConflictError(
+                    f"adapter {name!r} is used by composition(s) {users}; DELETE /v1/compositions/<name> (or edit the "
+                    "config) first"
+                )
             if not (dest / MARKER).is_file():
                 if adapter_exists(self.roots, name):
                     raise ConflictError(

@@ -8,6 +8,7 @@ not a good adapter's slot.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -118,6 +119,7 @@ class AdapterLoading(Exception):
 
 
 KNOWN_TTL_S = 30.0
+LOADER_NICENESS = 10
 LOAD_SAMPLES = 2048  # recent load times kept for quantiles (the Prometheus counters keep the totals)
 
 
@@ -136,6 +138,15 @@ class StoreStats:
 
     def as_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
+
+
+def _background_priority() -> None:
+    """Loader threads run at a lower CPU priority than the engine thread (Linux schedules threads one by one):
+    on a busy replica a load may take longer, but it takes less of the decode step's cores."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: plain priority
+        pass
 
 
 def quantiles(samples: Iterable[float]) -> dict[str, float | None]:
@@ -195,7 +206,9 @@ class AdapterStore:
         self._current: dict[str, Version] = {}  # the version on disk when last looked up (absent: removed)
         self._hub_paths: dict[str, Path] = {}  # hub reference -> its snapshot folder in the Hub cache, once fetched
         self._loading: dict[str, Future] = {}  # adapter -> its load in flight
-        self._pool = ThreadPoolExecutor(max(1, loader_threads), thread_name_prefix="loraplex-adapter-loader")
+        self._pool = ThreadPoolExecutor(
+            max(1, loader_threads), thread_name_prefix="loraplex-adapter-loader", initializer=_background_priority
+        )
         self.load_epoch = 0  # bumped when a load starts or ends: "did a load run during this step?"
         self._load_s: deque[float] = deque(maxlen=LOAD_SAMPLES)  # disk -> host, per load
         self._write_s: deque[float] = deque(maxlen=LOAD_SAMPLES)  # host -> slot, per slot write

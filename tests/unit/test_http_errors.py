@@ -21,6 +21,7 @@ CASES = [
     ("InternalError", ("x",), 500, "internal_error", None),
     ("RequestError", ("x",), 400, "invalid_request_error", None),
     ("UnknownAdapterError", ("zz", ["a", "b"]), 404, "not_found_error", None),
+    ("UnknownCompositionError", ("zz", ["a"]), 404, "not_found_error", None),
     ("HubAdapterError", ("hub adapter x is not cached",), 404, "not_found_error", None),
     ("CompositionError", ("x",), 400, "invalid_request_error", None),
     ("SamplingError", ("x",), 400, "invalid_request_error", None),
