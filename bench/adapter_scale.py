@@ -110,31 +110,38 @@ def _delta(after: dict, before: dict, key: str) -> float:
     return after.get(key, 0) - before.get(key, 0)
 
 
-def _steps(replicas: dict) -> dict[str, dict[str, float]]:
-    """Median decode-step ms with and without a load in flight, compared at equal batch sizes (weighted by the
-    steps seen at each size in both), so a batch-size difference does not pass for a load effect."""
-    by: dict[bool, dict[int, list[tuple[float, int]]]] = {True: {}, False: {}}
+def _compare(by: dict[str, dict[int, list[tuple[float, int]]]], a: str, b: str) -> dict[str, float | int | None]:
+    """Median step ms of kind `a` against kind `b` at equal batch sizes, weighted by the steps seen at each size in
+    both, so a batch-size difference does not pass for an effect."""
+    num = den = 0.0
+    ms_a, ms_b = [], []
+    for rows in set(by.get(a, {})) & set(by.get(b, {})):
+        pa = statistics.median(p for p, _ in by[a][rows])
+        pb = statistics.median(p for p, _ in by[b][rows])
+        w = min(sum(n for _, n in by[a][rows]), sum(n for _, n in by[b][rows]))
+        num, den = num + w * pa / pb, den + w
+        ms_a.append((pa * 1000, w))
+        ms_b.append((pb * 1000, w))
+
+    def mean(xs):
+        return round(sum(x * w for x, w in xs) / sum(w for _, w in xs), 2) if xs else None
+
+    return {f"{a}_ms": mean(ms_a), f"{b}_ms": mean(ms_b), "ratio": round(num / den, 3) if den else None,
+            "steps_compared": int(den)}  # fmt: skip
+
+
+def _steps(replicas: dict) -> dict[str, dict]:
+    """Pure decode-step times: with a load in flight against steps where a request arrived without one (a
+    cold request brings both), and against quiet steps."""
+    by: dict[str, dict[int, list[tuple[float, int]]]] = {}
     for st in replicas.values():
         for key, v in (st.get("step_s") or {}).items():
             kind, rows = key.split(":")
-            by[kind == "loading"].setdefault(int(rows), []).append((v["p50"], v["n"]))
-    num = den = 0.0
-    loading_ms, idle_ms = [], []
-    for rows in set(by[True]) & set(by[False]):
-        lo = statistics.median(p for p, _ in by[True][rows])
-        hi = statistics.median(p for p, _ in by[False][rows])
-        w = min(sum(n for _, n in by[True][rows]), sum(n for _, n in by[False][rows]))
-        num += w * lo / hi
-        den += w
-        loading_ms.append((lo * 1000, w))
-        idle_ms.append((hi * 1000, w))
-    ratio = num / den if den else None
-    mean = lambda xs: round(sum(x * w for x, w in xs) / sum(w for _, w in xs), 2) if xs else None  # noqa: E731
+            by.setdefault(kind, {}).setdefault(int(rows), []).append((v["p50"], v["n"]))
     return {
-        "loading_ms": mean(loading_ms),
-        "idle_ms": mean(idle_ms),
-        "ratio_loading_vs_idle": None if ratio is None else round(ratio, 3),
-        "steps_compared": int(den),
+        "loading_vs_arrival": _compare(by, "loading", "arrival"),
+        "loading_vs_idle": _compare(by, "loading", "idle"),
+        "arrival_vs_idle": _compare(by, "arrival", "idle"),
     }
 
 

@@ -193,8 +193,9 @@ def plot_adapters(report: dict, path: Path) -> None:
             "host->slot p99": cold["host_to_slot_ms"]["p99"],
             "wait p50": cold["request_wait_for_load_ms"]["p50"],
             "wait p99": cold["request_wait_for_load_ms"]["p99"],
-            "step, loads": cold["decode_step"]["loading_ms"],
-            "step, none": cold["decode_step"]["idle_ms"],
+            "step, load in flight": cold["decode_step"]["loading_vs_arrival"]["loading_ms"],
+            "step, warm arrival": cold["decode_step"]["loading_vs_arrival"]["arrival_ms"],
+            "step, quiet": cold["decode_step"]["loading_vs_idle"]["idle_ms"],
         }
         ax2.barh(list(bars), [v or 0 for v in bars.values()], color="#2a7")
         ax2.set_xlabel("ms")

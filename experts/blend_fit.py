@@ -31,6 +31,7 @@ import torch
 from loraplex.experts.errors import RequestError
 
 Progress = Callable[[dict], None]
+EPOCHS, LR, PATIENCE, HELDOUT = 100, 0.05, 15, 0.25  # defaults of `fit`, `run_fit` and scripts/fit_composition.py
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,9 @@ def fit(
     objective,
     train: Sequence[FitExample],
     heldout: Sequence[FitExample],
-    epochs: int = 60,
-    lr: float = 0.2,
-    patience: int = 8,
+    epochs: int = EPOCHS,
+    lr: float = LR,
+    patience: int = PATIENCE,
     progress: Progress | None = None,
 ) -> FitResult:
     """Adam on `theta` (weights = softmax(theta), starting uniform); the epoch with the best held-out loss wins."""
@@ -308,10 +309,10 @@ def run_fit(
     adapters: Sequence[str],
     rows: Sequence[Mapping[str, str]],
     space: str,
-    heldout: float = 0.2,
-    epochs: int = 60,
-    lr: float = 0.2,
-    patience: int = 8,
+    heldout: float = HELDOUT,
+    epochs: int = EPOCHS,
+    lr: float = LR,
+    patience: int = PATIENCE,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> dict:

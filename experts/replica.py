@@ -75,8 +75,12 @@ class NativeReplica:
         }
         self.inflight = 0  # accepted, not answered yet (queued or decoding)
         self.last_batch_size = 0  # requests in the last decode step
-        # pure decode-step seconds by (an adapter load ran during the step, batch size): do loads slow decoding?
-        self._steps: dict[tuple[bool, int], deque[float]] = {}
+        # pure decode-step seconds by (what else happened during the step, batch size): do loads slow decoding?
+        # "loading": an adapter load ran; "arrival": a request arrived (the replica's Serve thread took the GIL
+        # to hand it over) but no load ran; "idle": neither. A cold request brings both an arrival and a load,
+        # so a load's own cost is "loading" against "arrival".
+        self._steps: dict[tuple[str, int], deque[float]] = {}
+        self._submitted = 0
         self._by_adapter: Counter[str] = Counter()  # requests per adapter (placement: how a hot one splits)
 
     # ---- requests ----------------------------------------------------------------------------
@@ -85,6 +89,7 @@ class NativeReplica:
         fut: Future = Future()
         cancel = threading.Event()
         with self._lock:
+            self._submitted += 1
             self.inflight += 1
             self._cancels[id(fut)] = cancel
         try:
@@ -153,7 +158,7 @@ class NativeReplica:
         if not self.scheduler.runnable:
             return
         store = self.engine.store
-        loading, epoch = store.loads_in_flight > 0, store.load_epoch
+        loading, epoch, submitted = store.loads_in_flight > 0, store.load_epoch, self._submitted
         t0 = time.perf_counter()
         try:
             n = self.scheduler.step()
@@ -162,14 +167,16 @@ class NativeReplica:
             n = 0
             self.scheduler.fail_all(as_error(e))
         dt = time.perf_counter() - t0
-        loading = loading or store.load_epoch != epoch
+        kind = (
+            "loading" if loading or store.load_epoch != epoch else "arrival" if self._submitted != submitted else "idle"
+        )
         with self._lock:
             self.counters["batches"] += 1 if n else 0
             self.counters["rows"] += n
             self.counters["busy_s"] += dt
             self.last_batch_size = n
             if n and not self.scheduler.decoder.last_prefill:  # pure decode steps: do loads slow them?
-                self._steps.setdefault((loading, n), deque(maxlen=STEP_SAMPLES)).append(dt)
+                self._steps.setdefault((kind, n), deque(maxlen=STEP_SAMPLES)).append(dt)
 
     def _accept(self, item: tuple[Request, Future] | None) -> None:
         if item is WAKE:
@@ -200,7 +207,7 @@ class NativeReplica:
     def stats(self) -> dict:
         store = self.engine.store
         with self._lock:
-            steps = {f"{'loading' if k[0] else 'idle'}:{k[1]}": (_median(v), len(v)) for k, v in self._steps.items()}
+            steps = {f"{k[0]}:{k[1]}": (_median(v), len(v)) for k, v in self._steps.items()}
             return {
                 **self.counters,
                 "inflight": self.inflight,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from loraplex.experts.blend_fit import EPOCHS, HELDOUT, LR, PATIENCE
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,10 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=Path("config/serve.yaml"), help="Serve YAML: model and roots")
     p.add_argument("--base-model", default=None, help="override the config's base_model")
     p.add_argument("--adapter-roots", default=None, help="override the config's adapter_roots (comma list)")
-    p.add_argument("--heldout", type=float, default=0.25, help="share of the examples held out")
-    p.add_argument("--epochs", type=int, default=60, help="most epochs (full-batch steps)")
-    p.add_argument("--lr", type=float, default=0.2, help="Adam learning rate on the weight logits")
-    p.add_argument("--patience", type=int, default=8, help="epochs without a better held-out loss before stopping")
+    p.add_argument("--heldout", type=float, default=HELDOUT, help="share of the examples held out")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="most epochs (full-batch steps)")
+    p.add_argument("--lr", type=float, default=LR, help="Adam learning rate on the weight logits")
+    p.add_argument(
+        "--patience", type=int, default=PATIENCE, help="epochs without a better held-out loss before stopping"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the split")
     p.add_argument("--demo-data", type=int, default=0, help="first write N rows of the demo's mixed task to --data")
     p.add_argument("--report", type=Path, default=None, help="JSON report path (default: <name>.fit.json here)")

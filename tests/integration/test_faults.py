@@ -130,7 +130,7 @@ def test_corrupt_adapters_fail_alone_and_the_replica_keeps_serving(server, roots
         shutil.rmtree(managed / name)
 
 
-def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
+def test_ingress_restart_keeps_config_registered_adapters_and_compositions(server, roots):
     import ray
 
     _, imports = roots
@@ -141,6 +141,9 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
         ).status_code
         == 201
     )
+    mix = {"mode": "blend", "weights": {"kept/entities": 0.8, "entities": 0.2}}
+    r = httpx.post(f"{server}/v1/compositions", json={"name": "kept/mix", "composition": mix}, timeout=30)
+    assert r.status_code == 201, r.text
     victim = next(
         a
         for a in ray.util.list_named_actors(all_namespaces=True)
@@ -166,6 +169,15 @@ def test_ingress_restart_keeps_config_and_registered_adapters(server, roots):
     assert "auto" in [
         m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]
     ]  # router config back too
+    named = httpx.post(
+        f"{server}/v1/completions",
+        json={"temperature": 0, "model": "kept/mix", "prompt": e.prompt, "max_tokens": 8},
+        timeout=60,
+    )
+    assert named.status_code == 200, named.text  # the registered composition survived the restart too
+    refused = httpx.delete(f"{server}/v1/adapters/kept/entities", timeout=30)
+    assert refused.status_code == 409 and "['kept/mix']" in refused.json()["error"]["message"]
+    assert httpx.delete(f"{server}/v1/compositions/kept/mix", timeout=30).status_code == 200
     assert httpx.delete(f"{server}/v1/adapters/kept/entities", timeout=30).status_code == 200
 
 
