@@ -32,7 +32,7 @@ def scale(server, roots, tmp_path_factory):
     snap = make_hub_cache(cache, "acme/big", DEMO / "adapters" / "intent")
     (snap / "routing_examples.jsonl").write_text('{"prompt": "padding"}\n' * 200_000)  # ~4.4 MB: over the bound
     args = demo_args(*roots)
-    args.update(adapter_roots=[str(adapters)], import_roots=[], routing={})
+    args.update(adapter_roots=[str(adapters)], import_roots=[], routing={}, compositions={})
     args["hub"] = {"repos": ["acme/*"], "cache_dir": str(cache), "max_adapter_mb": 2}
     group = args["groups"][0]
     group.update(
