@@ -15,11 +15,10 @@ from typing import Any
 from loraplex.config.app import AppArgs, NamedComposition
 from loraplex.experts.adapters import routing_examples
 from loraplex.experts.adapters.index import MARKER, AdapterIndex
-from loraplex.experts.adapters.sources import HubSource, is_hub_ref
+from loraplex.experts.adapters.sources import HubSource, check_hub_ref, is_hub_ref
 from loraplex.experts.adapters.store import adapter_folder, check_name
 from loraplex.experts.composition import Base, Blend, Chain, Moe, Stack, adapters_of, parse_composition, weight_rows
 from loraplex.experts.errors import (
-    AdapterNameError,
     CompositionError,
     ConfigError,
     ConflictError,
@@ -229,12 +228,7 @@ class Gateway:
     def _check_adapter(self, name: str) -> None:
         """Local adapters by the index; hub references by syntax and the allowed repos (the replica fetches)."""
         if is_hub_ref(name):
-            if self.hub is None:
-                raise AdapterNameError(
-                    f"{name!r} is a Hugging Face Hub reference but hub sources are off; allow repos with hub.repos "
-                    "in the app config"
-                )
-            self.hub.check(name)
+            check_hub_ref(self.hub, name)
             return
         check_name(name)
         if name in self.index or (self.hub is not None and self.hub.matches(name)):

@@ -65,7 +65,8 @@ def write_journal(managed_root: Path | str, names: Iterable[str]) -> None:
     os.replace(tmp, root / JOURNAL)
 
 
-def _inside(root: Path, path: Path) -> bool:
+def inside_root(root: Path, path: Path) -> bool:
+    """Whether `path` resolves (symlinks followed) inside `root`."""
     try:
         path.resolve().relative_to(root)
         return True
@@ -104,7 +105,11 @@ def scan_roots(roots: Sequence[Path | str], skip_registered: bool = False) -> di
                 link = here / d
                 if link.is_symlink():  # os.walk does not follow links: take a linked adapter folder itself
                     dirs.remove(d)
-                    if (link / CONFIG_FILE).is_file() and _inside(root, link) and _inside(root, link / CONFIG_FILE):
+                    if (
+                        (link / CONFIG_FILE).is_file()
+                        and inside_root(root, link)
+                        and inside_root(root, link / CONFIG_FILE)
+                    ):
                         found.setdefault(link.relative_to(root).as_posix(), Entry(link, _examples_version(link)))
     return found
 

@@ -36,6 +36,16 @@ def is_hub_ref(name: str) -> bool:
     return isinstance(name, str) and name.startswith(HUB_SCHEME)
 
 
+def check_hub_ref(hub: HubSource | None, name: str) -> None:
+    """Raise unless `hub` would fetch the `hf://` reference `name` (a clear error when hub sources are off)."""
+    if hub is None:
+        raise AdapterNameError(
+            f"{name!r} is a Hugging Face Hub reference but hub sources are off; allow repos with hub.repos in the "
+            "app config"
+        )
+    hub.check(name)
+
+
 @dataclass(frozen=True)
 class HubRef:
     repo: str

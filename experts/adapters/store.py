@@ -22,20 +22,12 @@ from typing import Protocol
 
 import torch
 
-from loraplex.experts.adapters.index import scan_roots
+from loraplex.experts.adapters.index import inside_root, scan_roots
 from loraplex.experts.adapters.loader import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_FILE, LoraAdapter, load_adapter
-from loraplex.experts.adapters.sources import HubSource, is_hub_ref
+from loraplex.experts.adapters.sources import HubSource, check_hub_ref, is_hub_ref
 from loraplex.experts.errors import AdapterNameError, CapacityError, ConfigError, UnknownAdapterError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-        return True
-    except ValueError:
-        return False
 
 
 def find_adapters(roots: Sequence[Path | str]) -> list[str]:
@@ -69,7 +61,7 @@ def adapter_folder(roots: Sequence[Path | str], name: str, known: Callable[[], I
     for root in (Path(r).resolve() for r in roots):
         candidate = root.joinpath(*segments)
         if (candidate / CONFIG_FILE).is_file():
-            if not _inside(root, candidate) or not _inside(root, candidate / CONFIG_FILE):
+            if not inside_root(root, candidate) or not inside_root(root, candidate / CONFIG_FILE):
                 raise AdapterNameError(
                     f"adapter {name!r} resolves outside its root {str(root)!r} (symlink); refusing it"
                 )
@@ -248,12 +240,7 @@ class AdapterStore:
     def _locate(self, name: str) -> Path | None:
         """The adapter's folder (stats only), or None for a hub reference not fetched yet."""
         if is_hub_ref(name):
-            if self.hub is None:
-                raise AdapterNameError(
-                    f"{name!r} is a Hugging Face Hub reference but hub sources are off; allow repos with hub.repos "
-                    "in the app config"
-                )
-            self.hub.check(name)
+            check_hub_ref(self.hub, name)
             return self._hub_paths.get(name)
         try:
             return self.resolve(name)
