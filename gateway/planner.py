@@ -137,8 +137,7 @@ class Gateway:
                 "owned_by": "loraplex",
                 "group": group_of.get(m, self.args.fallback_group) if m != "auto" else None,
             }
-            for m in self.model_ids()
-            if self.compositions.get(m) is None
+            for m in ["base"] + (["auto"] if self.router is not None else []) + self.adapters()
         ]
         for name, (named, source) in self.compositions.all().items():
             spec = named.spec()
@@ -191,7 +190,7 @@ class Gateway:
 
     def _check_limits(self, name: str, comp) -> None:
         group = next(g for g in self.args.groups if g.name == self.group_for(comp))
-        used = [a for a in adapters_of(comp)]
+        used = adapters_of(comp)
         rows, _ = weight_rows(comp) if not isinstance(comp, Chain) else ([{}], [1.0])
         if group.engine == "native":
             if len(used) > group.max_slots:
