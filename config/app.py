@@ -159,12 +159,10 @@ class PlacementConfig(_Strict):
     """Which replica of a group takes a request: one that holds its adapter, unless the adapter is hot."""
 
     residency: bool = Field(
-        default=False,
+        default=True,
         description=(
             "Prefer replicas holding the request's adapter in device slots, then in host memory, then any "
-            "(loraplex's residency-aware request router). Opt-in for now: after autoscaling changed a group's "
-            "replicas, a request was seen to hang with it on (docs/benchmarks.md, issue 17). false: Serve's "
-            "default power-of-two-choices router."
+            "(loraplex's residency-aware request router). false: Serve's default power-of-two-choices router."
         ),
     )
     hot_share: float = Field(

@@ -98,3 +98,16 @@ def test_a_warm_adapter_sticks_to_its_replica_and_a_hot_one_spreads(scale):
     assert codes == [200] * len(names)
     hot = _served(scale, "c5")
     assert len(hot) == 2 and all(n > 0 for n in hot.values()), hot
+
+
+def test_a_request_fanned_out_into_several_calls_is_routed_whole(scale):
+    """Every handle call of one ingress request shares Serve's internal request id; the router must still hand
+    each call its replica (it did not: the second call's routing task spun forever). Routing only queues the
+    calls together when it has to probe queue lengths, so wait out Serve's queue-length cache first."""
+    import time
+
+    time.sleep(11)  # RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S (10 s) passes: the next routing probes
+    body = {"model": "c5", "prompt": [PROMPT] * 3, "n": 2, "max_tokens": 4, "temperature": 0.8, "seed": 1}
+    r = httpx.post(f"{scale}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert sorted(c["index"] for c in r.json()["choices"]) == list(range(6))

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from loraplex.config.app import AppArgs
 from loraplex.demo.data import make_examples
 from tests.integration.conftest import DEMO, PORT, demo_args
 
@@ -111,7 +112,11 @@ def test_corrupt_adapters_fail_alone_and_the_replica_keeps_serving(server, roots
         "broken/badshape": "do not fit the base layer",
         "broken/nomodule": "target modules not in the base model",
     }
-    time.sleep(2.5)  # the ingress rescans adapter roots every 2 s
+    # Folders dropped in by hand show after the ingress's next background scan (adapter_scan_interval_s).
+    deadline = time.monotonic() + AppArgs.model_fields["adapter_scan_interval_s"].default + 10
+    while not set(expected) <= {m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]}:
+        assert time.monotonic() < deadline, "the background scan never listed the dropped-in folders"
+        time.sleep(0.5)
     e = make_examples("intent", 1, seed=3, split="heldout")[0]
     for name, msg in expected.items():
         r = httpx.post(
