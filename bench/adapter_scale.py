@@ -221,7 +221,6 @@ def app_args(
                 "max_slots": slots,
                 "max_host_adapters": host,
                 "threads": threads,
-                "placement": {"residency": True},  # the residency-aware request router (the default, said outright)
             }
         ],
     }

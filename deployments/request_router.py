@@ -32,7 +32,7 @@ from loraplex.gateway.placement import Placement, ReplicaView
 class ResidencyRouter(FIFOMixin, MultiplexMixin, RequestRouter):
     def initialize_state(self, **kwargs) -> None:
         """`kwargs`: `PlacementConfig` fields (GroupConfig.serve_options passes them)."""
-        self.placement = Placement.from_config(PlacementConfig(residency=True, **kwargs))
+        self.placement = Placement.from_config(PlacementConfig(**kwargs))
 
     @staticmethod
     def _adapter(pending_request: PendingRequest | None) -> str | None:

@@ -40,7 +40,7 @@ def scale(server, roots, tmp_path_factory):
         num_replicas=2,
         max_slots=2,
         max_host_adapters=4,
-        placement={"residency": True, "min_requests": 6, "hot_share": 0.5, "stats_period_s": 0.5},  # c3 stays not hot
+        placement={"min_requests": 6, "hot_share": 0.5, "stats_period_s": 0.5},  # c3 stays not hot
     )
     args["groups"] = [group]
     serve.run(build_app(args), name="scale", route_prefix="/scale")
