@@ -200,6 +200,7 @@ NATIVE_ONLY = (
     "forward",
     "prefill_tokens",
     "compile",
+    "cpu_prepack",
     "threads",
     "loader_threads",
 )
@@ -256,6 +257,9 @@ class GroupConfig(_Strict):
         default=_ENGINE_FIELDS["forward"].default, description=_ENGINE_FIELDS["forward"].description
     )
     compile: bool = Field(default=_ENGINE_FIELDS["compile"].default, description=_ENGINE_FIELDS["compile"].description)
+    cpu_prepack: bool = Field(
+        default=_ENGINE_FIELDS["cpu_prepack"].default, description=_ENGINE_FIELDS["cpu_prepack"].description
+    )
     threads: int | None = Field(
         default=_ENGINE_FIELDS["threads"].default, ge=1, description=_ENGINE_FIELDS["threads"].description
     )
@@ -304,6 +308,7 @@ class GroupConfig(_Strict):
             forward=self.forward,
             prefill_tokens=self.prefill_tokens,
             compile=self.compile,
+            cpu_prepack=self.cpu_prepack,
             threads=self.threads,
             hub=app.hub,
             loader_threads=self.loader_threads,

@@ -24,6 +24,7 @@ from loraplex.experts.errors import CompositionError, LoraplexError, RequestErro
 from loraplex.experts.forward import unsupported_reason
 from loraplex.experts.hf_decoder import HFDecoder
 from loraplex.experts.lora.layers import WrappedModel, wrap_model
+from loraplex.experts.prepacked import PrepackReport, prepack_linears
 from loraplex.experts.prompt import encode_prompt
 from loraplex.experts.request import Request, Result
 from loraplex.experts.sampling import SamplingParams
@@ -80,6 +81,22 @@ class Engine:
             else:
                 log.warning("native forward unavailable, using HF's forward: %s", why)
         self.forward_reason = why  # why the HF forward runs (None: ours does)
+        self.prepack = self._prepack(model)
+
+    def _prepack(self, model: torch.nn.Module) -> PrepackReport:
+        """oneDNN-prepacked linears for our forward on CPU (`experts.prepacked`); the report says why not."""
+        if self.forward_kind != "native":
+            return PrepackReport(skipped="HF's forward runs (prepacking is for our forward)")
+        if not self.config.cpu_prepack:
+            return PrepackReport(skipped="cpu_prepack: false in the engine config")
+        if self.config.compile:
+            return PrepackReport(skipped="compile: true (the compiled MLP blocks read the plain weights)")
+        report = prepack_linears(model)
+        if report.skipped and next(model.parameters()).device.type == "cpu":
+            log.warning("linears not prepacked: %s", report.skipped)
+        elif report.packed:
+            log.info("prepacked %d linears for oneDNN", len(report.packed))
+        return report
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
