@@ -13,9 +13,11 @@ freezing pass uses) and skip that work. Measured on this project's 2-core Xeon (
 | 1024 x 2816 | bfloat16 | 0.24 / 0.14 | 0.21 / 0.13 | 0.26 / 0.15 | 0.57 / 0.35 | 1.36 / 1.23 |
 | 1024 x 32000 | bfloat16 | 2.48 / 1.35 | 2.70 / 1.37 | 3.14 / 1.70 | 7.14 / 3.99 | 18.8 / 15.8 |
 
-In float32 a row or two (a lone request decoding, memory-bound) is the one case where the plain weight
-wins, so float32 layers keep it and use it up to `PLAIN_ROWS` rows; bfloat16 layers drop it (the packed
-copy replaces it, no extra memory). Results equal `F.linear`'s up to float32 summation order.
+oneDNN's packed op has no backward, and code that differentiates through the model (the blend fitter,
+`experts.blend_fit`) needs gradients with respect to the inputs, so every layer keeps its plain weight as
+well: calls that need a gradient run `F.linear` on it, and so do float32 calls of one or two rows (a lone
+request decoding, memory-bound), the one case where the plain weight is faster. The cost is a second copy
+of these weights in host memory. Results equal `F.linear`'s up to float32 summation order.
 """
 
 from __future__ import annotations
@@ -43,12 +45,11 @@ class PrepackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, BATCH_HINT)  # opaque mkldnn tensor [out, in]
         self.bias = None if base.bias is None else base.bias.detach()
         self.plain_rows = PLAIN_ROWS if w.dtype == torch.float32 else 0
-        # float32 keeps the plain weight for 1-2 rows; otherwise `weight` is the packed tensor (shape/dtype only)
-        self.weight = w if self.plain_rows else self.packed
+        self.weight = w  # the plain weight: gradients, and float32 calls of 1-2 rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plain_rows and x.numel() <= self.plain_rows * self.in_features:
-            return F.linear(x, self.weight, self.bias)
+        if (x.requires_grad and torch.is_grad_enabled()) or x.numel() <= self.plain_rows * self.in_features:
+            return F.linear(x, self.weight, self.bias)  # the packed op has no backward
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:

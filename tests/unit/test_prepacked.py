@@ -29,10 +29,14 @@ def test_prepacked_linear_equals_f_linear(dtype, tol, shape):
     assert torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max()))
 
 
-def test_bf16_drops_the_plain_weight_and_float32_keeps_it_for_one_or_two_rows():
-    f32, bf16 = PrepackedLinear(nn.Linear(16, 8, bias=False)), PrepackedLinear(nn.Linear(16, 8).to(torch.bfloat16))
-    assert f32.plain_rows == 2 and not f32.weight.is_mkldnn
-    assert bf16.plain_rows == 0 and bf16.weight.is_mkldnn and bf16.weight.shape == (8, 16)
+def test_gradients_flow_through_a_prepacked_layer_as_through_f_linear():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 8, bias=False).requires_grad_(False)
+    packed = PrepackedLinear(base)
+    x = torch.randn(4, 16, requires_grad=True)
+    packed(x).pow(2).sum().backward()
+    want = torch.autograd.grad(F.linear(x, base.weight).pow(2).sum(), x)[0]
+    assert x.grad is not None and torch.allclose(x.grad, want, atol=1e-5)
 
 
 def _engine(tiny, **kw) -> Engine:
