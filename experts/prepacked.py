@@ -22,21 +22,18 @@ of these weights in host memory. Results equal `F.linear`'s up to float32 summat
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
-
 BATCH_HINT = 32  # oneDNN picks its blocking for this many rows; measured best from 1 to 512 rows above
 PLAIN_ROWS = 2  # float32: up to this many rows the plain weight is faster (see the table)
 
 
 class PrepackedLinear(nn.Module):
-    """`nn.Linear` with its weight in oneDNN's blocked layout; `weight` stays readable for shape and dtype."""
+    """`nn.Linear` with a second copy of its weight in oneDNN's blocked layout (`packed`); `weight` is the plain one."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
